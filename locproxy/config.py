@@ -1,0 +1,263 @@
+"""Configuration: every paste option parsed and validated once, at load.
+
+``load_filter_settings`` and ``load_proxy_settings`` turn the string options
+of a paste ini section into frozen settings objects. Errors are ``ConfigError``
+(a ``ValueError``) naming the option, the bad value and the valid choices, so a
+bad deployment fails when the server starts, never on a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from locproxy import strategies
+from locproxy.strategies import Selector, parse_list
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class ConfigError(ValueError):
+    """A configuration option is missing, unknown or has a bad value."""
+
+
+# -- value parsers: (option, raw value) -> parsed value ----------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(option: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{option}: expected one of true/false/yes/no/on/off/1/0, got {value!r}")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": 1024 * MiB}
+
+
+def parse_size(option: str, value: Any, minimum: int = 1) -> int:
+    """Bytes: ``1048576``, ``1M``, ``256KiB``, ``1GB`` (binary units)."""
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"{option}: expected a size in bytes such as 262144, 256K or 1M, got {value!r}")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size < minimum:
+        raise ConfigError(f"{option}: must be at least {minimum} bytes, got {value!r}")
+    return size
+
+
+def parse_seconds(option: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise ConfigError(f"{option}: expected a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def parse_count(option: str, value: Any, minimum: int = 1) -> int:
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        count = minimum - 1
+    if count < minimum:
+        raise ConfigError(f"{option}: expected an integer >= {minimum}, got {value!r}")
+    return count
+
+
+def parse_http_url(option: str, value: Any) -> str:
+    url = str(value).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{option}: expected an http:// or https:// URL, got {value!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{option}: must not carry credentials, a query or a fragment")
+    return url
+
+
+def parse_file_roots(option: str, value: Any) -> tuple[str, ...]:
+    roots = []
+    for item in parse_list(option, value):
+        if not os.path.isabs(item):
+            raise ConfigError(f"{option}: {item!r} is not an absolute path")
+        if not os.path.isdir(item):
+            raise ConfigError(f"{option}: {item!r} is not a directory")
+        # Resolved once here; backends compare resolved paths against these.
+        roots.append(os.path.realpath(item))
+    return tuple(roots)
+
+
+_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::\d{1,5})?$")
+
+
+def parse_hosts(option: str, value: Any) -> frozenset[str]:
+    """``host`` (any port) or ``host:port`` items; IPv6 literals in brackets."""
+    hosts = set()
+    for item in parse_list(option, value):
+        if not _HOST.match(item):
+            raise ConfigError(
+                f"{option}: {item!r} is not host, host:port or [ipv6]:port (no scheme, no path)"
+            )
+        hosts.add(item.lower())
+    return frozenset(hosts)
+
+
+def _choices(option: str, valid: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(option: str, value: Any) -> tuple[str, ...]:
+        items = parse_list(option, value)
+        bad = [item for item in items if item not in valid]
+        if bad:
+            raise ConfigError(f"{option}: unknown value {bad[0]!r}; valid choices: {', '.join(valid)}")
+        return items
+
+    return parse
+
+
+# -- settings -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Settings of the ``locproxy`` filter: selection, rewriting and downloads."""
+
+    selector: Selector = field(default_factory=Selector)
+    # Rewriting.
+    add_direct_url: bool = False
+    scrub_credentials: bool = False
+    locations_visible_to_roles: tuple[str, ...] = ()
+    hidden_fields: tuple[str, ...] = ("locations", "direct_url")
+    roles_header: str = "X-Roles"
+    max_rewrite_size: int = 16 * MiB
+    # Downloads.
+    serve_downloads: bool = True
+    file_roots: tuple[str, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+    chunk_size: int = 1 * MiB
+    backend_connect_timeout: float = 5.0
+    backend_read_timeout: float = 30.0
+    backend_pool_maxsize: int = 32
+    verify_checksums: bool = True
+
+    @property
+    def hides_locations(self) -> bool:
+        return bool(self.locations_visible_to_roles)
+
+
+# Option name -> (parser, FilterSettings field). Strategy options are handled
+# separately: they go to the Selector, which validates them.
+_FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "add_direct_url": parse_bool,
+    "scrub_credentials": parse_bool,
+    "locations_visible_to_roles": parse_list,
+    "hidden_fields": _choices("hidden_fields", ("locations", "direct_url")),
+    "roles_header": lambda option, value: _header_name(option, value),
+    "max_rewrite_size": parse_size,
+    "serve_downloads": parse_bool,
+    "file_roots": parse_file_roots,
+    "allowed_hosts": parse_hosts,
+    "chunk_size": parse_size,
+    "backend_connect_timeout": parse_seconds,
+    "backend_read_timeout": parse_seconds,
+    "backend_pool_maxsize": parse_count,
+    "verify_checksums": parse_bool,
+}
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _header_name(option: str, value: Any) -> str:
+    name = str(value).strip()
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(f"{option}: {value!r} is not an HTTP header name")
+    return name
+
+
+# Keys paste puts in every section's configuration.
+_PASTE_KEYS = {"here", "__file__", "__name__"}
+
+
+def _strategy_option_names() -> set[str]:
+    names = {"location_strategy"}
+    for name in strategies.strategy_names():
+        names |= strategies.strategy_options(name)
+    return names
+
+
+def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> FilterSettings:
+    """Validate a paste filter section; unknown local options are errors (typos)."""
+    strategy_keys = _strategy_option_names()
+    _reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
+    conf = {**global_conf, **local_conf}
+    values: dict[str, Any] = {}
+    for option, parse in _FILTER_OPTIONS.items():
+        if option in conf and str(conf[option]).strip() != "":
+            values[option] = parse(option, conf[option])
+    values["selector"] = load_selector(conf)
+    return FilterSettings(**values)
+
+
+def load_selector(conf: Mapping[str, Any]) -> Selector:
+    """The strategy named by ``location_strategy`` with its options, validated."""
+    strategy = str(conf.get("location_strategy") or "location_order").strip()
+    try:
+        factory = strategies.get_strategy(strategy)
+        declared = getattr(factory, "options", None)
+        names = declared if declared is not None else _strategy_option_names()
+        options = {name: conf[name] for name in names if name in conf and name != "location_strategy"}
+        return Selector(strategy, **options)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _reject_unknown(local_conf: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(local_conf) - known - _PASTE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
+        )
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Settings of the ``proxy`` app (the sidecar's upstream connection)."""
+
+    upstream: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    pool_maxsize: int = 32
+    chunk_size: int = 1 * MiB
+
+
+_PROXY_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "upstream": parse_http_url,
+    "connect_timeout": parse_seconds,
+    "read_timeout": parse_seconds,
+    "pool_maxsize": parse_count,
+    "chunk_size": parse_size,
+}
+
+
+def load_proxy_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> ProxySettings:
+    _reject_unknown(local_conf, set(_PROXY_OPTIONS))
+    conf = {**global_conf, **local_conf}
+    if not str(conf.get("upstream") or "").strip():
+        raise ConfigError("upstream: required, e.g. upstream = http://127.0.0.1:9292")
+    values = {
+        option: parse(option, conf[option])
+        for option, parse in _PROXY_OPTIONS.items()
+        if option in conf and str(conf[option]).strip() != ""
+    }
+    return ProxySettings(**values)

@@ -1,0 +1,329 @@
+"""Location selection strategies: which copy of an image is best for this node.
+
+A pure library shared by the server (response rewriting, downloads) and by
+clients that read ``locations`` themselves. Standard library only: importing
+it must never pull in webob, urllib3 or a server.
+
+A *strategy* is a factory ``factory(**options) -> key`` where ``key(location)``
+returns a sort key, lower meaning better. Factories validate their options once
+and raise ``ValueError`` naming the option, the bad value and the valid
+choices; keys never raise on odd location data (it comes from the network).
+Ordering is a stable sort, so ties keep the upstream's relative order, and
+locations whose status is not ``active`` always sort after the active ones.
+
+Third-party strategies register a factory under the entry-point group
+``locproxy.strategies``; a factory may list the options it reads in an
+``options`` attribute so that configuration files can be checked at load.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+Location = Mapping[str, Any]
+SortKey = Callable[[Location], Any]
+StrategyFactory = Callable[..., SortKey]
+
+ENTRY_POINT_GROUP = "locproxy.strategies"
+
+# Glance's store -> URL scheme map (glance/common/location_strategy/store_type.py),
+# plus s3, which Glance's map lacked.
+STORE_SCHEMES: dict[str, tuple[str, ...]] = {
+    "file": ("file", "filesystem"),
+    "http": ("http", "https"),
+    "rbd": ("rbd",),
+    "swift": ("swift", "swift+http", "swift+https"),
+    "cinder": ("cinder",),
+    "vmware": ("vsphere",),
+    "s3": ("s3", "s3+http", "s3+https"),
+}
+
+
+# -- option parsing (shared with the config loader) -------------------------
+
+def parse_list(option: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A comma string (as in an ini file) or an iterable -> stripped, non-blank items."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: Iterable[Any] = value.split(",")
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise ValueError(
+                f"{option}: expected a comma-separated string or a list, got {value!r}"
+            ) from None
+    result = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{option}: expected strings, got {item!r}")
+        item = item.strip()
+        if item:
+            result.append(item)
+    return tuple(result)
+
+
+def parse_weights(option: str, value: str | Mapping[str, Any] | None) -> dict[str, float]:
+    """``"fast:100, slow:10"`` or a mapping -> ``{"fast": 100.0, "slow": 10.0}``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        pairs = []
+        for item in parse_list(option, value):
+            name, sep, number = item.rpartition(":")
+            if not sep or not name.strip():
+                raise ValueError(
+                    f"{option}: {item!r} is not of the form name:weight "
+                    f"(e.g. 'fast:100, slow:10')"
+                )
+            pairs.append((name.strip(), number.strip()))
+    weights = {}
+    for name, number in pairs:
+        weight = _number(number)
+        if weight is None:
+            raise ValueError(f"{option}: weight of {name!r} must be a number, got {number!r}")
+        weights[str(name)] = weight
+    return weights
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from an int, float or numeric string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+# -- location accessors -----------------------------------------------------
+
+def _metadata(location: Location) -> Mapping[str, Any]:
+    metadata = location.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def is_active(location: Location) -> bool:
+    """True unless the location, or its metadata, carries a status other than active."""
+    for holder in (location, _metadata(location)):
+        status = holder.get("status")
+        if status is not None and status != "active":
+            return False
+    return True
+
+
+def store_of(location: Location) -> str | None:
+    store = _metadata(location).get("store")
+    return store if isinstance(store, str) and store else None
+
+
+def scheme_of(location: Location) -> str:
+    url = location.get("url")
+    if not isinstance(url, str):
+        return ""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
+# -- built-in strategies ----------------------------------------------------
+
+def location_order(**_options: Any) -> SortKey:
+    """The upstream's own order."""
+    return lambda location: 0
+
+
+location_order.options = frozenset()  # type: ignore[attr-defined]
+
+
+def store_type(store_type_preference: str | Iterable[str] | None = None, **_options: Any) -> SortKey:
+    """Locations of the first preferred store type, then the second, ...; others last.
+
+    Matches Glance's ``store_type`` strategy, without its quirks: locations
+    without a url are kept (ranked last) and a repeated preference counts once.
+    """
+    names = parse_list("store_type_preference", store_type_preference)
+    unknown = [name for name in names if name.lower() not in STORE_SCHEMES]
+    if unknown:
+        raise ValueError(
+            f"store_type_preference: unknown store type {unknown[0]!r}; "
+            f"valid choices: {', '.join(sorted(STORE_SCHEMES))}"
+        )
+    rank: dict[str, int] = {}
+    for position, name in enumerate(names):
+        for scheme in STORE_SCHEMES[name.lower()]:
+            rank.setdefault(scheme, position)
+    last = len(names)
+    return lambda location: rank.get(scheme_of(location), last)
+
+
+store_type.options = frozenset({"store_type_preference"})  # type: ignore[attr-defined]
+
+
+def _weight_rule(store_weights: Mapping[str, float]) -> Callable[[Location], float]:
+    def weight_of(location: Location) -> float:
+        own = _number(_metadata(location).get("weight"))
+        if own is not None:
+            return own
+        return store_weights.get(store_of(location) or "", 0.0)
+
+    return weight_of
+
+
+def weight(store_weights: str | Mapping[str, Any] | None = None, **_options: Any) -> SortKey:
+    """Higher weight first: ``metadata["weight"]``, else the store's configured weight, else 0."""
+    weight_of = _weight_rule(parse_weights("store_weights", store_weights))
+    return lambda location: -weight_of(location)
+
+
+weight.options = frozenset({"store_weights"})  # type: ignore[attr-defined]
+
+
+def node_weight(
+    node_name: str | None = None,
+    store_weights: str | Mapping[str, Any] | None = None,
+    **_options: Any,
+) -> SortKey:
+    """Higher ``metadata["node_weights"][node_name]`` first; the ``weight`` rule otherwise."""
+    if node_name is None:
+        node_name = socket.gethostname()
+    if not isinstance(node_name, str) or not node_name.strip():
+        raise ValueError(f"node_name: must be a non-empty string, got {node_name!r}")
+    node_name = node_name.strip()
+    weight_of = _weight_rule(parse_weights("store_weights", store_weights))
+
+    def key(location: Location) -> float:
+        node_weights = _metadata(location).get("node_weights")
+        if isinstance(node_weights, Mapping):
+            own = _number(node_weights.get(node_name))
+            if own is not None:
+                return -own
+        return -weight_of(location)
+
+    return key
+
+
+node_weight.options = frozenset({"node_name", "store_weights"})  # type: ignore[attr-defined]
+
+
+BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
+    "location_order": location_order,
+    "store_type": store_type,
+    "weight": weight,
+    "node_weight": node_weight,
+}
+
+_registry: dict[str, StrategyFactory] = {}
+
+
+def register_strategy(name: str, factory: StrategyFactory) -> None:
+    """Add a strategy at run time (entry points are the packaged way)."""
+    strategies()[name] = factory
+
+
+def strategies() -> dict[str, StrategyFactory]:
+    """The registry: built-ins plus the ``locproxy.strategies`` entry points."""
+    if not _registry:
+        _registry.update(BUILTIN_STRATEGIES)
+        for entry_point in _entry_points():
+            _registry.setdefault(entry_point.name, entry_point.load())
+    return _registry
+
+
+def strategy_names() -> list[str]:
+    return sorted(strategies())
+
+
+def strategy_options(name: str) -> frozenset[str]:
+    """The option names a strategy declares (empty if it declares none)."""
+    return frozenset(getattr(get_strategy(name), "options", ()))
+
+
+def _entry_points() -> Iterable[Any]:
+    from importlib import metadata
+
+    found = metadata.entry_points()
+    if hasattr(found, "select"):  # Python 3.10+
+        return found.select(group=ENTRY_POINT_GROUP)
+    return found.get(ENTRY_POINT_GROUP, [])  # pragma: no cover - Python 3.9
+
+
+def get_strategy(name: str) -> StrategyFactory:
+    registry = strategies()
+    if name not in registry:
+        raise ValueError(
+            f"location_strategy: unknown strategy {name!r}; "
+            f"valid choices: {', '.join(sorted(registry))}"
+        )
+    return registry[name]
+
+
+# -- ordering ---------------------------------------------------------------
+
+class Selector:
+    """A strategy with its options validated once; call it to order locations.
+
+    Build one at load time and reuse it: ordering a page of images then costs
+    only the sorts.
+    """
+
+    def __init__(self, strategy: str = "location_order", **options: Any) -> None:
+        if not isinstance(strategy, str):
+            raise ValueError(f"location_strategy: expected a name, got {strategy!r}")
+        self.strategy = strategy
+        self.options = dict(options)
+        self._key = get_strategy(strategy)(**options)
+
+    def __repr__(self) -> str:
+        return f"Selector({self.strategy!r}, **{self.options!r})"
+
+    def order(self, locations: Sequence[Location], prefer: Sequence[str] = ()) -> list:
+        """A new list, best first: active before inactive, ``prefer`` stores
+        first in the given order, then the strategy's order, ties stable."""
+        key = self._key
+        if prefer:
+            rank = {store: position for position, store in enumerate(prefer)}
+            last = len(prefer)
+
+            def full_key(location: Location) -> tuple:
+                return (not is_active(location), rank.get(store_of(location), last), key(location))
+
+        else:
+
+            def full_key(location: Location) -> tuple:
+                return (not is_active(location), key(location))
+
+        return sorted(locations, key=full_key)
+
+    __call__ = order
+
+
+def order_locations(
+    locations: Sequence[Location],
+    strategy: str = "location_order",
+    prefer: Sequence[str] = (),
+    **options: Any,
+) -> list:
+    """Order image locations best first; the entry point for clients.
+
+    >>> order_locations([{"url": "file:///a"}, {"url": "rbd://b"}],
+    ...                 strategy="store_type", store_type_preference="rbd,file")
+    [{'url': 'rbd://b'}, {'url': 'file:///a'}]
+
+    ``locations`` is not modified. ``prefer`` lists store names (as in
+    ``metadata["store"]``) to put first, in that order.
+    """
+    return Selector(strategy, **options).order(locations, parse_list("prefer", prefer))
+
+
+def best_location(locations: Sequence[Location], selector: Selector | None = None) -> Location | None:
+    """The first active location with a url, or None: the ``direct_url`` candidate."""
+    ordered = selector.order(locations) if selector else locations
+    for location in ordered:
+        if is_active(location) and isinstance(location.get("url"), str):
+            return location
+    return None
