@@ -19,7 +19,7 @@ from locproxy.strategies import (
     best_location,
     order_locations,
     register_strategy,
-    strategies,
+    registered_strategies,
     strategy_names,
 )
 
@@ -29,6 +29,6 @@ __all__ = [
     "best_location",
     "order_locations",
     "register_strategy",
-    "strategies",
+    "registered_strategies",
     "strategy_names",
 ]

@@ -154,14 +154,24 @@ class FilterSettings:
         return bool(self.locations_visible_to_roles)
 
 
-# Option name -> (parser, FilterSettings field). Strategy options are handled
-# separately: they go to the Selector, which validates them.
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def parse_header_name(option: str, value: Any) -> str:
+    name = str(value).strip()
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(f"{option}: {value!r} is not an HTTP header name")
+    return name
+
+
+# Option name (= FilterSettings field) -> parser. Strategy options are handled
+# separately: the Selector validates them.
 _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "add_direct_url": parse_bool,
     "scrub_credentials": parse_bool,
     "locations_visible_to_roles": parse_list,
     "hidden_fields": _choices("hidden_fields", ("locations", "direct_url")),
-    "roles_header": lambda option, value: _header_name(option, value),
+    "roles_header": parse_header_name,
     "max_rewrite_size": parse_size,
     "serve_downloads": parse_bool,
     "file_roots": parse_file_roots,
@@ -172,16 +182,6 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "backend_pool_maxsize": parse_count,
     "verify_checksums": parse_bool,
 }
-
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
-
-
-def _header_name(option: str, value: Any) -> str:
-    name = str(value).strip()
-    if not _HEADER_NAME.match(name):
-        raise ConfigError(f"{option}: {value!r} is not an HTTP header name")
-    return name
-
 
 # Keys paste puts in every section's configuration.
 _PASTE_KEYS = {"here", "__file__", "__name__"}

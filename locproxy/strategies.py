@@ -222,10 +222,10 @@ _registry: dict[str, StrategyFactory] = {}
 
 def register_strategy(name: str, factory: StrategyFactory) -> None:
     """Add a strategy at run time (entry points are the packaged way)."""
-    strategies()[name] = factory
+    registered_strategies()[name] = factory
 
 
-def strategies() -> dict[str, StrategyFactory]:
+def registered_strategies() -> dict[str, StrategyFactory]:
     """The registry: built-ins plus the ``locproxy.strategies`` entry points."""
     if not _registry:
         _registry.update(BUILTIN_STRATEGIES)
@@ -235,7 +235,7 @@ def strategies() -> dict[str, StrategyFactory]:
 
 
 def strategy_names() -> list[str]:
-    return sorted(strategies())
+    return sorted(registered_strategies())
 
 
 def strategy_options(name: str) -> frozenset[str]:
@@ -253,7 +253,7 @@ def _entry_points() -> Iterable[Any]:
 
 
 def get_strategy(name: str) -> StrategyFactory:
-    registry = strategies()
+    registry = registered_strategies()
     if name not in registry:
         raise ValueError(
             f"location_strategy: unknown strategy {name!r}; "

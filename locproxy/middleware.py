@@ -1,0 +1,282 @@
+"""The ``locproxy`` paste filter: the thin WSGI shell around the pure core.
+
+It sits in front of an image API, either inside its paste pipeline (after
+authentication and context, before the API app) or in front of the sidecar
+``proxy`` app, and:
+
+* rewrites image responses (show, list, create, PATCH, location list) with
+  ``locproxy.rewrite`` so ``locations``/``direct_url``/``stores`` follow the
+  configured strategy;
+* translates JSON-patch ``/locations/N`` indexes from the order the client saw
+  back to the upstream's order;
+* serves ``/v2/images/{id}/file`` from the preferred backend
+  (``locproxy.download``).
+
+Everything else, and every response it does not recognise (non-2xx, non-JSON,
+invalid JSON, oversized), passes through unchanged. Trust: the "upstream" is
+whatever app this filter wraps; every request it makes on a client's behalf
+carries that client's own credentials, so the upstream authorises it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import zlib
+from typing import Any, Callable, Iterable, Iterator
+
+from webob import Request, Response
+from webob.dec import wsgify
+
+from locproxy import rewrite
+from locproxy.config import FilterSettings, load_filter_settings
+from locproxy.download import DownloadHandler
+from locproxy.responses import json_error
+from locproxy.strategies import parse_list
+
+LOG = logging.getLogger(__name__)
+
+# SCRIPT_NAME + PATH_INFO of the image API paths locproxy handles. Inside
+# Glance's urlmap SCRIPT_NAME may already hold "/v2", hence the whole path.
+_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images(?:/(?P<image_id>[^/]+)(?P<sub>/file|/locations)?)?/?$")
+
+# Headers a subrequest must not inherit from the client's request: its body,
+# conditions and ranges belong to the original request only.
+_SUBREQUEST_DROP = (
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "HTTP_TRANSFER_ENCODING",
+    "HTTP_EXPECT",
+    "HTTP_RANGE",
+    "HTTP_IF_RANGE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+    "HTTP_ACCEPT_ENCODING",
+    "RAW_URI",
+    "REQUEST_URI",
+)
+
+
+class LocationFilter:
+    """WSGI middleware; ``settings`` may be replaced at run time (reloads)."""
+
+    def __init__(self, app: Callable, settings: FilterSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.downloads = DownloadHandler(settings) if settings.serve_downloads else None
+
+    @wsgify
+    def __call__(self, req: Request) -> Any:
+        match = _IMAGE_PATH.match(req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", ""))
+        if match is None:
+            return self.app
+        image_id, sub = match.group("image_id"), match.group("sub")
+        method = req.method
+        if sub == "/file":
+            if self.downloads is not None and method in ("GET", "HEAD"):
+                image = ImageRequests(self.app, req, match.group("base"), image_id)
+                response = self.downloads(req, image, request_prefer(req))
+                return self.app if response is None else response
+            return self.app
+        if sub == "/locations":
+            kind = rewrite.LOCATIONS if method == "GET" else None
+        elif image_id is None:
+            kind = {"GET": rewrite.IMAGES, "POST": rewrite.IMAGE}.get(method)
+        else:
+            kind = rewrite.IMAGE if method in ("GET", "PATCH") else None
+        if kind is None:
+            return self.app
+        if method == "PATCH":
+            refusal = self._translate_patch(req, ImageRequests(self.app, req, match.group("base"), image_id))
+            if refusal is not None:
+                return refusal
+        return self._rewrite_response(req, kind)
+
+    # -- responses ---------------------------------------------------------
+
+    def _rewrite_response(self, req: Request, kind: str) -> Response:
+        settings = self.settings
+        # Ask for identity so the JSON can be read; gzip is still handled below.
+        req.headers["Accept-Encoding"] = "identity"
+        resp = req.get_response(self.app)
+        if not _rewritable(resp) or req.method == "HEAD":
+            return resp
+        try:
+            body = _read_bounded(resp, settings.max_rewrite_size)
+        except Exception as error:  # the upstream's body broke while we read it
+            LOG.warning("upstream response for %s ended while reading: %s", req.path, error)
+            return json_error(502, "The image API's response ended before it was complete.")
+        if body is None:
+            return resp  # oversized: streams through untouched
+        encoding = resp.content_encoding
+        plain = _gunzip(body, settings.max_rewrite_size) if encoding == "gzip" else body
+        new = None
+        if plain is not None and encoding in (None, "identity", "gzip"):
+            new = rewrite.rewrite_body(plain, kind, self._policy(req))
+        if new is None:
+            resp.app_iter = [body]
+            return resp
+        LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selector.strategy)
+        resp.content_encoding = None
+        resp.etag = None
+        resp.content_md5 = None
+        resp.body = new  # also sets Content-Length
+        return resp
+
+    def _policy(self, req: Request) -> rewrite.RewritePolicy:
+        settings = self.settings
+        hide: tuple[str, ...] = ()
+        if settings.hides_locations:
+            roles = {role.strip().lower() for role in req.headers.get(settings.roles_header, "").split(",")}
+            if not roles & {role.lower() for role in settings.locations_visible_to_roles}:
+                hide = settings.hidden_fields
+        return rewrite.RewritePolicy(
+            selector=settings.selector,
+            prefer=request_prefer(req),
+            add_direct_url=settings.add_direct_url,
+            scrub_credentials=settings.scrub_credentials,
+            hide=hide,
+        )
+
+    # -- JSON patch --------------------------------------------------------
+
+    def _translate_patch(self, req: Request, image: ImageRequests) -> Response | None:
+        """Point ``/locations/N`` at the copy the client saw at N. Returns a
+        response to send instead of forwarding, or None to go on."""
+        if req.content_type not in rewrite.JSON_PATCH_TYPES:
+            return None
+        limit = self.settings.max_rewrite_size
+        if req.content_length is not None and req.content_length > limit:
+            return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
+        raw = req.body_file.read(limit + 1)
+        if len(raw) > limit:
+            return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
+        req.body = raw  # the stream was consumed: forward exactly what was read
+        try:
+            operations = json.loads(raw)
+        except ValueError:
+            return None  # the upstream refuses it in its own words
+        if not rewrite.patch_addresses_locations(operations):
+            return None
+        current = image.show()
+        if current.status_code != 200:
+            return current  # the upstream's own refusal (401/403/404...)
+        try:
+            locations = json.loads(current.body).get("locations")
+        except (ValueError, AttributeError):
+            locations = None
+        if not rewrite.well_formed(locations):
+            return None  # the client cannot have seen an order of ours
+        view = self.settings.selector.order(locations)
+        translated = rewrite.translate_patch(operations, locations, view)
+        if translated != operations:
+            LOG.debug("translated JSON-patch location indexes for image %s", image.image_id)
+            req.body = json.dumps(translated).encode("utf-8")
+        return None
+
+
+class ImageRequests:
+    """Subrequests about one image, made to the wrapped app as the client:
+    the same environ (credentials, auth context) with its own method and path,
+    no body and no conditions, so the upstream authorises each one."""
+
+    def __init__(self, app: Callable, req: Request, base: str, image_id: str) -> None:
+        self.app = app
+        self.req = req
+        self.image_id = image_id
+        self.path = f"{base}/v2/images/{image_id}"
+
+    def show(self) -> Response:
+        """``GET /v2/images/{id}``."""
+        return self._call("GET", self.path)
+
+    def download(self, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
+        """``GET /v2/images/{id}/file`` (with e.g. a ``Range``), streamed."""
+        return self._call(method, self.path + "/file", headers)
+
+    def _call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
+        original = self.req.environ
+        script_name = original.get("SCRIPT_NAME", "")
+        environ = {
+            key: value
+            for key, value in original.items()
+            if key not in _SUBREQUEST_DROP and not key.startswith("webob.")
+        }
+        environ.update(REQUEST_METHOD=method, PATH_INFO=path[len(script_name):], QUERY_STRING="")
+        environ["wsgi.input"] = io.BytesIO(b"")
+        for name, value in (headers or {}).items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        return Request(environ).get_response(self.app)
+
+
+def request_prefer(req: Request) -> tuple[str, ...]:
+    """Stores the client asked to put first (``?prefer=store1,store2``)."""
+    return parse_list("prefer", ",".join(req.GET.getall("prefer")))
+
+
+def _rewritable(resp: Response) -> bool:
+    return 200 <= resp.status_code < 300 and resp.content_type == "application/json"
+
+
+def _read_bounded(resp: Response, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes; otherwise None, and
+    ``resp`` is left to stream everything, including what was read."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    app_iter = resp.app_iter
+    iterator = iter(app_iter)
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in iterator:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            resp.app_iter = _Replay(chunks, iterator, app_iter)
+            return None
+    close = getattr(app_iter, "close", None)
+    if close is not None:
+        close()
+    return b"".join(chunks)
+
+
+class _Replay:
+    """Chunks already read, then the rest of the original iterable (whose
+    ``close`` is kept: it releases the upstream connection)."""
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: Iterable[bytes]) -> None:
+        self._head, self._rest, self._original = head, rest, original
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    def close(self) -> None:
+        close = getattr(self._original, "close", None)
+        if close is not None:
+            close()
+
+
+def _gunzip(body: bytes, limit: int) -> bytes | None:
+    """Decompressed gzip body, or None if invalid or larger than ``limit``."""
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        plain = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    if len(plain) > limit or decompressor.unconsumed_tail or not decompressor.eof:
+        return None
+    return plain
+
+
+def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[Callable], LocationFilter]:
+    """paste.filter_factory: options validated here, once, at load."""
+    settings = load_filter_settings(global_conf, local_conf)
+
+    def make_filter(app: Callable) -> LocationFilter:
+        return LocationFilter(app, settings)
+
+    return make_filter

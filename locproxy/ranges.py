@@ -1,0 +1,45 @@
+"""``Range`` request header parsing for image downloads (pure).
+
+Follows RFC 9110 section 14.1.2 for one byte range, with Glance's choices
+where the RFC leaves room: several ranges, other units and malformed values
+are refused with 416 rather than ignored, as Glance's ``/file`` does.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BYTE_RANGE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*(\d+))\s*$", re.IGNORECASE)
+
+
+class Unsatisfiable(ValueError):
+    """The Range cannot be served: answer 416 with ``Content-Range: bytes */size``."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` with ``end`` exclusive, or None for the whole image.
+
+    ``bytes=a-b`` (b inclusive, clamped to the size), ``bytes=a-`` and the
+    suffix form ``bytes=-n`` (the last n bytes; all of them if n >= size).
+    """
+    if header is None:
+        return None
+    match = _BYTE_RANGE.match(header)
+    if match is None:
+        raise Unsatisfiable(f"unsupported Range {header[:64]!r}: one 'bytes=' range only")
+    first, last, suffix = match.groups()
+    if suffix is not None:
+        length = int(suffix)
+        if length == 0 or size == 0:
+            raise Unsatisfiable("empty suffix range")
+        return max(size - length, 0), size
+    start = int(first)
+    if last:
+        end = int(last) + 1
+        if end <= start:
+            raise Unsatisfiable("range ends before it starts")
+    else:
+        end = size
+    if start >= size:
+        raise Unsatisfiable(f"range starts at or beyond the image size ({size})")
+    return start, min(end, size)
