@@ -208,18 +208,26 @@ def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str
 
 
 def load_selector(conf: Mapping[str, Any]) -> Selector:
-    """The strategy named by ``location_strategy`` with its options, validated."""
+    """The strategy named by ``location_strategy`` with its options.
+
+    Options of the other strategies are validated too, so that a bad value
+    fails now rather than when an operator switches strategy later.
+    """
     strategy = str(conf.get("location_strategy") or "location_order").strip()
     try:
-        factory = strategies.get_strategy(strategy)
-        declared = getattr(factory, "options", None)
-        names = declared if declared is not None else _strategy_option_names()
-        options = {name: conf[name] for name in names if name in conf and name != "location_strategy"}
-        return Selector(strategy, **options)
-    except ConfigError:
-        raise
+        for name in strategies.strategy_names():
+            declared = strategies.strategy_options(name)
+            if name != strategy and declared & conf.keys():
+                strategies.get_strategy(name)(**_options_for(name, conf))
+        return Selector(strategy, **_options_for(strategy, conf))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _options_for(strategy: str, conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a strategy declares; all strategy options if it declares none."""
+    declared = strategies.strategy_options(strategy) or _strategy_option_names() - {"location_strategy"}
+    return {name: conf[name] for name in declared if name in conf}
 
 
 def _reject_unknown(local_conf: Mapping[str, Any], known: set[str]) -> None:

@@ -1,0 +1,125 @@
+"""Configuration parsing: every option validated at load, errors name it."""
+
+from __future__ import annotations
+
+import pytest
+
+from locproxy.config import (
+    ConfigError,
+    FilterSettings,
+    load_filter_settings,
+    load_proxy_settings,
+    parse_size,
+)
+
+
+def test_defaults():
+    settings = load_filter_settings({}, {})
+    assert settings == FilterSettings(selector=settings.selector)
+    assert settings.selector.strategy == "location_order"
+
+
+def test_full_filter_section(tmp_path):
+    settings = load_filter_settings(
+        {"here": str(tmp_path), "__file__": str(tmp_path / "paste.ini"), "unrelated_glance_option": "x"},
+        {
+            "location_strategy": "weight",
+            "store_weights": "fast:100, slow:10",
+            "store_type_preference": "file",  # kept for a later switch, unused by weight
+            "add_direct_url": "yes",
+            "scrub_credentials": "true",
+            "locations_visible_to_roles": "admin, service",
+            "hidden_fields": "locations",
+            "roles_header": "X-Roles",
+            "max_rewrite_size": "4M",
+            "file_roots": f"{tmp_path}, {tmp_path}/",
+            "allowed_hosts": "127.0.0.1:8080, Store.Example, [::1]:9000",
+            "chunk_size": "256K",
+            "backend_connect_timeout": "0.5",
+            "backend_read_timeout": "10",
+            "verify_checksums": "off",
+        },
+    )
+    assert settings.selector.strategy == "weight"
+    assert settings.selector.options == {"store_weights": "fast:100, slow:10"}
+    assert settings.add_direct_url and settings.scrub_credentials and not settings.verify_checksums
+    assert settings.locations_visible_to_roles == ("admin", "service")
+    assert settings.hidden_fields == ("locations",)
+    assert settings.max_rewrite_size == 4 * 1024 * 1024
+    assert settings.file_roots == (str(tmp_path), str(tmp_path))
+    assert settings.allowed_hosts == frozenset({"127.0.0.1:8080", "store.example", "[::1]:9000"})
+    assert settings.chunk_size == 256 * 1024
+    assert settings.backend_connect_timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    "local_conf, message",
+    [
+        pytest.param({"location_strategy": "fastest"}, "location_strategy: unknown strategy 'fastest'",
+                     id="unknown-strategy"),
+        pytest.param({"location_strategy": "store_type", "store_type_preference": "rbd, tape"},
+                     "store_type_preference: unknown store type 'tape'; valid choices: cinder, file",
+                     id="unknown-store"),
+        pytest.param({"location_strategy": "weight", "store_weights": "a:b"},
+                     "store_weights: weight of 'a' must be a number", id="bad-weight"),
+        pytest.param({"locaton_strategy": "weight"}, "locaton_strategy: unknown option; valid options:",
+                     id="typo-in-option-name"),
+        pytest.param({"add_direct_url": "maybe"}, "add_direct_url: expected one of true/false", id="bad-bool"),
+        pytest.param({"chunk_size": "lots"}, "chunk_size: expected a size in bytes", id="bad-size"),
+        pytest.param({"chunk_size": "0"}, "chunk_size: must be at least 1 bytes", id="zero-size"),
+        pytest.param({"backend_read_timeout": "-1"}, "backend_read_timeout: expected a number of seconds",
+                     id="negative-timeout"),
+        pytest.param({"file_roots": "relative/dir"}, "file_roots: 'relative/dir' is not an absolute path",
+                     id="relative-root"),
+        pytest.param({"file_roots": "/nonexistent/locproxy"}, "file_roots: '/nonexistent/locproxy' is not a "
+                     "directory", id="missing-root"),
+        pytest.param({"allowed_hosts": "http://a.example/"}, "allowed_hosts: 'http://a.example/' is not host",
+                     id="host-with-scheme"),
+        pytest.param({"hidden_fields": "locations, checksum"}, "hidden_fields: unknown value 'checksum'; "
+                     "valid choices: locations, direct_url", id="bad-hidden-field"),
+        pytest.param({"roles_header": "X Roles"}, "roles_header: 'X Roles' is not an HTTP header name",
+                     id="bad-header"),
+    ],
+)
+def test_bad_filter_options(local_conf, message):
+    with pytest.raises(ConfigError) as error:
+        load_filter_settings({}, local_conf)
+    assert message in str(error.value)
+
+
+def test_unknown_global_options_are_ignored():
+    """Glance's own [DEFAULT] options reach every section's global_conf."""
+    assert load_filter_settings({"bind_port": "9292"}, {}).selector.strategy == "location_order"
+
+
+@pytest.mark.parametrize(
+    "local_conf, message",
+    [
+        pytest.param({}, "upstream: required", id="missing-upstream"),
+        pytest.param({"upstream": "ftp://x"}, "upstream: expected an http:// or https:// URL", id="bad-scheme"),
+        pytest.param({"upstream": "http://u:p@x"}, "upstream: must not carry credentials", id="credentials"),
+        pytest.param({"upstream": "http://x", "pool_maxsize": "0"}, "pool_maxsize: expected an integer >= 1",
+                     id="bad-pool"),
+        pytest.param({"upstream": "http://x", "timeout": "1"}, "timeout: unknown option", id="unknown"),
+    ],
+)
+def test_bad_proxy_options(local_conf, message):
+    with pytest.raises(ConfigError) as error:
+        load_proxy_settings({}, local_conf)
+    assert message in str(error.value)
+
+
+def test_proxy_settings():
+    settings = load_proxy_settings({}, {"upstream": "http://127.0.0.1:9292/", "read_timeout": "2"})
+    assert settings.upstream == "http://127.0.0.1:9292"
+    assert settings.read_timeout == 2.0
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1), ("64k", 65536), ("1MiB", 1 << 20), ("2 GB", 2 << 30)])
+def test_parse_size(text, expected):
+    assert parse_size("x", text) == expected
+
+
+def test_options_of_other_strategies_are_validated_too():
+    with pytest.raises(ConfigError, match="store_type_preference: unknown store type 'tape'"):
+        load_filter_settings({}, {"location_strategy": "weight", "store_type_preference": "tape"})
