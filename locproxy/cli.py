@@ -1,0 +1,93 @@
+"""The ``locproxy`` command.
+
+``locproxy order``  reorders image JSON read on stdin with the same functions
+                    the server uses (no server, no webob).
+``locproxy demo``   starts a demo image API on loopback with locproxy in
+                    front, and prints commands to try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from locproxy import rewrite
+from locproxy.strategies import Selector, parse_list, strategy_names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    order = commands.add_parser(
+        "order",
+        help="reorder image JSON from stdin",
+        description="Read an image, an image list page or a location list as JSON on stdin; "
+        "print it with locations, direct_url and stores in the strategy's order.",
+    )
+    order.add_argument("--strategy", default="location_order", help=f"one of: {', '.join(strategy_names())}")
+    order.add_argument("--store-type-preference", help="for store_type, e.g. 'rbd, file, http'")
+    order.add_argument("--store-weights", help="for weight/node_weight, e.g. 'fast:100, slow:10'")
+    order.add_argument("--node-name", help="for node_weight; default: this host's name")
+    order.add_argument("--prefer", default="", help="stores to put first, e.g. 'fast-disk,web'")
+    order.add_argument("--add-direct-url", action="store_true", help="set direct_url even if absent")
+    order.add_argument("--scrub-credentials", action="store_true", help="remove user:password@ from urls")
+    order.set_defaults(run=_order)
+
+    demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
+    demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
+    demo.add_argument("--workdir", help="where to put the demo images (default: a temporary directory)")
+    demo.add_argument("--location-strategy", default="store_type", help="strategy locproxy starts with")
+    demo.set_defaults(run=_demo)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _order(args: argparse.Namespace) -> int:
+    options = {
+        name: value
+        for name, value in (
+            ("store_type_preference", args.store_type_preference),
+            ("store_weights", args.store_weights),
+            ("node_name", args.node_name),
+        )
+        if value is not None
+    }
+    try:
+        policy = rewrite.RewritePolicy(
+            selector=Selector(args.strategy, **options),
+            prefer=parse_list("--prefer", args.prefer),
+            add_direct_url=args.add_direct_url,
+            scrub_credentials=args.scrub_credentials,
+        )
+    except ValueError as error:
+        print(f"locproxy order: {error}", file=sys.stderr)
+        return 2
+    try:
+        document = json.load(sys.stdin)
+    except ValueError as error:
+        print(f"locproxy order: stdin is not JSON: {error}", file=sys.stderr)
+        return 2
+    if isinstance(document, list):
+        kind = rewrite.LOCATIONS
+    elif isinstance(document, dict) and isinstance(document.get("images"), list):
+        kind = rewrite.IMAGES
+    else:
+        kind = rewrite.IMAGE
+    result = rewrite.rewrite_document(document, kind, policy)
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from locproxy.demo import run_demo
+
+    return run_demo(port=args.port, workdir=args.workdir, location_strategy=args.location_strategy)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
