@@ -1,0 +1,63 @@
+"""The client-side CLI: ``locproxy order`` with the shared functions, no server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+IMAGE = {
+    "id": "i1",
+    "locations": [
+        {"url": "file:///srv/images/i1", "metadata": {"store": "disk"}},
+        {"url": "rbd://fsid/images/i1/snap", "metadata": {"store": "ceph"}},
+    ],
+    "direct_url": "file:///srv/images/i1",
+}
+
+
+def run_order(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "locproxy.cli", "order", *args],
+        input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "document, pick",
+    [
+        pytest.param(IMAGE, lambda out: out, id="image"),
+        pytest.param({"images": [IMAGE], "next": "/v2/images?marker=i1"}, lambda out: out["images"][0], id="list"),
+    ],
+)
+def test_order_reorders_stdin(document, pick):
+    result = run_order("--strategy", "store_type", "--store-type-preference", "rbd,file", stdin=json.dumps(document))
+    assert result.returncode == 0, result.stderr
+    image = pick(json.loads(result.stdout))
+    assert [location["url"] for location in image["locations"]] == [
+        "rbd://fsid/images/i1/snap", "file:///srv/images/i1",
+    ]
+    assert image["direct_url"] == "rbd://fsid/images/i1/snap"
+
+
+def test_order_location_list_with_prefer():
+    result = run_order("--prefer", "ceph", stdin=json.dumps(IMAGE["locations"]))
+    assert [location["metadata"]["store"] for location in json.loads(result.stdout)] == ["ceph", "disk"]
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        pytest.param(["--strategy", "fastest"], "{}", "location_strategy: unknown strategy 'fastest'", id="strategy"),
+        pytest.param(["--strategy", "store_type", "--store-type-preference", "tape"], "{}",
+                     "store_type_preference: unknown store type 'tape'", id="preference"),
+        pytest.param([], "{oops", "stdin is not JSON", id="bad-json"),
+    ],
+)
+def test_order_errors(args, stdin, message):
+    result = run_order(*args, stdin=stdin)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
