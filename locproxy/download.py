@@ -48,14 +48,26 @@ class ChecksumMismatch(Exception):
 
 
 class DownloadHandler:
-    """Serves ``/file`` for the filter; returns None to let the upstream answer."""
+    """Serves ``/file`` for the filter; returns None to let the upstream answer.
 
-    def __init__(self, settings: FilterSettings) -> None:
-        self.settings = settings
+    Holds what outlives a settings reload: the backend connection pools (kept
+    while the backend options are unchanged) and the verified-file memory.
+    """
+
+    def __init__(self, settings: FilterSettings, verified_files: VerifiedFiles | None = None) -> None:
         self.backends = Backends.from_settings(settings)
-        self.verified_files = VerifiedFiles()
+        self.backend_options = _backend_options(settings)
+        self.verified_files = verified_files or VerifiedFiles()
 
-    def __call__(self, req: Request, image_requests: Any, prefer: Sequence[str] = ()) -> Response | None:
+    def for_settings(self, settings: FilterSettings) -> DownloadHandler:
+        """This handler if ``settings`` use the same backends, else a new one."""
+        if _backend_options(settings) == self.backend_options:
+            return self
+        return DownloadHandler(settings, self.verified_files)
+
+    def __call__(
+        self, req: Request, image_requests: Any, settings: FilterSettings, prefer: Sequence[str] = ()
+    ) -> Response | None:
         shown = image_requests.show()
         if shown.status_code != 200:
             return shown  # the upstream's own refusal, as it is
@@ -68,7 +80,7 @@ class DownloadHandler:
         except Unsatisfiable as error:
             return json_error(416, str(error), {"Content-Range": f"bytes */{size}"})
         start, end = span or (0, size)
-        urls = self.candidate_urls(image, prefer)
+        urls = self.candidate_urls(image, settings, prefer)
         if not urls:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", image.get("id"))
             return None
@@ -82,7 +94,7 @@ class DownloadHandler:
         if req.method == "HEAD":
             return response
 
-        digest = None if span or not self.settings.verify_checksums else expected_digest(image)
+        digest = None if span or not settings.verify_checksums else expected_digest(image)
         opened = self._open_first(urls, start, end - start, size)
         if opened is None:
             return None
@@ -91,7 +103,7 @@ class DownloadHandler:
             file_wrapper = req.environ.get("wsgi.file_wrapper")
             if file_wrapper is not None:
                 LOG.debug("image %s: sendfile from %s", image.get("id"), stream.label)
-                response.app_iter = file_wrapper(stream.fileobj, self.settings.chunk_size)
+                response.app_iter = file_wrapper(stream.fileobj, settings.chunk_size)
                 return response
         on_verified = None
         if stream.fileobj is not None and digest is not None:
@@ -108,11 +120,11 @@ class DownloadHandler:
         )
         return response
 
-    def candidate_urls(self, image: dict, prefer: Sequence[str]) -> list[str]:
+    def candidate_urls(self, image: dict, settings: FilterSettings, prefer: Sequence[str]) -> list[str]:
         """Urls of the image's active, readable locations, best first."""
         locations = image.get("locations")
         if isinstance(locations, list) and all(isinstance(item, dict) for item in locations):
-            ordered = self.settings.selector.order(locations, prefer)
+            ordered = settings.selector.order(locations, prefer)
             urls = [location.get("url") for location in ordered if is_active(location)]
         else:  # the upstream shows only direct_url
             urls = [image.get("direct_url")]
@@ -289,6 +301,17 @@ class VerifiedFiles:
             self._entries.move_to_end(identity)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+
+
+def _backend_options(settings: FilterSettings) -> tuple:
+    return (
+        settings.file_roots,
+        settings.allowed_hosts,
+        settings.chunk_size,
+        settings.backend_connect_timeout,
+        settings.backend_read_timeout,
+        settings.backend_pool_maxsize,
+    )
 
 
 def _json_object(body: bytes) -> dict | None:

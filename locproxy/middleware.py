@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import zlib
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from webob import Request, Response
 from webob.dec import wsgify
@@ -33,6 +33,7 @@ from webob.dec import wsgify
 from locproxy import rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
+from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
 from locproxy.strategies import parse_list
 
@@ -62,24 +63,41 @@ _SUBREQUEST_DROP = (
 
 
 class LocationFilter:
-    """WSGI middleware; ``settings`` may be replaced at run time (reloads)."""
+    """WSGI middleware. ``settings`` is fixed, or a ``Reloading`` source that
+    swaps them when the operator's ``config_file`` changes."""
 
-    def __init__(self, app: Callable, settings: FilterSettings) -> None:
+    def __init__(self, app: Callable, settings: FilterSettings | Reloading[FilterSettings]) -> None:
         self.app = app
-        self.settings = settings
-        self.downloads = DownloadHandler(settings) if settings.serve_downloads else None
+        self._reloading = settings if isinstance(settings, Reloading) else None
+        initial = self._reloading.current() if self._reloading else settings
+        assert isinstance(initial, FilterSettings)
+        self._state = _State(initial, DownloadHandler(initial))
+
+    @property
+    def settings(self) -> FilterSettings:
+        return self._state.settings
+
+    def _current(self) -> _State:
+        """Settings and download handler for one request, swapped together."""
+        state = self._state
+        if self._reloading is not None:
+            settings = self._reloading.current()
+            if settings is not state.settings:
+                state = self._state = _State(settings, state.downloads.for_settings(settings))
+        return state
 
     @wsgify
     def __call__(self, req: Request) -> Any:
+        state = self._current()
         match = _IMAGE_PATH.match(req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", ""))
         if match is None:
             return self.app
         image_id, sub = match.group("image_id"), match.group("sub")
         method = req.method
         if sub == "/file":
-            if self.downloads is not None and method in ("GET", "HEAD"):
+            if state.settings.serve_downloads and method in ("GET", "HEAD"):
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
-                response = self.downloads(req, image, request_prefer(req))
+                response = state.downloads(req, image, state.settings, request_prefer(req))
                 return self.app if response is None else response
             return self.app
         if sub == "/locations":
@@ -91,15 +109,15 @@ class LocationFilter:
         if kind is None:
             return self.app
         if method == "PATCH":
-            refusal = self._translate_patch(req, ImageRequests(self.app, req, match.group("base"), image_id))
+            image = ImageRequests(self.app, req, match.group("base"), image_id)
+            refusal = self._translate_patch(req, image, state.settings)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind)
+        return self._rewrite_response(req, kind, state.settings)
 
     # -- responses ---------------------------------------------------------
 
-    def _rewrite_response(self, req: Request, kind: str) -> Response:
-        settings = self.settings
+    def _rewrite_response(self, req: Request, kind: str, settings: FilterSettings) -> Response:
         # Ask for identity so the JSON can be read; gzip is still handled below.
         req.headers["Accept-Encoding"] = "identity"
         resp = req.get_response(self.app)
@@ -116,7 +134,7 @@ class LocationFilter:
         plain = _gunzip(body, settings.max_rewrite_size) if encoding == "gzip" else body
         new = None
         if plain is not None and encoding in (None, "identity", "gzip"):
-            new = rewrite.rewrite_body(plain, kind, self._policy(req))
+            new = rewrite.rewrite_body(plain, kind, rewrite_policy(req, settings))
         if new is None:
             resp.app_iter = [body]
             return resp
@@ -127,29 +145,14 @@ class LocationFilter:
         resp.body = new  # also sets Content-Length
         return resp
 
-    def _policy(self, req: Request) -> rewrite.RewritePolicy:
-        settings = self.settings
-        hide: tuple[str, ...] = ()
-        if settings.hides_locations:
-            roles = {role.strip().lower() for role in req.headers.get(settings.roles_header, "").split(",")}
-            if not roles & {role.lower() for role in settings.locations_visible_to_roles}:
-                hide = settings.hidden_fields
-        return rewrite.RewritePolicy(
-            selector=settings.selector,
-            prefer=request_prefer(req),
-            add_direct_url=settings.add_direct_url,
-            scrub_credentials=settings.scrub_credentials,
-            hide=hide,
-        )
-
     # -- JSON patch --------------------------------------------------------
 
-    def _translate_patch(self, req: Request, image: ImageRequests) -> Response | None:
+    def _translate_patch(self, req: Request, image: ImageRequests, settings: FilterSettings) -> Response | None:
         """Point ``/locations/N`` at the copy the client saw at N. Returns a
         response to send instead of forwarding, or None to go on."""
         if req.content_type not in rewrite.JSON_PATCH_TYPES:
             return None
-        limit = self.settings.max_rewrite_size
+        limit = settings.max_rewrite_size
         if req.content_length is not None and req.content_length > limit:
             return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
         raw = req.body_file.read(limit + 1)
@@ -171,12 +174,33 @@ class LocationFilter:
             locations = None
         if not rewrite.well_formed(locations):
             return None  # the client cannot have seen an order of ours
-        view = self.settings.selector.order(locations)
+        view = settings.selector.order(locations)
         translated = rewrite.translate_patch(operations, locations, view)
         if translated != operations:
             LOG.debug("translated JSON-patch location indexes for image %s", image.image_id)
             req.body = json.dumps(translated).encode("utf-8")
         return None
+
+
+class _State(NamedTuple):
+    settings: FilterSettings
+    downloads: DownloadHandler
+
+
+def rewrite_policy(req: Request, settings: FilterSettings) -> rewrite.RewritePolicy:
+    """How to rewrite this client's responses: its ``prefer``, what it may see."""
+    hide: tuple[str, ...] = ()
+    if settings.hides_locations:
+        roles = {role.strip().lower() for role in req.headers.get(settings.roles_header, "").split(",")}
+        if not roles & {role.lower() for role in settings.locations_visible_to_roles}:
+            hide = settings.hidden_fields
+    return rewrite.RewritePolicy(
+        selector=settings.selector,
+        prefer=request_prefer(req),
+        add_direct_url=settings.add_direct_url,
+        scrub_credentials=settings.scrub_credentials,
+        hide=hide,
+    )
 
 
 class ImageRequests:
@@ -273,8 +297,22 @@ def _gunzip(body: bytes, limit: int) -> bytes | None:
 
 
 def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[Callable], LocationFilter]:
-    """paste.filter_factory: options validated here, once, at load."""
-    settings = load_filter_settings(global_conf, local_conf)
+    """paste.filter_factory: options validated here, once, at load.
+
+    With ``config_file``, that file's ``[locproxy]`` options override these
+    and are reloaded when it changes (see ``locproxy.reloading``).
+    """
+    config_file = str(local_conf.pop("config_file", "") or global_conf.get("config_file", "")).strip()
+    settings: FilterSettings | Reloading[FilterSettings]
+    if config_file:
+        def build(options: Mapping[str, str]) -> FilterSettings:
+            return load_filter_settings(global_conf, {**local_conf, **options})
+
+        read_options(config_file)  # fail at load, naming config_file, if unreadable
+        settings = Reloading(config_file, build)
+        install_sighup([settings])
+    else:
+        settings = load_filter_settings(global_conf, local_conf)
 
     def make_filter(app: Callable) -> LocationFilter:
         return LocationFilter(app, settings)

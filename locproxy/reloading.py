@@ -1,0 +1,108 @@
+"""Hot reloading of the filter's settings from an operator-edited ini file.
+
+The paste section may name ``config_file``: an ini file whose ``[locproxy]``
+section holds any filter option (strategy, weights, roots...). Its values
+override the paste section's. The file is checked at most once a second, on
+the request path (no thread: safe in every server and after fork); a change
+is parsed and validated in full before it replaces the running settings, so
+an invalid edit is logged as an ERROR and the previous settings stay.
+Requests already running keep the settings they started with.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+from locproxy.config import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+SECTION = "locproxy"
+T = TypeVar("T")
+
+
+def read_options(path: str) -> dict[str, str]:
+    """The ``[locproxy]`` section of ``path``; ConfigError if unreadable."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            parser.read_file(stream)
+    except (OSError, UnicodeDecodeError, configparser.Error) as error:
+        raise ConfigError(f"config_file: cannot read {path}: {error}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"config_file: {path} has no [{SECTION}] section")
+    return dict(parser.items(SECTION))
+
+
+class Reloading(Generic[T]):
+    """Holds the current value built from a file, rebuilt when the file changes.
+
+    ``build(options)`` turns the file's options into the value (validating
+    them); it is called once at start (errors propagate: bad config fails at
+    load) and after each change (errors are logged; the old value stays).
+    """
+
+    def __init__(self, path: str, build: Callable[[Mapping[str, str]], T], interval: float = 1.0) -> None:
+        self.path = path
+        self.build = build
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self._value = build(read_options(path))
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def current(self) -> T:
+        """The value, after reloading the file if it changed (checked ≤ once per interval)."""
+        now = time.monotonic()
+        if now - self._checked >= self.interval and self._lock.acquire(blocking=False):
+            try:
+                self._checked = now
+                self._reload_if_changed()
+            finally:
+                self._lock.release()
+        return self._value
+
+    def request_reload(self) -> None:
+        """Re-read the file on the next ``current()`` (safe in a signal handler:
+        no lock, no I/O)."""
+        self._signature = None
+        self._checked = float("-inf")
+
+    def _reload_if_changed(self) -> bool:
+        signature = self._stat()
+        if signature == self._signature:
+            return False
+        self._signature = signature  # judged once per version of the file
+        try:
+            value = self.build(read_options(self.path))
+        except (ConfigError, ValueError) as error:
+            LOG.error("config_file %s rejected, keeping the previous settings: %s", self.path, error)
+            return False
+        self._value = value
+        LOG.warning("config_file %s reloaded", self.path)
+        return True
+
+
+def install_sighup(reloadings: list[Reloading[Any]]) -> None:
+    """Reload on SIGHUP where this process owns the signal (not under servers
+    such as gunicorn, whose master uses SIGHUP to restart workers: that
+    re-reads everything anyway)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None):
+        return
+    signal.signal(signal.SIGHUP, lambda signum, frame: [item.request_reload() for item in reloadings])
