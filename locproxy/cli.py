@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
     demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
     demo.add_argument("--workdir", help="where to put the demo images (default: a temporary directory)")
-    demo.add_argument("--location-strategy", default="store_type", help="strategy locproxy starts with")
+    demo.add_argument("--check", action="store_true",
+                      help="run the demo requests, print what they show, and exit (0 if all as expected)")
     demo.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)
@@ -84,9 +85,9 @@ def _order(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from locproxy.demo import run_demo
+    from locproxy.demo_run import run_demo
 
-    return run_demo(port=args.port, workdir=args.workdir, location_strategy=args.location_strategy)
+    return run_demo(port=args.port, workdir=args.workdir, check=args.check)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -84,32 +84,33 @@ class DownloadHandler:
         if not urls:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", image.get("id"))
             return None
-        response = Response(status=206 if span else 200, content_type="application/octet-stream", charset=None)
-        response.headers["Accept-Ranges"] = "bytes"
-        response.content_length = end - start
+        status = 206 if span else 200
+        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
+                   ("Accept-Ranges", "bytes")]
         if span:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
         elif image.get("checksum"):
-            response.headers["Content-MD5"] = str(image["checksum"])
+            headers.append(("Content-MD5", str(image["checksum"])))
         if req.method == "HEAD":
-            return response
+            return Response(status=status, headerlist=headers, app_iter=[])
 
         digest = None if span or not settings.verify_checksums else expected_digest(image)
         opened = self._open_first(urls, start, end - start, size)
         if opened is None:
             return None
         stream, remaining = opened
-        if stream.fileobj is not None and (digest is None or self.verified_files.contains(stream.fileobj, digest)):
-            file_wrapper = req.environ.get("wsgi.file_wrapper")
-            if file_wrapper is not None:
-                LOG.debug("image %s: sendfile from %s", image.get("id"), stream.label)
-                response.app_iter = file_wrapper(stream.fileobj, settings.chunk_size)
-                return response
+        file_wrapper = req.environ.get("wsgi.file_wrapper")
+        if stream.fileobj is not None and file_wrapper is not None and (
+            digest is None or self.verified_files.contains(stream.fileobj, digest)
+        ):
+            # The file was checked before (or needs no check): let the server sendfile it.
+            LOG.debug("image %s: sendfile from %s", image.get("id"), stream.label)
+            return Response(status=status, headerlist=headers, app_iter=file_wrapper(stream.fileobj, settings.chunk_size))
         on_verified = None
         if stream.fileobj is not None and digest is not None:
             identity = self.verified_files.identity(stream.fileobj)
             on_verified = lambda: self.verified_files.add(identity, digest)  # noqa: E731
-        response.app_iter = ImageBody(
+        body = ImageBody(
             first=stream,
             reopen=lambda offset: self._resume(remaining, image_requests, offset, end, size),
             start=start,
@@ -118,7 +119,7 @@ class DownloadHandler:
             on_verified=on_verified,
             image_id=str(image.get("id")),
         )
-        return response
+        return Response(status=status, headerlist=headers, app_iter=body)
 
     def candidate_urls(self, image: dict, settings: FilterSettings, prefer: Sequence[str]) -> list[str]:
         """Urls of the image's active, readable locations, best first."""

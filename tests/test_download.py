@@ -1,0 +1,440 @@
+"""``/v2/images/{id}/file`` served by locproxy: real gunicorn sidecar, real
+loopback backends (file roots, fault-injecting http servers), the demo image
+API as upstream.
+
+Every test adds its own image (its own locations) to one shared upstream and
+downloads it through one shared sidecar, so the module costs one gunicorn
+start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webtest import TestApp
+
+from locproxy.config import load_filter_settings
+from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from locproxy.middleware import LocationFilter
+from tests.faultserver import FaultServer, RefusingPort
+from tests.servers import run_gunicorn
+
+DATA = demo_bytes("download-tests", 3 * 1024 * 1024 + 17)  # not a multiple of any chunk size
+SHA512 = hashlib.sha512(DATA).hexdigest()
+MD5 = hashlib.md5(DATA).hexdigest()
+CHUNK = 64 * 1024
+CREDENTIALS = "vault-user:Sup3rSecretKey"
+
+
+LOGGING = """
+[loggers]
+keys = root
+[handlers]
+keys = stderr
+[formatters]
+keys = plain
+[logger_root]
+level = DEBUG
+handlers = stderr
+[handler_stderr]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = plain
+[formatter_plain]
+format = %(levelname)s %(name)s: %(message)s
+"""
+
+
+class World:
+    """The shared upstream, backends and sidecar."""
+
+    def __init__(self, root_a: Path, root_b: Path, api: DemoImageAPI, web: FaultServer, web2: FaultServer,
+                 refusing: RefusingPort, sidecar: Any, upstream_url: str) -> None:
+        self.root_a, self.root_b, self.api = root_a, root_b, api
+        self.web, self.web2, self.refusing = web, web2, refusing
+        self.sidecar, self.upstream_url = sidecar, upstream_url
+
+    def file_location(self, root: Path, name: str | None = None, data: bytes = DATA, store: str = "disk") -> dict:
+        path = root / (name or str(uuid.uuid4()))
+        path.write_bytes(data)
+        return location(f"file://{path}", store)
+
+    def missing_file(self) -> dict:
+        return location(f"file://{self.root_a}/{uuid.uuid4()}-missing", "disk")
+
+    def add_image(self, *locations: dict, data: bytes = DATA, **attributes: Any) -> str:
+        return self.api.add_image(data=data, locations=locations, **attributes)
+
+    def worker_pid(self) -> int:
+        children = Path(f"/proc/{self.sidecar.pid}/task/{self.sidecar.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("download")
+    root_a, root_b = base / "root-a", base / "root-b"
+    root_a.mkdir()
+    root_b.mkdir()
+    with FaultServer(DATA) as web, FaultServer(DATA) as web2, RefusingPort() as refusing:
+        # The upstream itself reads only `web`: where `web2` breaks, the
+        # upstream's own /file still has a good copy to resume from.
+        api = DemoImageAPI(file_roots=(str(root_a), str(root_b)), http_prefixes=(web.url("/"),))
+        with serve_wsgi(api) as upstream:
+            ini = base / "sidecar.ini"
+            ini.write_text(
+                "[pipeline:main]\npipeline = locproxy proxy\n\n"
+                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nlocation_strategy = location_order\n"
+                f"file_roots = {root_a}, {root_b}\nallowed_hosts = 127.0.0.1\n"
+                f"chunk_size = {CHUNK}\nbackend_connect_timeout = 1\nbackend_read_timeout = 1\n\n"
+                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\nread_timeout = 10\n\n"
+                + LOGGING
+            )
+            with run_gunicorn(ini, threads=16) as sidecar:
+                yield World(root_a, root_b, api, web, web2, refusing, sidecar, upstream.url)
+
+
+@pytest.fixture(autouse=True)
+def healthy_backends(world: World):
+    world.web.mode = "ok"
+    world.web2.mode = "ok"
+    yield
+
+
+class Fetched:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, complete: bool) -> None:
+        self.status, self.headers, self.body, self.complete = status, headers, body, complete
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def fetch(world: World, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+          timeout: float = 20) -> Fetched:
+    """One request on a fresh connection; ``complete`` is False if the body
+    ended before its Content-Length (the server aborted it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", world.sidecar.port, timeout=timeout)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        try:
+            body, complete = response.read(), True
+        except http.client.IncompleteRead as error:
+            body, complete = error.partial, False
+        return Fetched(response.status, {k.lower(): v for k, v in response.getheaders()}, body, complete)
+    finally:
+        connection.close()
+
+
+def download(world: World, image_id: str, **kwargs: Any) -> Fetched:
+    return fetch(world, f"/v2/images/{image_id}/file", **kwargs)
+
+
+def log_since(world: World, mark: int) -> str:
+    return world.sidecar.log()[mark:]
+
+
+# -- the response contract ---------------------------------------------------
+
+def test_download_from_the_first_location(world: World):
+    image_id = world.add_image(world.file_location(world.root_a), location(world.web.url(), "web"))
+    before_web, before_upstream = world.web.request_count, world.api.calls["GET file"]
+    result = download(world, image_id)
+    assert (result.status, result.complete) == (200, True)
+    assert hashlib.sha512(result.body).hexdigest() == SHA512
+    assert result.headers["content-length"] == str(len(DATA))
+    assert result.headers["content-type"] == "application/octet-stream"
+    assert result.headers["content-md5"] == MD5
+    assert world.web.request_count == before_web, "the http copy was not touched"
+    assert world.api.calls["GET file"] == before_upstream, "the upstream's /file was not used"
+
+
+def test_strategy_order_and_prefer_choose_the_backend(world: World):
+    image_id = world.add_image(
+        location(world.web.url(), "web"), world.file_location(world.root_a, store="disk"),
+        location(world.web2.url(), "web2"),
+    )
+    before = world.web.request_count, world.web2.request_count
+    assert download(world, image_id).body == DATA
+    assert (world.web.request_count, world.web2.request_count) == (before[0] + 1, before[1])
+    result = fetch(world, f"/v2/images/{image_id}/file?prefer=web2")
+    assert result.body == DATA
+    assert (world.web.request_count, world.web2.request_count) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize(
+    "header, status, span",
+    [
+        pytest.param("bytes=0-99", 206, (0, 100), id="first-100"),
+        pytest.param("bytes=-100", 206, (len(DATA) - 100, len(DATA)), id="suffix"),
+        pytest.param("bytes=100-", 206, (100, len(DATA)), id="open-ended"),
+        pytest.param(f"bytes=5-{len(DATA) + 50}", 206, (5, len(DATA)), id="end-clamped"),
+        pytest.param(f"bytes={len(DATA)}-", 416, None, id="beyond-end"),
+        pytest.param("bytes=0-1,5-6", 416, None, id="multiple"),
+        pytest.param("lines=1-2", 416, None, id="other-unit"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["file", "http"])
+def test_ranges(world: World, backend: str, header: str, status: int, span: tuple[int, int] | None):
+    first = world.file_location(world.root_a) if backend == "file" else location(world.web.url(), "web")
+    image_id = world.add_image(first)
+    result = download(world, image_id, headers={"Range": header})
+    assert result.status == status
+    if span:
+        start, end = span
+        assert result.body == DATA[start:end]
+        assert result.headers["content-range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
+        assert result.headers["content-length"] == str(end - start)
+    else:
+        assert result.headers["content-range"] == f"bytes */{len(DATA)}"
+        assert result.json()["error"]["code"] == 416
+
+
+def test_head_sends_headers_only_and_reads_no_backend(world: World):
+    image_id = world.add_image(location(world.web.url(), "web"))
+    before = world.web.request_count
+    result = download(world, image_id, method="HEAD")
+    assert (result.status, result.body) == (200, b"")
+    assert result.headers["content-length"] == str(len(DATA))
+    assert world.web.request_count == before
+
+
+def test_image_without_data_is_the_upstreams_204(world: World):
+    image_id = world.api.add_image(name="empty")
+    result = download(world, image_id)
+    assert (result.status, result.body) == (204, b"")
+
+
+def test_deactivated_image_is_refused_for_non_admin(world: World):
+    image_id = world.add_image(location(world.web.url(), "web"))
+    world.api.set_status(image_id, "deactivated")
+    before = world.api.calls["GET file"]
+    assert download(world, image_id).status == 403
+    admin = download(world, image_id, headers={"X-Roles": "admin"})
+    assert (admin.status, admin.body) == (200, DATA), "the upstream decides, and serves admins"
+    assert world.api.calls["GET file"] == before + 2, "both went to the upstream's own /file"
+
+
+# -- authorisation -----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="anonymous"),
+        pytest.param({"X-Project-Id": "someone-else"}, id="other-project"),
+        pytest.param({"X-Project-Id": "someone-else", "X-Roles": "member"}, id="other-project-member"),
+    ],
+)
+def test_no_bytes_without_the_upstreams_consent(world: World, headers: dict[str, str]):
+    image_id = world.add_image(location(world.web.url(), "web"), visibility="private", owner="owner-project")
+    before = world.web.request_count
+    result = download(world, image_id, headers=headers)
+    assert result.status == 404, "the upstream's own answer"
+    assert DATA[:64] not in result.body
+    assert world.web.request_count == before
+    owner = download(world, image_id, headers={"X-Project-Id": "owner-project"})
+    assert owner.body == DATA and world.web.request_count == before + 1
+
+
+def test_client_credentials_never_reach_backends(world: World):
+    image_id = world.add_image(location(world.web.url(), "web"))
+    download(world, image_id, headers={"X-Auth-Token": "client-token", "Authorization": "Bearer client",
+                                       "Cookie": "session=client"})
+    received = world.web.requests[-1].headers
+    assert not {"x-auth-token", "cookie"} & set(received)
+    assert received.get("authorization") is None
+
+
+def test_unknown_image_is_the_upstreams_404(world: World):
+    result = download(world, str(uuid.uuid4()))
+    assert result.status == 404
+
+
+# -- fallback, resume, integrity ----------------------------------------------
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param("missing-file", id="missing-file"),
+        pytest.param("status:500", id="http-500"),
+        pytest.param("status:404", id="http-404"),
+        pytest.param("refused", id="refused"),
+        pytest.param("hang_headers", id="hang-before-headers"),
+        pytest.param("ignore_range", id="ignores-range"),
+        pytest.param("outside-roots", id="file-outside-roots"),
+    ],
+)
+def test_fallback_before_the_first_byte(world: World, broken: str):
+    if broken == "missing-file":
+        first = world.missing_file()
+    elif broken == "refused":
+        first = location(world.refusing.url("/x").replace("http://", f"http://{CREDENTIALS}@"), "dead")
+    elif broken == "outside-roots":
+        first = location("file:///etc/passwd", "disk")
+    else:
+        world.web2.mode = broken
+        first = location(world.web2.url().replace("http://", f"http://{CREDENTIALS}@"), "web2")
+    image_id = world.add_image(first, location(world.web.url(), "web"))
+    mark = len(world.sidecar.log())
+    range_header = {"Range": "bytes=10-"} if broken == "ignore_range" else {}
+    result = download(world, image_id, headers=range_header)
+    assert result.complete
+    assert result.body == (DATA[10:] if range_header else DATA)
+    log = log_since(world, mark)
+    if broken != "outside-roots":  # not a readable location at all: skipped silently
+        assert re.search(r"WARNING locproxy\.download: backend \S+ failed before the first byte", log), log
+    assert "Sup3rSecretKey" not in log and "vault-user" not in log
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param("truncate_after:1000000", id="closes-early"),
+        pytest.param("reset_after:1500000", id="connection-reset"),
+        pytest.param("hang_after:700000", id="stalls-mid-body"),
+    ],
+)
+def test_mid_stream_failure_resumes_from_the_next_location(world: World, fault: str):
+    world.web.mode = fault
+    image_id = world.add_image(location(world.web.url(), "web"), world.file_location(world.root_b))
+    mark = len(world.sidecar.log())
+    result = download(world, image_id)
+    assert result.complete and len(result.body) == len(DATA)
+    assert hashlib.sha512(result.body).hexdigest() == SHA512, "one unbroken, correct body"
+    assert re.search(r"backend http://127\.0\.0\.1:\d+ failed at byte \d+: .*resuming", log_since(world, mark))
+
+
+def test_resume_in_a_range_request(world: World):
+    world.web.mode = "truncate_after:50000"
+    image_id = world.add_image(location(world.web.url(), "web"), location(world.web2.url(), "web2"))
+    result = download(world, image_id, headers={"Range": "bytes=1000-299999"})
+    assert (result.status, result.complete) == (206, True)
+    assert result.body == DATA[1000:300000]
+
+
+def test_resume_falls_back_to_the_upstreams_file(world: World):
+    world.web2.mode = "truncate_after:200000"
+    image_id = world.add_image(location(world.web2.url(), "web2"), location("rbd://fsid/pool/img/snap", "ceph"))
+    before = world.api.calls["GET file"]
+    mark = len(world.sidecar.log())
+    result = download(world, image_id)
+    assert result.complete and result.body == DATA, log_since(world, mark)
+    assert world.api.calls["GET file"] == before + 1, "the rest came from the upstream's /file"
+
+
+def test_no_readable_location_streams_the_upstreams_file(world: World):
+    image_id = world.add_image(world.missing_file(), location("rbd://fsid/pool/img/snap", "ceph"),
+                               location(f"swift+https://{CREDENTIALS}@swift.example/v1/c/o", "swift"))
+    before = world.api.calls["GET file"]
+    result = download(world, image_id, headers={"Range": "bytes=-10"})
+    assert (result.status, result.body) == (206, DATA[-10:])
+    assert world.api.calls["GET file"] == before + 1
+
+
+@pytest.mark.parametrize("fault", ["corrupt_byte:2500000", "corrupt_byte:0", f"corrupt_byte:{len(DATA) - 1}"])
+def test_corrupt_body_is_aborted_never_completed(world: World, fault: str):
+    world.web.mode = fault
+    image_id = world.add_image(location(world.web.url(), "web"), world.file_location(world.root_a))
+    mark = len(world.sidecar.log())
+    result = download(world, image_id)
+    assert result.status == 200
+    assert not result.complete, "the client must see a broken transfer, not a finished bad body"
+    assert len(result.body) < len(DATA)
+    assert re.search(r"ERROR locproxy\.download: image \S+: sha512 digest mismatch", log_since(world, mark))
+
+
+def test_corrupt_range_is_not_checked_but_size_is(world: World):
+    """A Range cannot be hashed end to end; it is served at the exact size."""
+    world.web.mode = "bad_content_length"
+    image_id = world.add_image(location(world.web.url(), "web"), world.file_location(world.root_a))
+    result = download(world, image_id, headers={"Range": "bytes=0-999"})
+    assert (result.status, result.body) == (206, DATA[:1000])
+
+
+def test_short_file_is_not_served(world: World):
+    short = world.file_location(world.root_a, data=DATA[:-1])
+    image_id = world.add_image(short, location(world.web.url(), "web"))
+    result = download(world, image_id)
+    assert result.complete and result.body == DATA
+
+
+def test_verified_file_is_served_again_correctly(world: World):
+    """The second download of a verified file takes the sendfile path."""
+    image_id = world.add_image(world.file_location(world.root_a))
+    for _ in range(3):
+        result = download(world, image_id)
+        assert result.complete and result.body == DATA
+
+
+# -- concurrency and resources -----------------------------------------------
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_concurrent_downloads_and_no_leaked_descriptors(world: World):
+    images = [
+        world.add_image(world.file_location(world.root_a), location(world.web.url(), "web")),
+        world.add_image(location(world.web.url(), "web"), world.file_location(world.root_b)),
+        world.add_image(world.missing_file(), location(world.web2.url(), "web2")),
+    ]
+    worker = world.worker_pid()
+
+    def burst() -> int:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(lambda n: download(world, images[n % 3]), range(36)))
+        assert all(result.complete and result.body == DATA for result in results)
+        return open_fds(worker)
+
+    # The first burst fills the connection pools; a leak shows as growth after it.
+    after_first = burst()
+    after_second = burst()
+    after_third = burst()
+    assert after_third <= after_first + 2 and after_second <= after_first + 2, (after_first, after_second, after_third)
+
+
+def test_client_disconnect_releases_backend(world: World):
+    world.web.mode = "slow:2000000"
+    image_id = world.add_image(location(world.web.url(), "web"))
+    connection = http.client.HTTPConnection("127.0.0.1", world.sidecar.port, timeout=10)
+    connection.request("GET", f"/v2/images/{image_id}/file")
+    response = connection.getresponse()
+    assert response.read(1000)
+    before = world.web.connection_count
+    connection.close()
+    world.web.mode = "ok"
+    # The sidecar still serves every download afterwards (no stuck pool slot).
+    results = [download(world, image_id) for _ in range(4)]
+    assert all(result.body == DATA for result in results)
+    assert world.web.connection_count >= before
+
+
+# -- inside a pipeline (the filter in front of the image API app itself) -------
+
+def test_filter_in_pipeline_serves_and_falls_back(tmp_path: Path):
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "img").write_bytes(DATA)
+    api = DemoImageAPI(file_roots=(str(root),))
+    settings = load_filter_settings({}, {"file_roots": str(root)})
+    app = TestApp(LocationFilter(api, settings), lint=True)
+    served = api.add_image(data=DATA, locations=[location(f"file://{root}/img", "disk")])
+    unreadable = api.add_image(data=DATA, locations=[location("rbd://a/b/c/d", "ceph")])
+    before = api.calls["GET file"]
+    assert app.get(f"/v2/images/{served}/file").body == DATA
+    assert api.calls["GET file"] == before
+    assert app.get(f"/v2/images/{unreadable}/file").body == DATA
+    assert api.calls["GET file"] == before + 1
+    assert app.get(f"/v2/images/{served}/file", headers={"Range": "bytes=-5"}, status=206).body == DATA[-5:]
