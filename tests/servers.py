@@ -1,0 +1,344 @@
+"""Real servers on loopback for tests.
+
+* ``free_port()``: a TCP port on 127.0.0.1 that was free a moment ago.
+* ``run_gunicorn(app)``: gunicorn in a subprocess (``--paste x.ini`` or a
+  ``module:callable`` spec), yields a ``GunicornServer`` (``.url``, ``.port``,
+  ``.pid``, ``.log()``).
+* ``serve_wsgi_in_thread(app)``: a threaded wsgiref server in this process,
+  yields its base URL. Unlike plain wsgiref it accepts chunked request bodies
+  (``wsgi.input`` is de-chunked, ``wsgi.input_terminated`` is set) and puts the
+  request-target as received in ``environ["RAW_URI"]``, like gunicorn.
+* ``serve_raw_http_in_thread(respond)``: for responses no WSGI server will
+  send (hop-by-hop headers, truncated bodies, interim responses, keep-alive
+  accounting): ``respond(head, sock)`` gets each request's header block and
+  writes whatever bytes it likes.
+
+Everything binds 127.0.0.1 only, every wait is bounded, and each context
+manager stops what it started (processes, threads, sockets) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Seconds: how long to wait for a server to start, and for one to stop.
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listened on when this returned."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- gunicorn in a subprocess ------------------------------------------------
+
+@dataclass
+class GunicornServer:
+    """A running gunicorn: its base URL, port, master pid and captured log."""
+
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything gunicorn wrote to stdout/stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextmanager
+def run_gunicorn(
+    app: str | os.PathLike,
+    *,
+    threads: int = 4,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    start_timeout: float = START_TIMEOUT,
+) -> Iterator[GunicornServer]:
+    """Run ``sys.executable -m gunicorn`` on 127.0.0.1 and a free port.
+
+    ``app`` is a paste ini path (``*.ini`` or an existing file, run with
+    ``--paste``) or a ``module:callable`` spec (imported from the repository
+    root). Returns once the port accepts connections and every worker has
+    booted; fails with gunicorn's log if that takes longer than
+    ``start_timeout`` or gunicorn exits. On exit: SIGTERM (graceful timeout
+    2 s), then SIGKILL to the whole process group.
+
+    ``extra_args`` come after the defaults, so they can override them
+    (gunicorn keeps the last value of an option).
+    """
+    port = free_port()
+    spec = os.fspath(app)
+    target = ["--paste", spec] if spec.endswith(".ini") or os.path.isfile(spec) else [spec]
+    with tempfile.TemporaryDirectory(prefix="locproxy-gunicorn-") as workdir:
+        log_path = Path(workdir) / "gunicorn.log"
+        # An empty config file, so a gunicorn.conf.py in the working directory
+        # cannot change what the tests run.
+        config = Path(workdir) / "gunicorn.conf.py"
+        config.write_text("")
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--config", str(config),
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers),
+            "--threads", str(threads),
+            "--graceful-timeout", "2",
+            "--timeout", "30",
+            "--log-level", "info",
+            "--error-logfile", "-",
+            *_no_control_socket(),
+            *extra_args,
+            *target,
+        ]
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                cwd=str(REPO_ROOT),
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # one process group: master and workers
+            )
+        server = GunicornServer(f"http://127.0.0.1:{port}", port, process, log_path)
+        try:
+            _wait_for_gunicorn(server, workers, start_timeout)
+            yield server
+        finally:
+            _stop_process_group(process)
+
+
+def _no_control_socket() -> list[str]:
+    # gunicorn >= 25 opens a control socket under ~/.gunicorn by default:
+    # a shared path across concurrent test servers, outside the test's files.
+    from gunicorn.config import KNOWN_SETTINGS
+
+    known = any("--no-control-socket" in (setting.cli or ()) for setting in KNOWN_SETTINGS)
+    return ["--no-control-socket"] if known else []
+
+
+def _wait_for_gunicorn(server: GunicornServer, workers: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"gunicorn exited with status {server.process.returncode} before serving:\n{server.log()}"
+            )
+        if server.log().count("Booting worker") >= workers and _accepts(server.port):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gunicorn did not start within {timeout:g}s:\n{server.log()}")
+        time.sleep(0.05)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop_process_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    # Workers that outlived their master (or a master that ignored SIGTERM).
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=STOP_TIMEOUT)
+
+
+# -- threaded servers in this process ----------------------------------------
+
+class _ThreadTracking(socketserver.ThreadingMixIn):
+    """Handler threads are daemons (a stuck one cannot hang the test run) but
+    are tracked, so ``join_handlers`` can wait for them with a bound."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        with self._handlers_lock:
+            self._handlers = [t for t in self._handlers if t.is_alive()] + [thread]
+        thread.start()
+
+    def join_handlers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._handlers_lock:
+            handlers = list(self._handlers)
+        for thread in handlers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [thread for thread in handlers if thread.is_alive()]
+        if alive:
+            raise RuntimeError(f"{len(alive)} request handler thread(s) still running after {timeout:g}s")
+
+
+class _ThreadingWSGIServer(_ThreadTracking, WSGIServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._handlers: list[threading.Thread] = []
+        self._handlers_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+
+class _ChunkedInput:
+    """``wsgi.input`` for a chunked request body (RFC 9112 §7.1), de-chunked."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._left = 0
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes] = []
+        wanted = None if size is None or size < 0 else size
+        while not self._done and (wanted is None or wanted > 0):
+            if self._left == 0 and not self._next_chunk():
+                break
+            count = self._left if wanted is None else min(wanted, self._left)
+            data = self._rfile.read(count)
+            if not data:
+                raise ConnectionError("chunked request body ended inside a chunk")
+            parts.append(data)
+            self._left -= len(data)
+            if wanted is not None:
+                wanted -= len(data)
+            if self._left == 0 and self._rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise ValueError("chunk data not followed by CRLF")
+        return b"".join(parts)
+
+    def _next_chunk(self) -> bool:
+        line = self._rfile.readline(1024)
+        if not line:
+            raise ConnectionError("chunked request body ended before its last chunk")
+        self._left = int(line.split(b";", 1)[0].strip(), 16)
+        if self._left:
+            return True
+        while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields
+        self._done = True
+        return False
+
+
+class _WSGIRequestHandler(WSGIRequestHandler):
+    """wsgiref's handler, quiet, with RAW_URI and chunked request bodies."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # Same steps as WSGIRequestHandler.handle, with our wsgi.input.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        environ = self.get_environ()
+        environ["RAW_URI"] = self.path
+        stdin: Any = self.rfile
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() and not environ.get("CONTENT_LENGTH"):
+            stdin = _ChunkedInput(self.rfile)
+            environ["wsgi.input_terminated"] = True
+        handler = ServerHandler(stdin, self.wfile, self.get_stderr(), environ, multithread=True)
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+@contextmanager
+def serve_wsgi_in_thread(app: Callable) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (one thread per connection, HTTP/1.0
+    responses: one request per connection). Yields ``http://127.0.0.1:PORT``.
+
+    On exit the server stops accepting, its socket closes, and running
+    handlers get ``STOP_TIMEOUT`` seconds to finish (apps that wait on
+    something must be released by then).
+    """
+    server = _ThreadingWSGIServer(("127.0.0.1", 0), _WSGIRequestHandler)
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(STOP_TIMEOUT)
+        server.server_close()
+        server.join_handlers(STOP_TIMEOUT)
+
+
+class _RawServer(_ThreadTracking, socketserver.TCPServer):
+    def __init__(self, respond: Callable[[bytes, socket.socket], bool | None]) -> None:
+        self._handlers: list[threading.Thread] = []
+        self._handlers_lock = threading.Lock()
+        self.respond = respond
+        super().__init__(("127.0.0.1", 0), _RawHandler)
+
+
+class _RawHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(STOP_TIMEOUT)
+        buffered = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = sock.recv(65536)
+                    if not data or len(buffered) > 1 << 20:
+                        return
+                    buffered += data
+                head, buffered = buffered.split(b"\r\n\r\n", 1)
+                if not self.server.respond(head + b"\r\n\r\n", sock):  # type: ignore[attr-defined]
+                    return
+        except OSError:
+            pass  # the peer went away: that is often what the test is about
+
+
+@contextmanager
+def serve_raw_http_in_thread(respond: Callable[[bytes, socket.socket], bool | None]) -> Iterator[str]:
+    """Accept connections on 127.0.0.1; for each request, read its head (up to
+    and including the blank line) and call ``respond(head, sock)``, which
+    writes raw bytes (and reads a request body itself, if there is one). The
+    connection is closed when ``respond`` returns a false value, or kept for
+    the next request when it returns True. Yields ``http://127.0.0.1:PORT``."""
+    server = _RawServer(respond)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(STOP_TIMEOUT)
+        server.server_close()
+        server.join_handlers(STOP_TIMEOUT)
