@@ -51,6 +51,7 @@ def run_demo(port: int, workdir: str | None, check: bool) -> int:
             "--paste-global", f"file_roots={setup.store_a}, {setup.store_b}",
             "--paste-global", f"allowed_hosts={web.url.split('//', 1)[1]}",
             "--paste-global", f"config_file={config_file}",
+            *_no_control_socket(),
         ])
         stack.callback(_stop, server)
         proxy = f"http://127.0.0.1:{port}"
@@ -64,6 +65,14 @@ def run_demo(port: int, workdir: str | None, check: bool) -> int:
             return server.wait()
         except KeyboardInterrupt:
             return 0
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn >= 25 opens a control socket in ~/.gunicorn by default; the demo needs none."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    known = any("--no-control-socket" in (setting.cli or ()) for setting in KNOWN_SETTINGS)
+    return ["--no-control-socket"] if known else []
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -107,7 +107,7 @@ class DownloadHandler:
             and (digest is None or self.verified_files.contains(stream.fileobj, digest))
         ):
             # Checked before (or a range, which cannot be): let the server sendfile it.
-            LOG.debug("image %s: sendfile from %s", image.get("id"), stream.label)
+            LOG.info("image %s: bytes %d-%d sent from %s (sendfile)", image.get("id"), start, end - 1, stream.label)
             return Response(status=status, headerlist=headers, app_iter=file_wrapper(stream.fileobj, settings.chunk_size))
         on_verified = None
         if stream.fileobj is not None and digest is not None:
@@ -176,6 +176,7 @@ class ImageBody:
     ) -> None:
         self.source = first
         self.reopen = reopen
+        self.start = start
         self.offset = start
         self.end = end
         self.digest = digest
@@ -220,6 +221,10 @@ class ImageBody:
             if len(labels) == 1 and self.on_verified is not None:
                 self.on_verified()  # the first source alone produced a good body
             yield held
+        LOG.info(
+            "image %s: bytes %d-%d sent from %s%s", self.image_id, self.start, self.end - 1,
+            ", ".join(labels), f" ({self.digest[0]} verified)" if self.digest else "",
+        )
 
     def _next_source(self) -> Any:
         if self._replacements is None:

@@ -61,3 +61,18 @@ def test_order_errors(args, stdin, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_demo_check_runs_the_readme_demo_end_to_end():
+    """`./run demo` starts this; --check makes the same set-up verify itself."""
+    from tests.servers import free_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "locproxy.cli", "demo", "--check", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "locproxy order:  slow-disk, fast-disk, web" in result.stdout
+    assert "sha512 matches os_hash_value" in result.stdout
+    assert "demo check: OK" in result.stdout
+    assert "sent from file" in result.stderr, "the download came from a file store, not the upstream"
