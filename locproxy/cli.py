@@ -14,7 +14,8 @@ import sys
 from typing import Sequence
 
 from locproxy import rewrite
-from locproxy.strategies import Selector, parse_list, strategy_names
+from locproxy.options import parse_list
+from locproxy.strategies import Selector, strategy_names
 
 
 def main(argv: Sequence[str] | None = None) -> int:

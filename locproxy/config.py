@@ -15,67 +15,21 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from locproxy import strategies
-from locproxy.strategies import Selector, parse_list
+from locproxy.options import (
+    MiB,
+    ConfigError,
+    parse_bool,
+    parse_count,
+    parse_list,
+    parse_seconds,
+    parse_size,
+)
+from locproxy.strategies import Selector
 
-KiB = 1024
-MiB = 1024 * KiB
-
-
-class ConfigError(ValueError):
-    """A configuration option is missing, unknown or has a bad value."""
-
-
-# -- value parsers: (option, raw value) -> parsed value ----------------------
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+__all__ = ["ConfigError", "FilterSettings", "ProxySettings", "load_filter_settings", "load_proxy_settings"]
 
 
-def parse_bool(option: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{option}: expected one of true/false/yes/no/on/off/1/0, got {value!r}")
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": 1024 * MiB}
-
-
-def parse_size(option: str, value: Any, minimum: int = 1) -> int:
-    """Bytes: ``1048576``, ``1M``, ``256KiB``, ``1GB`` (binary units)."""
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ConfigError(f"{option}: expected a size in bytes such as 262144, 256K or 1M, got {value!r}")
-    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if size < minimum:
-        raise ConfigError(f"{option}: must be at least {minimum} bytes, got {value!r}")
-    return size
-
-
-def parse_seconds(option: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not 0 < seconds < 86400:
-        raise ConfigError(f"{option}: expected a number of seconds > 0, got {value!r}")
-    return seconds
-
-
-def parse_count(option: str, value: Any, minimum: int = 1) -> int:
-    try:
-        count = int(str(value).strip())
-    except ValueError:
-        count = minimum - 1
-    if count < minimum:
-        raise ConfigError(f"{option}: expected an integer >= {minimum}, got {value!r}")
-    return count
-
+# -- deployment parsers: (option, raw value) -> parsed value -------------------
 
 def parse_http_url(option: str, value: Any) -> str:
     url = str(value).strip().rstrip("/")

@@ -35,7 +35,7 @@ from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
 from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
-from locproxy.strategies import parse_list
+from locproxy.options import parse_list
 
 LOG = logging.getLogger(__name__)
 

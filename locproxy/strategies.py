@@ -21,6 +21,8 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from locproxy.options import number, parse_list, parse_weights
+
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
 StrategyFactory = Callable[..., SortKey]
@@ -38,67 +40,6 @@ STORE_SCHEMES: dict[str, tuple[str, ...]] = {
     "vmware": ("vsphere",),
     "s3": ("s3", "s3+http", "s3+https"),
 }
-
-
-# -- option parsing (shared with the config loader) -------------------------
-
-def parse_list(option: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
-    """A comma string (as in an ini file) or an iterable -> stripped, non-blank items."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items: Iterable[Any] = value.split(",")
-    else:
-        try:
-            items = list(value)
-        except TypeError:
-            raise ValueError(
-                f"{option}: expected a comma-separated string or a list, got {value!r}"
-            ) from None
-    result = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"{option}: expected strings, got {item!r}")
-        item = item.strip()
-        if item:
-            result.append(item)
-    return tuple(result)
-
-
-def parse_weights(option: str, value: str | Mapping[str, Any] | None) -> dict[str, float]:
-    """``"fast:100, slow:10"`` or a mapping -> ``{"fast": 100.0, "slow": 10.0}``."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        pairs = list(value.items())
-    else:
-        pairs = []
-        for item in parse_list(option, value):
-            name, sep, number = item.rpartition(":")
-            if not sep or not name.strip():
-                raise ValueError(
-                    f"{option}: {item!r} is not of the form name:weight "
-                    f"(e.g. 'fast:100, slow:10')"
-                )
-            pairs.append((name.strip(), number.strip()))
-    weights = {}
-    for name, number in pairs:
-        weight = _number(number)
-        if weight is None:
-            raise ValueError(f"{option}: weight of {name!r} must be a number, got {number!r}")
-        weights[str(name)] = weight
-    return weights
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from an int, float or numeric string; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None
 
 
 # -- location accessors -----------------------------------------------------
@@ -166,7 +107,7 @@ store_type.options = frozenset({"store_type_preference"})  # type: ignore[attr-d
 
 def _weight_rule(store_weights: Mapping[str, float]) -> Callable[[Location], float]:
     def weight_of(location: Location) -> float:
-        own = _number(_metadata(location).get("weight"))
+        own = number(_metadata(location).get("weight"))
         if own is not None:
             return own
         return store_weights.get(store_of(location) or "", 0.0)
@@ -199,7 +140,7 @@ def node_weight(
     def key(location: Location) -> float:
         node_weights = _metadata(location).get("node_weights")
         if isinstance(node_weights, Mapping):
-            own = _number(node_weights.get(node_name))
+            own = number(node_weights.get(node_name))
             if own is not None:
                 return -own
         return -weight_of(location)
