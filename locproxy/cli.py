@@ -37,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--scrub-credentials", action="store_true", help="remove user:password@ from urls")
     order.set_defaults(run=_order)
 
+    stats = commands.add_parser(
+        "stats",
+        help="what this node learnt about each backend",
+        description="Print the speed and health locproxy measured per backend (from its metrics_file).",
+    )
+    stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
+    stats.set_defaults(run=_stats)
+
     demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
     demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
     demo.add_argument("--workdir", help="where to put the demo images (default: a temporary directory)")
@@ -82,6 +90,29 @@ def _order(args: argparse.Namespace) -> int:
     result = rewrite.rewrite_document(document, kind, policy)
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from locproxy.tracker import Tracker, iter_table
+
+    if not os.path.isfile(args.metrics_file):
+        print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
+        return 2
+    tracker = Tracker(args.metrics_file)
+    try:
+        rows = list(iter_table(tracker.stats(), time.time()))
+    finally:
+        tracker.close()
+    header = ("backend", "first byte", "throughput", "downloads", "failures", "state")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if not rows:
+        print("(nothing learnt yet)")
     return 0
 
 

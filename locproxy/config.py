@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from locproxy.options import (
     parse_size,
 )
 from locproxy.strategies import Selector
+from locproxy.tracker import HealthRule, Tracker
 
 __all__ = ["ConfigError", "FilterSettings", "ProxySettings", "load_filter_settings", "load_proxy_settings"]
 
@@ -102,6 +103,17 @@ class FilterSettings:
     backend_read_timeout: float = 30.0
     backend_pool_maxsize: int = 32
     verify_checksums: bool = True
+    # Learning and health (see locproxy.tracker).
+    metrics_file: str = ""
+    failure_threshold: int = 3
+    cooldown: float = 30.0
+    max_cooldown: float = 600.0
+    probe_interval: float = 0.0  # 0: no active probing
+    probe_size: int = 64 * 1024
+    tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
+    # Observability.
+    healthcheck_path: str = ""
+    metrics_path: str = ""
 
     @property
     def hides_locations(self) -> bool:
@@ -109,6 +121,22 @@ class FilterSettings:
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def parse_writable_file(option: str, value: Any) -> str:
+    path = str(value).strip()
+    if not os.path.isabs(path):
+        raise ConfigError(f"{option}: {value!r} is not an absolute path")
+    if not os.path.isdir(os.path.dirname(path)) or not os.access(os.path.dirname(path), os.W_OK):
+        raise ConfigError(f"{option}: the directory of {value!r} does not exist or is not writable")
+    return path
+
+
+def parse_path(option: str, value: Any) -> str:
+    path = str(value).strip()
+    if not re.match(r"^/[A-Za-z0-9._~/-]*$", path) or "/v2/" in path + "/":
+        raise ConfigError(f"{option}: {value!r} is not a URL path such as /healthcheck (outside /v2)")
+    return path.rstrip("/") or "/"
 
 
 def parse_header_name(option: str, value: Any) -> str:
@@ -135,7 +163,17 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "backend_read_timeout": parse_seconds,
     "backend_pool_maxsize": parse_count,
     "verify_checksums": parse_bool,
+    "metrics_file": parse_writable_file,
+    "failure_threshold": parse_count,
+    "cooldown": parse_seconds,
+    "max_cooldown": parse_seconds,
+    "probe_interval": lambda option, value: 0.0 if str(value).strip() == "0" else parse_seconds(option, value),
+    "probe_size": parse_size,
+    "healthcheck_path": parse_path,
+    "metrics_path": parse_path,
 }
+
+_TRACKER_OPTIONS = ("metrics_file", "failure_threshold", "cooldown", "max_cooldown")
 
 # Keys paste puts in every section's configuration.
 _PASTE_KEYS = {"here", "__file__", "__name__"}
@@ -148,8 +186,14 @@ def _strategy_option_names() -> set[str]:
     return names
 
 
-def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> FilterSettings:
-    """Validate a paste filter section; unknown local options are errors (typos)."""
+def load_filter_settings(
+    global_conf: Mapping[str, Any], local_conf: Mapping[str, Any], previous: FilterSettings | None = None
+) -> FilterSettings:
+    """Validate a paste filter section; unknown local options are errors (typos).
+
+    ``previous`` (on a reload): its tracker is kept while the tracker's
+    options are unchanged, so what was learnt in memory survives.
+    """
     strategy_keys = _strategy_option_names()
     _reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
     conf = {**global_conf, **local_conf}
@@ -157,11 +201,21 @@ def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str
     for option, parse in _FILTER_OPTIONS.items():
         if option in conf and str(conf[option]).strip() != "":
             values[option] = parse(option, conf[option])
-    values["selector"] = load_selector(conf)
-    return FilterSettings(**values)
+    settings = FilterSettings(**values)
+    if previous is not None and _tracker_options(previous) == _tracker_options(settings):
+        tracker = previous.tracker
+    else:
+        rule = HealthRule(failure_threshold=settings.failure_threshold, cooldown=settings.cooldown,
+                          max_cooldown=max(settings.max_cooldown, settings.cooldown))
+        tracker = Tracker(settings.metrics_file or None, rule)
+    return replace(settings, tracker=tracker, selector=load_selector(conf, tracker))
 
 
-def load_selector(conf: Mapping[str, Any]) -> Selector:
+def _tracker_options(settings: FilterSettings) -> tuple:
+    return tuple(getattr(settings, name) for name in _TRACKER_OPTIONS)
+
+
+def load_selector(conf: Mapping[str, Any], tracker: Tracker | None = None) -> Selector:
     """The strategy named by ``location_strategy`` with its options.
 
     Options of the other strategies are validated too, so that a bad value
@@ -173,7 +227,10 @@ def load_selector(conf: Mapping[str, Any]) -> Selector:
             declared = strategies.strategy_options(name)
             if name != strategy and declared & conf.keys():
                 strategies.get_strategy(name)(**_options_for(name, conf))
-        return Selector(strategy, **_options_for(strategy, conf))
+        options = _options_for(strategy, conf)
+        if strategy == "measured":
+            options["stats"] = tracker  # what this node learnt, not an ini value
+        return Selector(strategy, **options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

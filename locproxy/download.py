@@ -20,6 +20,10 @@ The order of events, and why:
    corrupt body is aborted, never completed. Local files that verified once
    (same inode, size and mtime) are afterwards sent with ``wsgi.file_wrapper``
    so the server can use sendfile.
+
+Every attempt is reported to the ``Recorder``: the tracker learns each
+backend's speed and health from it (backends the health rule demotes are
+tried after all the others), and the Prometheus counters move.
 """
 
 from __future__ import annotations
@@ -29,22 +33,35 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 from webob import Request, Response
 
 from locproxy.backends import BackendError, Backends, BackendStream
 from locproxy.config import FilterSettings
+from locproxy.observability import Recorder
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.responses import json_error
-from locproxy.strategies import is_active
+from locproxy.strategies import backend_key, is_active
+from locproxy.urls import backend_label
 
 LOG = logging.getLogger(__name__)
 
 
 class ChecksumMismatch(Exception):
     """The delivered image does not match its recorded digest."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A location locproxy may read: its url, tracker key and public label."""
+
+    url: str
+    key: str
+    label: str
 
 
 class DownloadHandler:
@@ -80,9 +97,11 @@ class DownloadHandler:
         except Unsatisfiable as error:
             return json_error(416, str(error), {"Content-Range": f"bytes */{size}"})
         start, end = span or (0, size)
-        urls = self.candidate_urls(image, settings, prefer)
-        if not urls:
+        recorder = Recorder(settings.tracker)
+        candidates = self.candidates(image, settings, prefer)
+        if not candidates:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", image.get("id"))
+            recorder.outcome("upstream", "upstream")
             return None
         status = 206 if span else 200
         headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
@@ -94,11 +113,14 @@ class DownloadHandler:
         if req.method == "HEAD":
             return Response(status=status, headerlist=headers, app_iter=[])
 
-        digest = None if span or not settings.verify_checksums else expected_digest(image)
-        opened = self._open_first(urls, start, end - start, size)
-        if opened is None:
+        image_id = str(image.get("id"))
+        sources = Sources(candidates, self.backends, recorder, image_requests, image_id, size, end)
+        first = sources.open_next(start)
+        if first is None:
+            recorder.outcome(candidates[0].label, "upstream")
             return None
-        stream, remaining = opened
+        candidate, stream = first
+        digest = None if span or not settings.verify_checksums else expected_digest(image)
         file_wrapper = req.environ.get("wsgi.file_wrapper")
         if (
             stream.fileobj is not None
@@ -107,135 +129,156 @@ class DownloadHandler:
             and (digest is None or self.verified_files.contains(stream.fileobj, digest))
         ):
             # Checked before (or a range, which cannot be): let the server sendfile it.
-            LOG.info("image %s: bytes %d-%d sent from %s (sendfile)", image.get("id"), start, end - 1, stream.label)
-            return Response(status=status, headerlist=headers, app_iter=file_wrapper(stream.fileobj, settings.chunk_size))
-        on_verified = None
+            LOG.info("image %s: bytes %d-%d sent from %s (sendfile)", image_id, start, end - 1, candidate.label)
+            recorder.outcome(candidate.label, "served" if sources.failures == 0 else "fell_back")
+            return Response(status=status, headerlist=headers,
+                            app_iter=file_wrapper(stream.fileobj, settings.chunk_size))
+        verified = None
         if stream.fileobj is not None and digest is not None:
             identity = self.verified_files.identity(stream.fileobj)
-            on_verified = lambda: self.verified_files.add(identity, digest)  # noqa: E731
-        body = ImageBody(
-            first=stream,
-            reopen=lambda offset: self._resume(remaining, image_requests, offset, end, size),
-            start=start,
-            end=end,
-            digest=digest,
-            on_verified=on_verified,
-            image_id=str(image.get("id")),
-        )
+            verified = lambda: self.verified_files.add(identity, digest)  # noqa: E731
+        body = ImageBody(sources, first, start, end, digest, verified)
         return Response(status=status, headerlist=headers, app_iter=body)
 
-    def candidate_urls(self, image: dict, settings: FilterSettings, prefer: Sequence[str]) -> list[str]:
-        """Urls of the image's active, readable locations, best first."""
+    def candidates(self, image: dict, settings: FilterSettings, prefer: Sequence[str]) -> list[Candidate]:
+        """The image's active locations locproxy may read, best first; those
+        the health rule demotes after all the others."""
         locations = image.get("locations")
         if isinstance(locations, list) and all(isinstance(item, dict) for item in locations):
-            ordered = settings.selector.order(locations, prefer)
-            urls = [location.get("url") for location in ordered if is_active(location)]
+            ordered = [item for item in settings.selector.order(locations, prefer) if is_active(item)]
         else:  # the upstream shows only direct_url
-            urls = [image.get("direct_url")]
-        return [url for url in urls if isinstance(url, str) and self.backends.readable(url)]
+            ordered = [{"url": image.get("direct_url")}]
+        candidates = [
+            Candidate(location["url"], backend_key(location), backend_label(location["url"]))
+            for location in ordered
+            if isinstance(location.get("url"), str) and self.backends.readable(location["url"])
+        ]
+        demoted = {candidate.key for candidate in candidates if settings.tracker.demoted(candidate.key)}
+        return sorted(candidates, key=lambda candidate: candidate.key in demoted)
 
-    def _open_first(self, urls: list[str], start: int, length: int, size: int) -> tuple[BackendStream, list[str]] | None:
-        """The first location that opens, and the ones after it."""
-        for position, url in enumerate(urls):
+
+class Sources:
+    """The candidates of one download, consumed in order as they are tried,
+    then the upstream's own ``/file``."""
+
+    def __init__(self, candidates: list[Candidate], backends: Backends, recorder: Recorder,
+                 image_requests: Any, image_id: str, size: int, end: int) -> None:
+        self.remaining = list(candidates)
+        self.backends = backends
+        self.recorder = recorder
+        self.image_requests = image_requests
+        self.image_id = image_id
+        self.size = size
+        self.end = end
+        self.failures = 0
+        self.upstream_used = False
+
+    def open_next(self, offset: int) -> tuple[Candidate, Any] | None:
+        """The next candidate that opens at ``offset``, or None when none is left."""
+        while self.remaining:
+            candidate = self.remaining.pop(0)
+            started = time.monotonic()
             try:
-                return self.backends.open(url, start, length, size), urls[position + 1:]
+                stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
             except BackendError as error:
-                LOG.warning("backend %s failed before the first byte: %s; trying the next", error.label, error.reason)
+                self.failed(candidate, error.reason, offset, before_first_byte=True)
+                continue
+            self.recorder.opened(candidate.key, time.monotonic() - started)
+            return candidate, stream
         return None
 
-    def _resume(self, urls: list[str], image_requests: Any, offset: int, end: int, size: int) -> Iterator[Any]:
-        """Sources able to continue at ``offset``: the remaining locations,
-        then the upstream's own ``/file``."""
-        while urls:
-            url = urls.pop(0)
-            try:
-                yield self.backends.open(url, offset, end - offset, size)
-            except BackendError as error:
-                LOG.warning("backend %s failed to resume at byte %d: %s", error.label, offset, error.reason)
-        yield UpstreamStream(image_requests, offset, end)
+    def resume(self, offset: int) -> tuple[Candidate, Any]:
+        """A source for the rest from ``offset``: a location, else the upstream."""
+        opened = self.open_next(offset)
+        if opened is not None:
+            return opened
+        self.upstream_used = True
+        return UPSTREAM, UpstreamStream(self.image_requests, offset, self.end)
+
+    def failed(self, candidate: Candidate, reason: str, offset: int, before_first_byte: bool = False) -> None:
+        self.failures += 1
+        if candidate is not UPSTREAM:
+            self.recorder.failed(candidate.key, candidate.label, reason)
+        LOG.warning(
+            "image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,
+            "before the first byte" if before_first_byte else f"at byte {offset}", reason,
+        )
+
+
+UPSTREAM = Candidate("", "upstream", "upstream")
 
 
 class ImageBody:
     """The WSGI body of one download: streams, resumes, verifies.
 
-    ``reopen(offset)`` yields replacement sources for a source that failed
-    mid-stream. When ``digest`` is given the final chunk is held back until
-    the whole body matches it; a mismatch raises, so the server aborts the
-    connection and the client sees a truncated body rather than a bad one.
+    When ``digest`` is given the final chunk is held back until the whole body
+    matches it; a mismatch raises, so the server aborts the connection and the
+    client sees a truncated body rather than a bad one.
     """
 
-    def __init__(
-        self,
-        first: Any,
-        reopen: Callable[[int], Iterator[Any]],
-        start: int,
-        end: int,
-        digest: tuple[str, str] | None,
-        on_verified: Callable[[], None] | None,
-        image_id: str,
-    ) -> None:
-        self.source = first
-        self.reopen = reopen
+    def __init__(self, sources: Sources, first: tuple[Candidate, Any], start: int, end: int,
+                 digest: tuple[str, str] | None, on_verified: Any) -> None:
+        self.sources = sources
+        self.current = first
         self.start = start
         self.offset = start
         self.end = end
         self.digest = digest
         self.on_verified = on_verified
-        self.image_id = image_id
-        self._replacements: Iterator[Any] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        hasher = hashlib.new(self.digest[0]) if self.digest else None
+        sources, digest = self.sources, self.digest
+        hasher = hashlib.new(digest[0]) if digest else None
         held = b""
-        labels = []
-        while self.offset < self.end:
-            source = self.source
-            labels.append(source.label)
-            try:
-                for chunk in source:
-                    self.offset += len(chunk)
-                    if hasher is None:
-                        yield chunk
-                        continue
-                    hasher.update(chunk)
-                    if held:
-                        yield held
-                    held = chunk
-            except BackendError as error:
-                LOG.warning(
-                    "image %s: backend %s failed at byte %d: %s; resuming from the next location",
-                    self.image_id, error.label, self.offset, error.reason,
-                )
-            finally:
-                source.close()
-            if self.offset < self.end:
-                self.source = self._next_source()
-        if hasher is not None and self.digest is not None:
-            algorithm, expected = self.digest
-            if hasher.hexdigest() != expected.lower():
-                LOG.error(
-                    "image %s: %s digest mismatch from %s; aborting the download",
-                    self.image_id, algorithm, ", ".join(labels),
-                )
-                raise ChecksumMismatch(f"image {self.image_id}: {algorithm} mismatch")
-            if len(labels) == 1 and self.on_verified is not None:
-                self.on_verified()  # the first source alone produced a good body
-            yield held
-        LOG.info(
-            "image %s: bytes %d-%d sent from %s%s", self.image_id, self.start, self.end - 1,
-            ", ".join(labels), f" ({self.digest[0]} verified)" if self.digest else "",
-        )
-
-    def _next_source(self) -> Any:
-        if self._replacements is None:
-            self._replacements = self.reopen(self.offset)
+        used: list[Candidate] = []
+        first_label = self.current[0].label
+        failures_before = sources.failures
         try:
-            return next(self._replacements)
-        except StopIteration:
-            raise BackendError("all", f"no source could resume at byte {self.offset}") from None
+            while self.offset < self.end:
+                candidate, stream = self.current
+                used.append(candidate)
+                segment_start, started = self.offset, time.monotonic()
+                try:
+                    for chunk in stream:
+                        self.offset += len(chunk)
+                        if hasher is None:
+                            yield chunk
+                            continue
+                        hasher.update(chunk)
+                        if held:
+                            yield held
+                        held = chunk
+                except BackendError as error:
+                    sources.failed(candidate, error.reason, self.offset)
+                finally:
+                    stream.close()
+                if self.offset < self.end:
+                    self.current = sources.resume(self.offset)
+                elif candidate is not UPSTREAM:
+                    sources.recorder.transferred(candidate.key, candidate.label, self.offset - segment_start,
+                                                 time.monotonic() - started)
+            if hasher is not None and digest is not None:
+                if hasher.hexdigest() != digest[1].lower():
+                    for candidate in used:
+                        if candidate is not UPSTREAM:
+                            sources.recorder.failed(candidate.key, candidate.label, "checksum", corrupt=True)
+                    sources.recorder.outcome(first_label, "checksum_mismatch")
+                    LOG.error("image %s: %s digest mismatch from %s; aborting the download",
+                              sources.image_id, digest[0], ", ".join(c.label for c in used))
+                    raise ChecksumMismatch(f"image {sources.image_id}: {digest[0]} mismatch")
+                if len(used) == 1 and self.on_verified is not None:
+                    self.on_verified()  # the first source alone produced a good body
+                yield held
+        except BackendError:  # the upstream's /file failed too: abort
+            sources.recorder.outcome(first_label, "failed")
+            raise
+        outcome = "resumed" if len(used) > 1 else "served" if failures_before == 0 else "fell_back"
+        sources.recorder.outcome(first_label, outcome)
+        LOG.info("image %s: bytes %d-%d sent from %s%s", sources.image_id, self.start, self.end - 1,
+                 ", ".join(candidate.label for candidate in used), f" ({digest[0]} verified)" if digest else "")
 
     def close(self) -> None:
-        self.source.close()
+        self.current[1].close()
 
 
 class UpstreamStream:
@@ -245,7 +288,6 @@ class UpstreamStream:
     more authority than the client's own download.
     """
 
-    label = "upstream"
     fileobj = None
 
     def __init__(self, image_requests: Any, offset: int, end: int) -> None:
@@ -255,14 +297,19 @@ class UpstreamStream:
 
     def __iter__(self) -> Iterator[bytes]:
         if self.response.status_code != 206 or self.response.content_length != self.length:
-            raise BackendError(self.label, f"HTTP {self.response.status_code} to a resume Range")
+            raise BackendError("upstream", f"HTTP {self.response.status_code} to a resume Range")
         sent = 0
-        for chunk in self.response.app_iter:
-            chunk = chunk[: self.length - sent]
-            sent += len(chunk)
-            yield chunk
+        try:
+            for chunk in self.response.app_iter:
+                chunk = chunk[: self.length - sent]
+                sent += len(chunk)
+                yield chunk
+        except BackendError:
+            raise
+        except Exception as error:  # whatever the upstream app raised: a broken source
+            raise BackendError("upstream", f"ended early at byte {sent}: {type(error).__name__}") from error
         if sent < self.length:
-            raise BackendError(self.label, f"ended early at byte {sent}")
+            raise BackendError("upstream", f"ended early at byte {sent}")
 
     def close(self) -> None:
         close = getattr(self.response.app_iter, "close", None)

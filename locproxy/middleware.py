@@ -30,12 +30,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 from webob import Request, Response
 from webob.dec import wsgify
 
-from locproxy import rewrite
+from locproxy import observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
 from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
 from locproxy.options import parse_list
+from locproxy.strategies import strategy_names
 
 LOG = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class LocationFilter:
         initial = self._reloading.current() if self._reloading else settings
         assert isinstance(initial, FilterSettings)
         self._state = _State(initial, DownloadHandler(initial))
+        observability.show_strategy(initial.selector.strategy, strategy_names())
 
     @property
     def settings(self) -> FilterSettings:
@@ -84,18 +86,25 @@ class LocationFilter:
             settings = self._reloading.current()
             if settings is not state.settings:
                 state = self._state = _State(settings, state.downloads.for_settings(settings))
+                observability.show_strategy(settings.selector.strategy, strategy_names())
         return state
 
     @wsgify
     def __call__(self, req: Request) -> Any:
         state = self._current()
-        match = _IMAGE_PATH.match(req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", ""))
+        path = req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", "")
+        if req.method == "GET" and path in (state.settings.healthcheck_path, state.settings.metrics_path):
+            if path == state.settings.healthcheck_path:
+                return observability.healthcheck_response(state.settings)
+            return observability.metrics_response()
+        match = _IMAGE_PATH.match(path)
         if match is None:
             return self.app
         image_id, sub = match.group("image_id"), match.group("sub")
         method = req.method
         if sub == "/file":
             if state.settings.serve_downloads and method in ("GET", "HEAD"):
+                observability.REQUESTS.labels("download").inc()
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
                 response = state.downloads(req, image, state.settings, request_prefer(req))
                 return self.app if response is None else response
@@ -108,6 +117,7 @@ class LocationFilter:
             kind = rewrite.IMAGE if method in ("GET", "PATCH") else None
         if kind is None:
             return self.app
+        observability.REQUESTS.labels(kind if method != "PATCH" else "patch").inc()
         if method == "PATCH":
             image = ImageRequests(self.app, req, match.group("base"), image_id)
             refusal = self._translate_patch(req, image, state.settings)
@@ -122,6 +132,7 @@ class LocationFilter:
         req.headers["Accept-Encoding"] = "identity"
         resp = req.get_response(self.app)
         if not _rewritable(resp) or req.method == "HEAD":
+            observability.REWRITES.labels("passed_through").inc()
             return resp
         try:
             body = _read_bounded(resp, settings.max_rewrite_size)
@@ -129,6 +140,7 @@ class LocationFilter:
             LOG.warning("upstream response for %s ended while reading: %s", req.path, error)
             return json_error(502, "The image API's response ended before it was complete.")
         if body is None:
+            observability.REWRITES.labels("passed_through").inc()
             return resp  # oversized: streams through untouched
         encoding = resp.content_encoding
         plain = _gunzip(body, settings.max_rewrite_size) if encoding == "gzip" else body
@@ -136,8 +148,10 @@ class LocationFilter:
         if plain is not None and encoding in (None, "identity", "gzip"):
             new = rewrite.rewrite_body(plain, kind, rewrite_policy(req, settings))
         if new is None:
+            observability.REWRITES.labels("unchanged").inc()
             resp.app_iter = [body]
             return resp
+        observability.REWRITES.labels("rewritten").inc()
         LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selector.strategy)
         resp.content_encoding = None
         resp.etag = None
@@ -305,8 +319,8 @@ def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[
     config_file = str(local_conf.pop("config_file", "") or global_conf.get("config_file", "")).strip()
     settings: FilterSettings | Reloading[FilterSettings]
     if config_file:
-        def build(options: Mapping[str, str]) -> FilterSettings:
-            return load_filter_settings(global_conf, {**local_conf, **options})
+        def build(options: Mapping[str, str], previous: FilterSettings | None) -> FilterSettings:
+            return load_filter_settings(global_conf, {**local_conf, **options}, previous)
 
         read_options(config_file)  # fail at load, naming config_file, if unreadable
         settings = Reloading(config_file, build)

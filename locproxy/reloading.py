@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
 from locproxy.config import ConfigError
 
@@ -42,18 +42,21 @@ def read_options(path: str) -> dict[str, str]:
 class Reloading(Generic[T]):
     """Holds the current value built from a file, rebuilt when the file changes.
 
-    ``build(options)`` turns the file's options into the value (validating
-    them); it is called once at start (errors propagate: bad config fails at
-    load) and after each change (errors are logged; the old value stays).
+    ``build(options, previous)`` turns the file's options into the value
+    (validating them; ``previous`` is the value it replaces, None at first);
+    it is called once at start (errors propagate: bad config fails at load)
+    and after each change (errors are logged; the old value stays).
     """
 
-    def __init__(self, path: str, build: Callable[[Mapping[str, str]], T], interval: float = 1.0) -> None:
+    def __init__(
+        self, path: str, build: Callable[[Mapping[str, str], Optional[T]], T], interval: float = 1.0
+    ) -> None:
         self.path = path
         self.build = build
         self.interval = interval
         self._lock = threading.Lock()
         self._signature = self._stat()
-        self._value = build(read_options(path))
+        self._value = build(read_options(path), None)
         self._checked = time.monotonic()
 
     def _stat(self) -> tuple | None:
@@ -86,7 +89,7 @@ class Reloading(Generic[T]):
             return False
         self._signature = signature  # judged once per version of the file
         try:
-            value = self.build(read_options(self.path))
+            value = self.build(read_options(self.path), self._value)
         except (ConfigError, ValueError) as error:
             LOG.error("config_file %s rejected, keeping the previous settings: %s", self.path, error)
             return False

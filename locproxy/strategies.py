@@ -18,10 +18,14 @@ Third-party strategies register a factory under the entry-point group
 
 from __future__ import annotations
 
+import math
+import posixpath
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
-from locproxy.options import number, parse_list, parse_weights
+from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
+from locproxy.urls import backend_label
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -61,6 +65,19 @@ def is_active(location: Location) -> bool:
 def store_of(location: Location) -> str | None:
     store = _metadata(location).get("store")
     return store if isinstance(store, str) and store else None
+
+
+def backend_key(location: Location) -> str:
+    """The backend a location lives in, from its URL: ``scheme://host[:port]``,
+    or ``file://`` + directory for files. What the measured strategy and the
+    health rule learn about (store names in metadata are not used: image
+    owners may set location metadata)."""
+    url = location.get("url")
+    if not isinstance(url, str):
+        return "unknown"
+    if scheme_of(location) == "file":
+        return "file://" + posixpath.dirname(urlsplit(url).path)
+    return backend_label(url)
 
 
 def scheme_of(location: Location) -> str:
@@ -151,11 +168,53 @@ def node_weight(
 node_weight.options = frozenset({"node_name", "store_weights"})  # type: ignore[attr-defined]
 
 
+def measured(
+    stats: Any = None,
+    measured_base_strategy: str = "location_order",
+    measured_reference_size: Any = "64M",
+    measured_prior_throughput: Any = "1G",
+    **options: Any,
+) -> SortKey:
+    """Fastest expected download first, from what this node measured.
+
+    ``stats`` is a ``locproxy.tracker.Tracker`` (or anything with
+    ``estimate(backend_key) -> (ttfb, bytes_per_second) | None``, or a plain
+    mapping of the same). Expected time = ttfb + reference size / throughput.
+    Backends never measured get the prior throughput (optimistic by default,
+    so they are tried and learnt). Times within 10 % of each other tie, and
+    ties follow ``measured_base_strategy`` (which gets the other options).
+    """
+    if measured_base_strategy == "measured":
+        raise ConfigError("measured_base_strategy: must be another strategy than 'measured'")
+    base = get_strategy(measured_base_strategy)(**options)
+    reference = parse_size("measured_reference_size", measured_reference_size)
+    prior = parse_size("measured_prior_throughput", measured_prior_throughput)
+    if stats is None:
+        stats = {}
+    estimate = stats.estimate if hasattr(stats, "estimate") else stats.get
+    bucket = math.log(1.1)
+
+    def key(location: Location) -> tuple:
+        learnt = estimate(backend_key(location)) or (None, None)
+        ttfb, throughput = learnt
+        seconds = (ttfb or 0.0) + reference / (throughput or prior)
+        return (round(math.log(seconds) / bucket), base(location))
+
+    return key
+
+
+measured.options = frozenset({  # type: ignore[attr-defined]
+    "measured_base_strategy", "measured_reference_size", "measured_prior_throughput",
+    "store_type_preference", "store_weights", "node_name",
+})
+
+
 BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "location_order": location_order,
     "store_type": store_type,
     "weight": weight,
     "node_weight": node_weight,
+    "measured": measured,
 }
 
 _registry: dict[str, StrategyFactory] = {}
