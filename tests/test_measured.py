@@ -1,0 +1,126 @@
+"""Dynamic selection through a real gunicorn sidecar: the measured strategy
+converging to the fast backend, the health rule demoting a failing one and
+bringing it back, /metrics counters moving, /healthcheck, locproxy stats."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from tests.faultserver import FaultServer
+from tests.servers import run_gunicorn
+
+DATA = demo_bytes("measured-tests", 1024 * 1024)
+COOLDOWN = 1.0
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("measured")
+    with FaultServer(DATA, mode="slow:4000000") as slow, FaultServer(DATA) as fast:
+        api = DemoImageAPI()
+        # Upstream order puts the slow copy first: measuring must overturn it.
+        image_id = api.add_image(data=DATA, locations=[location(slow.url("/img"), "slow"),
+                                                       location(fast.url("/img"), "fast")])
+        with serve_wsgi(api) as upstream:
+            metrics_file = base / "metrics.sqlite"
+            ini = base / "sidecar.ini"
+            ini.write_text(
+                "[pipeline:main]\npipeline = locproxy proxy\n\n"
+                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nlocation_strategy = measured\n"
+                "measured_base_strategy = location_order\nallowed_hosts = 127.0.0.1\n"
+                f"metrics_file = {metrics_file}\nfailure_threshold = 2\ncooldown = {COOLDOWN}\n"
+                "backend_read_timeout = 2\nhealthcheck_path = /healthcheck\nmetrics_path = /metrics\n\n"
+                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\n"
+            )
+            # Two workers share what they learn through the metrics file, and
+            # their Prometheus counters through the multiprocess directory.
+            prometheus_dir = base / "prometheus"
+            prometheus_dir.mkdir()
+            env = {"PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}
+            with run_gunicorn(ini, workers=2, threads=4, env=env) as sidecar:
+                yield sidecar, slow, fast, image_id, metrics_file
+
+
+def get(sidecar, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def download_counts(sidecar, slow, fast, image_id: str, times: int) -> list[str]:
+    """Which backend served each of ``times`` downloads."""
+    served = []
+    for _ in range(times):
+        before = slow.request_count, fast.request_count
+        status, body = get(sidecar, f"/v2/images/{image_id}/file")
+        assert (status, body == DATA) == (200, True)
+        served.append("slow" if slow.request_count > before[0] else "fast" if fast.request_count > before[1]
+                      else "?")
+    return served
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_measured_converges_demotes_and_recovers(setup):
+    sidecar, slow, fast, image_id, metrics_file = setup
+    _, before_text = get(sidecar, "/metrics")
+
+    # Nothing learnt: both unknown, tie, base order: slow first. Then the
+    # still-unknown fast copy (optimistic prior) is tried, learnt, and kept.
+    served = download_counts(sidecar, slow, fast, image_id, 8)
+    assert served[0] == "slow"
+    assert served[-5:] == ["fast"] * 5, served
+
+    # The fast backend fails: two failures demote it; downloads fall back to slow.
+    fast.mode = "status:503"
+    served = download_counts(sidecar, slow, fast, image_id, 3)
+    assert served == ["slow"] * 3
+    status, health = get(sidecar, "/healthcheck")
+    assert status == 200 and json.loads(health)["demoted_backends"] == 1
+    requests_while_demoted = fast.request_count
+    download_counts(sidecar, slow, fast, image_id, 2)
+    assert fast.request_count == requests_while_demoted, "a demoted backend is tried last: not at all here"
+
+    # It recovers; after the cool-down the next download probes it and it is back.
+    fast.mode = "ok"
+    time.sleep(COOLDOWN + 1.2)  # cool-down, plus the 1 s cache of the shared metrics file
+    served = download_counts(sidecar, slow, fast, image_id, 4)
+    assert served == ["fast"] * 4, served
+    assert json.loads(get(sidecar, "/healthcheck")[1])["demoted_backends"] == 0
+
+    _, after_text = get(sidecar, "/metrics")
+    after, before = after_text.decode(), before_text.decode()
+    assert metric(after, "locproxy_downloads_total", outcome="served") > metric(before, "locproxy_downloads_total",
+                                                                                outcome="served")
+    assert metric(after, "locproxy_backend_failures_total", reason="http_status") >= 2
+    assert metric(after, "locproxy_download_bytes_total") >= 17 * len(DATA)
+    assert metric(after, "locproxy_requests_total", kind="download") >= 17
+    assert 'locproxy_strategy{strategy="measured"} 1.0' in after
+
+    # What the node learnt, as operators see it.
+    table = subprocess.run([sys.executable, "-m", "locproxy.cli", "stats", str(metrics_file)],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert set(rows) == {slow.url(""), fast.url("")}, table  # backend keys: scheme://host:port
+    assert all("healthy" in row for row in rows.values())
+    slow_mbps = float(re.search(r"([\d.]+) MB/s", rows[slow.url("")]).group(1))
+    fast_mbps = float(re.search(r"([\d.]+) MB/s", rows[fast.url("")]).group(1))
+    assert slow_mbps < 6 < fast_mbps, table
