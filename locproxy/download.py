@@ -43,6 +43,7 @@ from webob import Request, Response
 from locproxy.backends import BackendError, Backends, BackendStream
 from locproxy.config import FilterSettings
 from locproxy.observability import Recorder
+from locproxy.probing import Prober
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.responses import json_error
 from locproxy.strategies import backend_key, is_active
@@ -73,13 +74,18 @@ class DownloadHandler:
 
     def __init__(self, settings: FilterSettings, verified_files: VerifiedFiles | None = None) -> None:
         self.backends = Backends.from_settings(settings)
-        self.backend_options = _backend_options(settings)
+        self.options = _handler_options(settings)
         self.verified_files = verified_files or VerifiedFiles()
+        self.prober = None
+        if settings.probe_interval:
+            self.prober = Prober(self.backends, settings.tracker, settings.probe_interval, settings.probe_size)
 
     def for_settings(self, settings: FilterSettings) -> DownloadHandler:
         """This handler if ``settings`` use the same backends, else a new one."""
-        if _backend_options(settings) == self.backend_options:
+        if _handler_options(settings) == self.options:
             return self
+        if self.prober is not None:
+            self.prober.stop()
         return DownloadHandler(settings, self.verified_files)
 
     def __call__(
@@ -99,6 +105,8 @@ class DownloadHandler:
         start, end = span or (0, size)
         recorder = Recorder(settings.tracker)
         candidates = self.candidates(image, settings, prefer)
+        if self.prober is not None:
+            self.prober.remember(candidates, size)
         if not candidates:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", image.get("id"))
             recorder.outcome("upstream", "upstream")
@@ -359,7 +367,8 @@ class VerifiedFiles:
                 self._entries.popitem(last=False)
 
 
-def _backend_options(settings: FilterSettings) -> tuple:
+def _handler_options(settings: FilterSettings) -> tuple:
+    """What a DownloadHandler is built from: a change means a new handler."""
     return (
         settings.file_roots,
         settings.allowed_hosts,
@@ -367,6 +376,9 @@ def _backend_options(settings: FilterSettings) -> tuple:
         settings.backend_connect_timeout,
         settings.backend_read_timeout,
         settings.backend_pool_maxsize,
+        settings.probe_interval,
+        settings.probe_size,
+        id(settings.tracker),
     )
 
 

@@ -124,3 +124,42 @@ def test_measured_converges_demotes_and_recovers(setup):
     slow_mbps = float(re.search(r"([\d.]+) MB/s", rows[slow.url("")]).group(1))
     fast_mbps = float(re.search(r"([\d.]+) MB/s", rows[fast.url("")]).group(1))
     assert slow_mbps < 6 < fast_mbps, table
+
+
+def test_active_probing_learns_and_brings_a_backend_back(tmp_path):
+    """With probe_interval set, backends are learnt and recovered by probes,
+    not by users' downloads."""
+    with FaultServer(DATA) as first, FaultServer(DATA, mode="status:500") as second:
+        api = DemoImageAPI()
+        image_id = api.add_image(data=DATA, locations=[location(first.url("/img"), "a"),
+                                                       location(second.url("/img"), "b")])
+        with serve_wsgi(api) as upstream:
+            metrics_file = tmp_path / "metrics.sqlite"
+            ini = tmp_path / "sidecar.ini"
+            ini.write_text(
+                "[pipeline:main]\npipeline = locproxy proxy\n\n"
+                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nallowed_hosts = 127.0.0.1\n"
+                f"metrics_file = {metrics_file}\nfailure_threshold = 2\ncooldown = 0.5\nmax_cooldown = 0.5\n"
+                "probe_interval = 0.2\nprobe_size = 4K\n\n"
+                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\n"
+            )
+            with run_gunicorn(ini, threads=4) as sidecar:
+                status, body = get(sidecar, f"/v2/images/{image_id}/file")
+                assert (status, body == DATA) == (200, True)
+                assert second.request_count == 0, "the user's download never needed the second copy"
+                tracker_rows = lambda: subprocess.run(  # noqa: E731
+                    [sys.executable, "-m", "locproxy.cli", "stats", str(metrics_file)],
+                    capture_output=True, text=True, timeout=60, check=True).stdout
+                deadline = time.monotonic() + 10
+                while "demoted" not in tracker_rows() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert "demoted" in tracker_rows(), "probes found the second copy failing"
+                assert second.requests[-1].headers.get("range") == "bytes=0-4095", "small Range reads"
+                second.mode = "ok"
+                deadline = time.monotonic() + 10
+                while "demoted" in tracker_rows() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                rows = tracker_rows()
+                assert "demoted" not in rows, "a successful probe brought it back"
+                line = next(row for row in rows.splitlines() if row.startswith(second.url("")))
+                assert re.search(r"\d+\.\d ms", line), "its first-byte time was learnt by probing"
