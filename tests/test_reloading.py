@@ -35,7 +35,7 @@ def upstream():
 
 
 def make_filter(upstream, config_file, interval=0.0):
-    reloading = Reloading(str(config_file), lambda options: load_filter_settings({}, options), interval=interval)
+    reloading = Reloading(str(config_file), lambda options, previous: load_filter_settings({}, options, previous), interval=interval)
     return TestApp(LocationFilter(upstream, reloading), lint=True)
 
 
@@ -73,7 +73,7 @@ def test_checks_at_most_once_per_interval(tmp_path, upstream):
 def test_sighup_requests_a_reload(tmp_path, upstream):
     config = tmp_path / "locproxy.ini"
     write(config, "[locproxy]\nlocation_strategy = location_order\n")
-    reloading = Reloading(str(config), lambda options: load_filter_settings({}, options), interval=3600)
+    reloading = Reloading(str(config), lambda options, previous: load_filter_settings({}, options, previous), interval=3600)
     app = TestApp(LocationFilter(upstream, reloading), lint=True)
     write(config, "[locproxy]\nlocation_strategy = store_type\nstore_type_preference = rbd\n")
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: reloading.request_reload())

@@ -146,7 +146,7 @@ def test_node_name_defaults_to_host_name():
     "strategy, options, message",
     [
         pytest.param("fastest", {}, "location_strategy: unknown strategy 'fastest'; valid choices: "
-                     "location_order, node_weight, store_type, weight", id="unknown-strategy"),
+                     "location_order, measured, node_weight, store_type, weight", id="unknown-strategy"),
         pytest.param("store_type", {"store_type_preference": "rbd, floppy"},
                      "store_type_preference: unknown store type 'floppy'; valid choices: "
                      "cinder, file, http, rbd, s3, swift, vmware", id="unknown-store-type"),
