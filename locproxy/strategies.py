@@ -181,8 +181,9 @@ def measured(
     ``estimate(backend_key) -> (ttfb, bytes_per_second) | None``, or a plain
     mapping of the same). Expected time = ttfb + reference size / throughput.
     Backends never measured get the prior throughput (optimistic by default,
-    so they are tried and learnt). Times within 10 % of each other tie, and
-    ties follow ``measured_base_strategy`` (which gets the other options).
+    so they are tried and learnt). Times are compared in steps of 10 % (a
+    logarithmic scale), so near-equal backends tie, and ties follow
+    ``measured_base_strategy`` (which gets the other options).
     """
     if measured_base_strategy == "measured":
         raise ConfigError("measured_base_strategy: must be another strategy than 'measured'")

@@ -198,3 +198,51 @@ def test_client_import_pulls_in_no_server_libraries():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert output.stdout.splitlines() == ["[{'url': 'rbd://b'}, {'url': 'file:///a'}]", "[]"]
+
+
+MEASURED = [loc("http://slow:80/i", store="s"), loc("http://fast:80/i", store="f"), loc("file:///store/c/i")]
+
+
+@pytest.mark.parametrize(
+    "stats, options, expected",
+    [
+        pytest.param({"http://slow:80": (0.01, 1e6), "http://fast:80": (0.01, 1e8), "file:///store/c": (0.0, 5e8)},
+                     {}, ["file:///store/c/i", "http://fast:80/i", "http://slow:80/i"], id="fastest-first"),
+        pytest.param({"http://slow:80": (0.01, 1e6)}, {},
+                     ["http://fast:80/i", "file:///store/c/i", "http://slow:80/i"],
+                     id="unmeasured-get-optimistic-prior-and-tie-in-base-order"),
+        pytest.param({"http://slow:80": (0.01, 1e6)}, {"measured_prior_throughput": "1K"},
+                     ["http://slow:80/i", "http://fast:80/i", "file:///store/c/i"], id="pessimistic-prior"),
+        pytest.param({"http://slow:80": (0.0, 100e6), "http://fast:80": (0.0, 101e6)},
+                     {"measured_base_strategy": "store_type", "store_type_preference": "file"},
+                     ["file:///store/c/i", "http://slow:80/i", "http://fast:80/i"],
+                     id="same-10-percent-step-ties-follow-base-strategy"),
+        pytest.param({"http://slow:80": (2.0, 2**30), "http://fast:80": (0.0001, 2**30)}, {},
+                     ["http://fast:80/i", "file:///store/c/i", "http://slow:80/i"], id="first-byte-time-counts"),
+    ],
+)
+def test_measured(stats, options, expected):
+    assert urls(order_locations(MEASURED, strategy="measured", stats=stats, **options)) == expected
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        pytest.param({"measured_base_strategy": "measured"}, "measured_base_strategy: must be another strategy",
+                     id="recursive-base"),
+        pytest.param({"measured_base_strategy": "nope"}, "location_strategy: unknown strategy 'nope'",
+                     id="unknown-base"),
+        pytest.param({"measured_reference_size": "big"}, "measured_reference_size: expected a size", id="bad-size"),
+    ],
+)
+def test_measured_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        order_locations(MEASURED, strategy="measured", **options)
+
+
+def test_backend_key_comes_from_the_url_not_metadata():
+    from locproxy.strategies import backend_key
+
+    assert backend_key(loc("http://u:p@Host.Example:8080/x", store="whatever")) == "http://host.example:8080"
+    assert backend_key(loc("file:///srv/a/b/img")) == "file:///srv/a/b"
+    assert backend_key({"metadata": {}}) == "unknown"
