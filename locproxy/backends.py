@@ -56,7 +56,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from locproxy.pools import LazyPoolManager
+from locproxy.pools import LazyPoolManager, caused_by
 from locproxy.urls import backend_label
 
 LOG = logging.getLogger(__name__)
@@ -232,26 +232,6 @@ def _errno_name(error: OSError) -> str:
     return errno.errorcode.get(error.errno or 0, "error")
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error``, its causes/contexts and urllib3's wrapped exceptions."""
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                todo.append(linked)
-
-
-def _has_cause(error: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
-    return any(isinstance(cause, kind) for cause in _causes(error))
-
-
 def _error_reason(error: BaseException, position: int | None = None) -> str:
     """Short, credential-free text for a urllib3/socket error.
 
@@ -265,18 +245,18 @@ def _error_reason(error: BaseException, position: int | None = None) -> str:
     if isinstance(error, NameResolutionError):
         return "name resolution failed"
     if isinstance(error, NewConnectionError):
-        if _has_cause(error, ConnectionRefusedError):
+        if caused_by(error, ConnectionRefusedError):
             return "connection refused"
         return "connection failed"
     if isinstance(error, ConnectTimeoutError):
         return "connect timeout"
-    if isinstance(error, (ReadTimeoutError, TimeoutError)) or _has_cause(error, (ReadTimeoutError, TimeoutError)):
+    if isinstance(error, (ReadTimeoutError, TimeoutError)) or caused_by(error, (ReadTimeoutError, TimeoutError)):
         return f"read timeout{at}"
     if isinstance(error, SSLError):
         return "TLS error"
-    if _has_cause(error, ConnectionResetError):
+    if caused_by(error, ConnectionResetError):
         return f"connection reset{at}"
-    if isinstance(error, ProtocolError) or _has_cause(error, ProtocolError):
+    if isinstance(error, ProtocolError) or caused_by(error, ProtocolError):
         if position is not None:
             # IncompleteRead, or the peer closed the socket mid-body.
             return f"ended early{at}"

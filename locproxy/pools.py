@@ -1,7 +1,8 @@
-"""Process-wide urllib3 connection pools, created lazily after fork.
+"""urllib3 plumbing shared by the proxy and the backends.
 
-A ``PoolManager`` must not cross a fork (its sockets and locks would be shared
-by workers), so each process builds its own on first use.
+``LazyPoolManager``: process-wide connection pools, created lazily after
+fork (a ``PoolManager`` must not cross a fork: its sockets and locks would be
+shared by workers). ``caused_by``: urllib3 error classification.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from typing import Any
+
+from typing import Tuple, Type, Union
 
 import urllib3
 
@@ -37,3 +40,20 @@ class LazyPoolManager:
         with self._lock:
             if self._manager is not None:
                 self._manager.clear()
+
+
+def caused_by(error: BaseException, kind: Union[Type[BaseException], Tuple[Type[BaseException], ...]]) -> bool:
+    """Whether ``kind`` is anywhere in the chain: urllib3 wraps socket errors
+    as ``__cause__``, ``__context__`` or a constructor argument."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+        pending.extend(linked for linked in (current.__cause__, current.__context__) if linked is not None)
+    return False

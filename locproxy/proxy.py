@@ -52,7 +52,7 @@ from urllib3.exceptions import (
 from urllib3.util import SKIP_HEADER
 
 from locproxy.config import ProxySettings, load_proxy_settings
-from locproxy.pools import LazyPoolManager
+from locproxy.pools import LazyPoolManager, caused_by
 from locproxy.responses import json_error
 
 LOG = logging.getLogger(__name__)
@@ -501,7 +501,7 @@ def describe_upstream_error(error: BaseException, label: str, settings: ProxySet
     if isinstance(error, NameResolutionError):
         return 502, f"upstream {label} could not be resolved"
     if isinstance(error, NewConnectionError):
-        if _caused_by(error, ConnectionRefusedError):
+        if caused_by(error, ConnectionRefusedError):
             return 502, f"upstream {label} refused the connection"
         return 502, f"upstream {label} could not be reached"
     if isinstance(error, ConnectTimeoutError):
@@ -516,28 +516,11 @@ def describe_upstream_error(error: BaseException, label: str, settings: ProxySet
     if isinstance(error, SSLError):
         return 502, f"TLS with upstream {label} failed"
     if isinstance(error, ProtocolError):
-        if _caused_by(error, (TimeoutError, socket.timeout)):
+        if caused_by(error, (TimeoutError, socket.timeout)):
             # Sending the request body stalls under the connect timeout.
             return 504, f"upstream {label} stopped reading the request"
         return 502, f"upstream {label} closed the connection without a valid response"
     return 502, f"request to upstream {label} failed"
-
-
-def _caused_by(error: BaseException, kind: type | tuple[type, ...]) -> bool:
-    """Whether ``kind`` is anywhere in the chain: urllib3 wraps socket errors
-    as ``__cause__``, ``__context__`` or a constructor argument."""
-    pending: list[BaseException] = [error]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, kind):
-            return True
-        pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
 
 
 def _log_path(target: str) -> str:
