@@ -93,10 +93,11 @@ class LocationFilter:
     def __call__(self, req: Request) -> Any:
         state = self._current()
         path = req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", "")
-        if req.method == "GET" and path in (state.settings.healthcheck_path, state.settings.metrics_path):
+        if req.method == "GET" and path:
             if path == state.settings.healthcheck_path:
                 return observability.healthcheck_response(state.settings)
-            return observability.metrics_response()
+            if path == state.settings.metrics_path:
+                return observability.metrics_response()
         match = _IMAGE_PATH.match(path)
         if match is None:
             return self.app

@@ -299,3 +299,27 @@ def test_malformed_patch_goes_to_upstream_to_refuse():
                                       headers={"Content-Type": PATCH_TYPE}, status=400)
     assert result.json == {"message": "bad patch"}
     assert upstream.bodies == [b"{not json"]
+
+
+@pytest.mark.parametrize(
+    "options, path, expected",
+    [
+        pytest.param({}, "/healthcheck", "upstream", id="off-by-default"),
+        pytest.param({"healthcheck_path": "/healthcheck"}, "/healthcheck", "healthcheck", id="healthcheck"),
+        pytest.param({"metrics_path": "/metrics"}, "/metrics", "metrics", id="metrics"),
+        pytest.param({"healthcheck_path": "/hc"}, "/other", "upstream", id="other-path"),
+    ],
+)
+def test_local_endpoints_answer_without_the_upstream(options, path, expected):
+    upstream = Upstream()
+    upstream.route("GET", path, Response(body=b"from upstream"))
+    result = make_app(upstream, **options).get(path)
+    if expected == "upstream":
+        assert result.body == b"from upstream"
+        return
+    assert upstream.requests == []
+    if expected == "healthcheck":
+        assert result.json == {"status": "ok", "strategy": "store_type", "demoted_backends": 0}
+    else:
+        assert b"locproxy_requests_total" in result.body
+        assert result.content_type == "text/plain"
