@@ -186,3 +186,23 @@ def test_large_download_keeps_memory_flat(large_image, backend: str):
                 growth_mib = (peak_rss_kib(worker) - before) / 1024
     assert received == LARGE and digest.hexdigest() == sha512
     assert growth_mib < 32, f"worker peak RSS grew by {growth_mib:.1f} MiB for a 1 GiB body"
+
+
+def test_json_patch_remove_through_the_pipeline_hits_the_copy_the_client_saw(demo):
+    """Filter + proxy from etc/paste.ini, real socket to the image API: the
+    client deletes "location 0" of the order it was shown."""
+    setup, upstream, web = demo
+    app = TestApp(loadapp(f"config:{PASTE_INI}", global_conf={
+        "upstream": upstream, "location_strategy": "store_type", "store_type_preference": "http, file",
+    }))
+    image_id = setup.api.add_image(data=b"x" * 1000, locations=[
+        {"url": f"file://{setup.store_a}/patch-a", "metadata": {"store": "fast-disk"}},
+        {"url": f"{web}/patch-b", "metadata": {"store": "web"}},
+        {"url": f"file://{setup.store_b}/patch-c", "metadata": {"store": "slow-disk"}},
+    ])
+    shown = app.get(f"/v2/images/{image_id}").json
+    assert stores(shown) == ["web", "fast-disk", "slow-disk"]
+    patched = app.patch(f"/v2/images/{image_id}", json.dumps([{"op": "remove", "path": "/locations/0"}]),
+                        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
+    assert stores(patched.json) == ["fast-disk", "slow-disk"], "web, which the client saw first, is gone"
+    assert stores(setup.api.image(image_id)) == ["fast-disk", "slow-disk"]
