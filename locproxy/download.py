@@ -179,7 +179,6 @@ class Sources:
         self.size = size
         self.end = end
         self.failures = 0
-        self.upstream_used = False
 
     def open_next(self, offset: int) -> tuple[Candidate, Any] | None:
         """The next candidate that opens at ``offset``, or None when none is left."""
@@ -200,7 +199,6 @@ class Sources:
         opened = self.open_next(offset)
         if opened is not None:
             return opened
-        self.upstream_used = True
         return UPSTREAM, UpstreamStream(self.image_requests, offset, self.end)
 
     def failed(self, candidate: Candidate, reason: str, offset: int, before_first_byte: bool = False) -> None:

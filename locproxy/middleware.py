@@ -230,8 +230,8 @@ class ImageRequests:
         self.path = f"{base}/v2/images/{image_id}"
 
     def show(self) -> Response:
-        """``GET /v2/images/{id}``."""
-        return self._call("GET", self.path)
+        """``GET /v2/images/{id}``, as JSON whatever the original request accepted."""
+        return self._call("GET", self.path, {"Accept": "application/json"})
 
     def download(self, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
         """``GET /v2/images/{id}/file`` (with e.g. a ``Range``), streamed."""

@@ -44,6 +44,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -288,6 +289,9 @@ def ensure_venv() -> VenvInfo:
             # A venv dir without the marker was not made by build_venv's rename
             # (e.g. a hand-made LOCPROXY_GLANCE_VENV); refuse rather than guess.
             raise GlanceEnvError(f"{target} exists but is not a finished Glance venv ({READY_MARKER} missing); remove it")
+        # Under the lock nobody else is building: leftovers of a killed build go.
+        for stale in target.parent.glob(f".{target.name}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if not target.exists():
             _log(f"building the Glance venv in {target} (cold install, needs PyPI)")
             build_venv(target)
@@ -408,7 +412,8 @@ def render_api_conf(*, workdir: Path, port: int, web_port: int, store_dirs: Mapp
         image_location_quota = 20
 
         [database]
-        connection = sqlite:///{workdir / 'glance.sqlite'}
+        # timeout: seconds a connection waits for a lock (sqlite3's default is 5).
+        connection = sqlite:///{workdir / 'glance.sqlite'}?timeout=30
 
         [glance_store]
         default_backend = fs1
@@ -681,9 +686,18 @@ class GlanceServer:
         all_headers.update(headers or {})
         return http_request(self.url + path, method, body=body, headers=all_headers, timeout=timeout)
 
+    def glance_errors(self, limit: int = 80) -> str:
+        """The last ERROR lines of Glance's log (tracebacks), for failure messages."""
+        if not self.glance_log_path.exists():
+            return ""
+        lines = [line for line in self.glance_log_path.read_text(errors="replace").splitlines()
+                 if " ERROR " in line and "os_brick" not in line]
+        return "\n".join(lines[-limit:])
+
     def _expect(self, resp: Response, *statuses: int, what: str) -> Response:
         if resp.status not in statuses:
-            raise AssertionError(f"{what}: HTTP {resp.status} (wanted {statuses}): {resp.body[:2000]!r}")
+            detail = f"\nGlance log errors:\n{self.glance_errors()}" if resp.status >= 500 else ""
+            raise AssertionError(f"{what}: HTTP {resp.status} (wanted {statuses}): {resp.body[:2000]!r}{detail}")
         return resp
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
@@ -742,8 +756,8 @@ class GlanceServer:
             body["validation_data"] = dict(validation_data)
         self._expect(self.request("POST", f"/v2/images/{image_id}/locations", json_body=body, identity=identity),
                      202, what=f"POST locations {url} to {image_id}")
-        return self.wait_image(image_id, lambda img: img["status"] in ("active", "killed"), timeout=timeout,
-                               what="location import task")
+        self.wait_tasks(image_id, timeout=timeout)
+        return self.get_image(image_id)
 
     def remove_location(self, image_id: str, index: int, *, identity: Mapping[str, str] | None = None) -> Response:
         return self.patch_image(image_id, [{"op": "remove", "path": f"/locations/{index}"}], identity=identity)
@@ -754,6 +768,22 @@ class GlanceServer:
             lambda: (lambda img: img if predicate(img) else None)(self.get_image(image_id)),
             timeout=timeout, interval=0.2, what=f"{what} of {image_id}",
         )
+
+    def wait_tasks(self, image_id: str, *, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until every task of the image is final and its import lock is released.
+
+        Glance reports an import's result (``stores``) before its task has
+        finished writing; with sqlite, a test's next write racing that
+        background write can fail ("database is locked", HTTP 500).
+        """
+        def idle() -> tuple[list[dict[str, Any]]] | None:
+            tasks = self.get_json(f"/v2/images/{image_id}/tasks", identity=self.headers())["tasks"]
+            busy = [t for t in tasks if t["status"] not in ("success", "failure")]
+            if busy or "os_glance_import_task" in self.get_image(image_id, identity=self.headers()):
+                return None
+            return (tasks,)
+
+        return _wait_for(idle, timeout=timeout, interval=0.1, what=f"tasks of image {image_id}")[0]
 
     def copy_to_store(self, image_id: str, store: str, *, timeout: float = 60,
                       identity: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -768,7 +798,9 @@ class GlanceServer:
                 raise GlanceEnvError(f"copy-image of {image_id} to {store} failed\n{self.log_tail()}")
             return store in img.get("stores", "").split(",") and not img.get("os_glance_importing_to_stores")
 
-        return self.wait_image(image_id, done, timeout=timeout, what=f"copy-image to {store}")
+        self.wait_image(image_id, done, timeout=timeout, what=f"copy-image to {store}")
+        self.wait_tasks(image_id, timeout=timeout)
+        return self.get_image(image_id, identity=identity)
 
     def deactivate(self, image_id: str, *, identity: Mapping[str, str] | None = None) -> None:
         self._expect(self.request("POST", f"/v2/images/{image_id}/actions/deactivate", identity=identity), 204,
@@ -802,8 +834,14 @@ class GlanceServer:
 
 
 def _db_sync(venv: Path, config_dir: Path, workdir: Path) -> None:
-    """``glance-manage db_sync``; the result is cached in the venv as a template DB."""
-    template = venv / ".glance-db-template.sqlite"
+    """``glance-manage db_sync``; the result is cached in the venv as a template DB.
+
+    The DB is switched to WAL journaling (persistent in the file): in the
+    default rollback mode, Glance's import/location tasks, which write from
+    several connections at once, fail at random with "database is locked"
+    while the API is also being read.
+    """
+    template = venv / ".glance-db-template-wal.sqlite"
     target = workdir / "glance.sqlite"
     if template.exists():
         shutil.copyfile(template, target)
@@ -812,6 +850,10 @@ def _db_sync(venv: Path, config_dir: Path, workdir: Path) -> None:
     env["PYTHONNOUSERSITE"] = "1"
     _run([venv_python(venv), venv / "bin" / "glance-manage", "--config-file", config_dir / "glance-api.conf",
           "db_sync"], timeout=300, what="glance-manage db_sync", env=env, cwd=workdir)
+    with contextlib.closing(sqlite3.connect(target)) as db:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise GlanceEnvError(f"could not switch {target} to WAL (journal_mode={mode})")
     tmp = template.with_suffix(f".tmp{os.getpid()}")
     shutil.copyfile(target, tmp)
     os.replace(tmp, template)

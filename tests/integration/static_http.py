@@ -40,12 +40,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             return None
         return max(0, size - length), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        raise ValueError(header)
+    if last and int(last) < start:
+        raise ValueError(header)  # invalid: ignored (RFC 9110 section 14.1.1)
     if start >= size:
         return None
-    return start, min(end, size - 1)
+    return start, min(int(last) if last else size - 1, size - 1)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
