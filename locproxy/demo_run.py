@@ -51,6 +51,7 @@ def run_demo(port: int, workdir: str | None, check: bool) -> int:
             "--paste-global", f"file_roots={setup.store_a}, {setup.store_b}",
             "--paste-global", f"allowed_hosts={web.url.split('//', 1)[1]}",
             "--paste-global", f"config_file={config_file}",
+            "--paste-global", f"metrics_file={Path(workdir) / 'metrics.sqlite'}",
             *_no_control_socket(),
         ])
         stack.callback(_stop, server)
@@ -59,8 +60,8 @@ def run_demo(port: int, workdir: str | None, check: bool) -> int:
             print("locproxy demo: the sidecar did not start (see its log above)", file=sys.stderr)
             return 1
         if check:
-            return _check(proxy, upstream.url, setup)
-        _print_guide(proxy, upstream.url, setup.image_ids["cirros-demo"], config_file)
+            return _check(proxy, upstream.url, setup, Path(workdir) / "metrics.sqlite")
+        _print_guide(proxy, upstream.url, setup.image_ids["cirros-demo"], config_file, Path(workdir))
         try:
             return server.wait()
         except KeyboardInterrupt:
@@ -102,7 +103,7 @@ def _get(url: str) -> tuple[bytes, dict]:
         return response.read(), dict(response.headers)
 
 
-def _check(proxy: str, upstream: str, setup) -> int:
+def _check(proxy: str, upstream: str, setup, metrics_file: Path) -> int:
     """Show reordering and a verified download; 0 if everything is as expected."""
     image_id = setup.image_ids["cirros-demo"]
     original = json.loads(_get(f"{upstream}/v2/images/{image_id}")[0])
@@ -117,11 +118,15 @@ def _check(proxy: str, upstream: str, setup) -> int:
     verified = digest == original["os_hash_value"] and len(body) == original["size"]
     print(f"download:        {len(body)} bytes, sha512 {'matches' if verified else 'DOES NOT match'} os_hash_value")
     good = reordered == ["slow-disk", "fast-disk", "web"] and through["direct_url"].startswith("file://") and verified
+    print("what locproxy learnt (locproxy stats):")
+    from locproxy.cli import main as cli
+
+    cli(["stats", str(metrics_file)])
     print("demo check: " + ("OK" if good else "FAILED"))
     return 0 if good else 1
 
 
-def _print_guide(proxy: str, upstream: str, image_id: str, config_file: Path) -> None:
+def _print_guide(proxy: str, upstream: str, image_id: str, config_file: Path, workdir: Path) -> None:
     print(f"""
 locproxy demo is running (Ctrl-C to stop).
   image API (demo upstream): {upstream}
@@ -140,4 +145,6 @@ Put another store first for one request, or ask for a range:
   curl -s -H 'Range: bytes=-16' {proxy}/v2/images/{image_id}/file | xxd
 
 Switch the strategy live: edit {config_file}
+What this node learnt about each backend: ./run locproxy stats {workdir / "metrics.sqlite"}
+Health and metrics: curl -s {proxy}/healthcheck; curl -s {proxy}/metrics | grep ^locproxy_
 """, flush=True)
