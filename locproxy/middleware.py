@@ -240,11 +240,16 @@ class ImageRequests:
     def _call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
         original = self.req.environ
         script_name = original.get("SCRIPT_NAME", "")
+        # webob caches the parsed request under "webob.*" keys: stale for a
+        # subrequest, except the ad-hoc attributes, where apps keep state such
+        # as Glance's request context (req.context), which must carry over.
         environ = {
             key: value
             for key, value in original.items()
             if key not in _SUBREQUEST_DROP and not key.startswith("webob.")
         }
+        if "webob.adhoc_attrs" in original:
+            environ["webob.adhoc_attrs"] = dict(original["webob.adhoc_attrs"])
         environ.update(REQUEST_METHOD=method, PATH_INFO=path[len(script_name):], QUERY_STRING="")
         environ["wsgi.input"] = io.BytesIO(b"")
         for name, value in (headers or {}).items():

@@ -124,6 +124,10 @@ class UpstreamBodyError(Exception):
     """
 
 
+# Safe methods without a body (RFC 9110 section 9.2.1) may be sent again.
+_RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Proxy:
     """WSGI app forwarding every request to ``settings.upstream``."""
 
@@ -187,19 +191,32 @@ class Proxy:
         # The pool's own urlopen with an origin-form target: PoolManager.urlopen
         # would re-parse the URL and remove dot segments, changing the path.
         pool = self._pools.get().connection_from_url(self._origin)
-        return pool.urlopen(
-            method,
-            target,
-            body=body,
-            headers=headers,
-            chunked=chunked,
-            redirect=False,
-            assert_same_host=False,
-            preload_content=False,
-            decode_content=False,
-            release_conn=False,
-            pool_timeout=self.settings.connect_timeout,
-        )
+        for attempt in (1, 2):
+            try:
+                return pool.urlopen(
+                    method,
+                    target,
+                    body=body,
+                    headers=headers,
+                    chunked=chunked,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    release_conn=False,
+                    pool_timeout=self.settings.connect_timeout,
+                )
+            except ProtocolError:
+                # The connection broke before any status line: typically a
+                # pooled keep-alive connection the upstream closed just as it
+                # was reused (urllib3 discarded it). A bodiless safe request
+                # may go once more, on a new connection (RFC 9110 section 9.2.2).
+                # Timeouts are not retried.
+                if attempt == 2 or body is not None or method not in _RETRYABLE_METHODS:
+                    raise
+                LOG.debug("%s %s: upstream connection closed before answering; retrying once",
+                          method, _log_path(target))
+        raise AssertionError("unreachable")
 
     def _respond(
         self,

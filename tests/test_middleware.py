@@ -323,3 +323,25 @@ def test_local_endpoints_answer_without_the_upstream(options, path, expected):
     else:
         assert b"locproxy_requests_total" in result.body
         assert result.content_type == "text/plain"
+
+
+def test_subrequests_keep_the_request_context_set_by_earlier_filters():
+    """Glance's context middleware sets req.context (a webob ad-hoc
+    attribute); the metadata check before a download must carry it."""
+    seen = []
+
+    def api(environ, start_response):
+        req = Request(environ)
+        seen.append((req.path_info, getattr(req, "context", None)))
+        return json_response({"id": IMAGE_ID, "status": "queued"})(environ, start_response)
+
+    def context_filter(app):
+        def middleware(environ, start_response):
+            Request(environ).context = "the client's auth context"
+            return app(environ, start_response)
+        return middleware
+
+    settings = load_filter_settings({}, {})
+    app = TestApp(context_filter(LocationFilter(api, settings)))
+    app.get(f"/v2/images/{IMAGE_ID}/file")
+    assert seen[0] == (f"/v2/images/{IMAGE_ID}", "the client's auth context")

@@ -888,3 +888,29 @@ def test_app_factory_reads_paste_options():
                                                chunk_size=512 * 1024)
     finally:
         proxy.close()
+
+
+def test_stale_keepalive_connection_is_retried_once_for_safe_requests():
+    """The upstream closes a kept-alive connection instead of answering its
+    next request (as servers do when their idle timeout races a reuse): a
+    bodiless GET goes once more on a new connection; a POST does not."""
+    requests_per_connection: dict[int, int] = {}
+
+    def upstream(head: bytes, sock: socket.socket) -> bool:
+        count = requests_per_connection[id(sock)] = requests_per_connection.get(id(sock), 0) + 1
+        if count > 1:
+            return False  # close without a word
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    with serve_raw_http_in_thread(upstream) as url:
+        proxy = Proxy(ProxySettings(upstream=url, pool_maxsize=1))
+        try:
+            app = TestApp(proxy)
+            assert app.get("/v2/images").body == b"ok"
+            assert app.get("/v2/images").body == b"ok", "the stale connection was retried on a new one"
+            assert len(requests_per_connection) == 2
+            refused = app.post("/v2/images", b"{}", status=502)
+            assert "closed the connection" in refused.json["error"]["message"]
+        finally:
+            proxy.close()

@@ -48,12 +48,16 @@ def glance_server() -> Iterator[glance_env.GlanceServer]:
     """A running Glance (gunicorn, no keystone) with stores fs1, fs2 (file) and web (http)."""
     if _skip_requested():
         pytest.skip(f"{glance_env.ENV_SKIP} is set")
+    context = glance_env.glance_server()
     try:
-        context = glance_env.glance_server()
         server = context.__enter__()
     except (glance_env.GlanceEnvError, OSError, TimeoutError) as exc:
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
         pytest.fail(
-            f"could not build or start the real-Glance environment: {exc}\n"
+            f"could not build or start the real-Glance environment: {problem}\n"
             f"(cached venv: {glance_env.venv_dir()}; a cold build needs PyPI. "
             f"Set {glance_env.ENV_SKIP}=1 to skip the integration tests.)",
             pytrace=False,

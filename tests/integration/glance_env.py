@@ -145,7 +145,9 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def _run(cmd: Sequence[str | os.PathLike[str]], *, timeout: float, what: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: Sequence[str | os.PathLike[str]], *, timeout: float, what: str, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(
             [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
@@ -288,7 +290,9 @@ def ensure_venv() -> VenvInfo:
         if target.exists() and not (target / READY_MARKER).exists():
             # A venv dir without the marker was not made by build_venv's rename
             # (e.g. a hand-made LOCPROXY_GLANCE_VENV); refuse rather than guess.
-            raise GlanceEnvError(f"{target} exists but is not a finished Glance venv ({READY_MARKER} missing); remove it")
+            raise GlanceEnvError(
+                f"{target} exists but is not a finished Glance venv ({READY_MARKER} missing); remove it"
+            )
         # Under the lock nobody else is building: leftovers of a killed build go.
         for stale in target.parent.glob(f".{target.name}.building-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -313,7 +317,7 @@ def freeze_constraints(constraints: Path = CONSTRAINTS_FILE) -> Path:
         pins = [line for line in frozen.splitlines()
                 if line and not line.lower().startswith(("locproxy", "pip=="))]
         header = textwrap.dedent(f"""\
-            # Pins for the Glance venv of tests/integration/glance_env.py (CPython {sys.version_info[0]}.{sys.version_info[1]}).
+            # Pins for the Glance venv of tests/integration/glance_env.py ({_python_tag(base_python())}).
             # Regenerate: python tests/integration/glance_env.py --freeze
             # Changing this file changes the cached venv's name, so the next run rebuilds it.
             """)
@@ -395,8 +399,28 @@ def _wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float =
 # --------------------------------------------------------- the Glance config ---
 
 
-def render_api_conf(*, workdir: Path, port: int, web_port: int, store_dirs: Mapping[str, Path]) -> str:
-    return textwrap.dedent(f"""\
+def apply_overrides(conf: str, overrides: Mapping[str, Mapping[str, str]] | None) -> str:
+    """Set ``{section: {option: value}}`` in an ini text (replacing, or adding the section)."""
+    lines = conf.splitlines()
+    for section, options in (overrides or {}).items():
+        header = f"[{section}]"
+        if header not in lines:
+            lines += ["", header]
+        start = lines.index(header) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+        body = [line for line in lines[start:end]
+                if line.split("=", 1)[0].strip() not in options or line.lstrip().startswith("#")]
+        while body and not body[-1].strip():
+            body.pop()
+        body += [f"{name} = {value}" for name, value in options.items()] + [""]
+        lines[start:end] = body
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_api_conf(*, workdir: Path, port: int, web_port: int, store_dirs: Mapping[str, Path],
+                    overrides: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """glance-api.conf; ``overrides`` e.g. ``{"fs2": {"weight": "100"}}``."""
+    return apply_overrides(textwrap.dedent(f"""\
         # Written by tests/integration/glance_env.py; loopback test server only.
         [DEFAULT]
         debug = False
@@ -449,7 +473,7 @@ def render_api_conf(*, workdir: Path, port: int, web_port: int, store_dirs: Mapp
 
         [oslo_concurrency]
         lock_path = {workdir / 'locks'}
-        """)
+        """), overrides)
 
 
 def render_paste_ini(pipeline: Sequence[str] = DEFAULT_PIPELINE, extra: str = "") -> str:
@@ -640,6 +664,21 @@ class GlanceServer:
             self.api_conf_path.write_text(api_conf)
         return self.start()
 
+    def render_api_conf(self, overrides: Mapping[str, Mapping[str, str]] | None = None) -> str:
+        """This server's glance-api.conf, with ``{section: {option: value}}`` overrides."""
+        return render_api_conf(workdir=self.workdir, port=self.port, web_port=self.web.port,
+                               store_dirs=self.store_dirs, overrides=overrides)
+
+    @contextlib.contextmanager
+    def config_overrides(self, overrides: Mapping[str, Mapping[str, str]]) -> Iterator[GlanceServer]:
+        """Run with glance-api.conf overrides for the duration (restart), then restore."""
+        original = self.api_conf_path.read_text()
+        self.restart(api_conf=self.render_api_conf(overrides))
+        try:
+            yield self
+        finally:
+            self.restart(api_conf=original)
+
     @contextlib.contextmanager
     def paste_pipeline(self, paste_ini: str) -> Iterator[GlanceServer]:
         """Run with another paste file for the duration, then restore the default one."""
@@ -756,8 +795,8 @@ class GlanceServer:
             body["validation_data"] = dict(validation_data)
         self._expect(self.request("POST", f"/v2/images/{image_id}/locations", json_body=body, identity=identity),
                      202, what=f"POST locations {url} to {image_id}")
-        self.wait_tasks(image_id, timeout=timeout)
-        return self.get_image(image_id)
+        self._raise_failed_tasks(image_id, self.wait_tasks(image_id, timeout=timeout), "POST locations")
+        return self.get_image(image_id, identity=identity)
 
     def remove_location(self, image_id: str, index: int, *, identity: Mapping[str, str] | None = None) -> Response:
         return self.patch_image(image_id, [{"op": "remove", "path": f"/locations/{index}"}], identity=identity)
@@ -770,20 +809,28 @@ class GlanceServer:
         )
 
     def wait_tasks(self, image_id: str, *, timeout: float = 60) -> list[dict[str, Any]]:
-        """Wait until every task of the image is final and its import lock is released.
+        """Wait until the image's import lock is released; return its tasks.
 
-        Glance reports an import's result (``stores``) before its task has
-        finished writing; with sqlite, a test's next write racing that
-        background write can fail ("database is locked", HTTP 500).
+        Glance reports an import's result (``stores``, ``status``) before its
+        task has finished writing; a test's next write racing those background
+        writes can fail on sqlite ("database is locked"). The lock
+        (``os_glance_import_task``) is set before the API answers 202 and
+        dropped last. Only the image is polled: ``GET /v2/images/{id}/tasks``
+        writes (it soft-deletes expired tasks first), and polling it made
+        running tasks fail with "database is locked".
         """
-        def idle() -> tuple[list[dict[str, Any]]] | None:
-            tasks = self.get_json(f"/v2/images/{image_id}/tasks", identity=self.headers())["tasks"]
-            busy = [t for t in tasks if t["status"] not in ("success", "failure")]
-            if busy or "os_glance_import_task" in self.get_image(image_id, identity=self.headers()):
-                return None
-            return (tasks,)
+        _wait_for(
+            lambda: "os_glance_import_task" not in self.get_image(image_id, identity=self.headers()),
+            timeout=timeout, interval=0.1, what=f"the import lock of image {image_id} to be released",
+        )
+        tasks: list[dict[str, Any]] = self.get_json(f"/v2/images/{image_id}/tasks", identity=self.headers())["tasks"]
+        return tasks
 
-        return _wait_for(idle, timeout=timeout, interval=0.1, what=f"tasks of image {image_id}")[0]
+    def _raise_failed_tasks(self, image_id: str, tasks: list[dict[str, Any]], what: str) -> None:
+        failed = [t for t in tasks if t.get("status") == "failure"]
+        if failed:
+            messages = "; ".join(f"{t['type']}: {t.get('message')}" for t in failed)
+            raise GlanceEnvError(f"{what} of image {image_id} failed: {messages}\n{self.glance_errors()}")
 
     def copy_to_store(self, image_id: str, store: str, *, timeout: float = 60,
                       identity: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -792,15 +839,14 @@ class GlanceServer:
         self._expect(self.request("POST", f"/v2/images/{image_id}/import", json_body=body, identity=identity),
                      202, what=f"copy {image_id} to {store}")
 
-        def done(img: dict[str, Any]) -> bool:
-            failed = [s for s in img.get("os_glance_failed_import", "").split(",") if s]
-            if store in failed:
-                raise GlanceEnvError(f"copy-image of {image_id} to {store} failed\n{self.log_tail()}")
-            return store in img.get("stores", "").split(",") and not img.get("os_glance_importing_to_stores")
-
-        self.wait_image(image_id, done, timeout=timeout, what=f"copy-image to {store}")
-        self.wait_tasks(image_id, timeout=timeout)
-        return self.get_image(image_id, identity=identity)
+        self._raise_failed_tasks(image_id, self.wait_tasks(image_id, timeout=timeout), f"copy-image to {store}")
+        image = self.get_image(image_id, identity=identity)
+        if store not in image.get("stores", "").split(","):
+            raise GlanceEnvError(
+                f"copy-image of {image_id} to {store} finished without it: stores={image.get('stores')!r} "
+                f"os_glance_failed_import={image.get('os_glance_failed_import')!r}\n{self.glance_errors()}"
+            )
+        return image
 
     def deactivate(self, image_id: str, *, identity: Mapping[str, str] | None = None) -> None:
         self._expect(self.request("POST", f"/v2/images/{image_id}/actions/deactivate", identity=identity), 204,
@@ -876,8 +922,7 @@ def glance_server(*, venv: VenvInfo | None = None, workdir: Path | None = None) 
         web = StaticHTTPServer(workdir / "web")
         store_dirs["web"] = web.root
         server = GlanceServer(venv=venv.path, workdir=workdir, port=free_port(), web=web, store_dirs=store_dirs)
-        server.api_conf_path.write_text(
-            render_api_conf(workdir=workdir, port=server.port, web_port=web.port, store_dirs=store_dirs))
+        server.api_conf_path.write_text(server.render_api_conf())
         server.paste_ini_path.write_text(render_paste_ini())
         server.policy_path.write_text(render_policy())
         _db_sync(venv.path, server.config_dir, workdir)
