@@ -314,6 +314,7 @@ class Backends:
         connect_timeout: float,
         read_timeout: float,
         pool_maxsize: int,
+        ca_file: str | None = None,
     ) -> None:
         if chunk_size < 1 or pool_maxsize < 1:
             raise ValueError("chunk_size and pool_maxsize must be >= 1")
@@ -327,11 +328,14 @@ class Backends:
         # Waiting for a free pool slot is bounded too: if every slot is busy
         # (or leaked), fail this location instead of hanging the worker.
         self._pool_timeout = connect_timeout
+        # https backends are verified: against ca_file, else the system CAs.
+        tls = {"ca_certs": ca_file} if ca_file else {}
         self._pools = LazyPoolManager(
             maxsize=pool_maxsize,
             block=True,
             timeout=self._timeout,
             retries=False,
+            **tls,
         )
 
     @classmethod
@@ -344,6 +348,7 @@ class Backends:
             connect_timeout=settings.backend_connect_timeout,
             read_timeout=settings.backend_read_timeout,
             pool_maxsize=settings.backend_pool_maxsize,
+            ca_file=settings.backend_ca_file or None,
         )
 
     def clear(self) -> None:

@@ -102,6 +102,7 @@ class FilterSettings:
     backend_connect_timeout: float = 5.0
     backend_read_timeout: float = 30.0
     backend_pool_maxsize: int = 32
+    backend_ca_file: str = ""
     verify_checksums: bool = True
     # Learning and health (see locproxy.tracker).
     metrics_file: str = ""
@@ -121,6 +122,13 @@ class FilterSettings:
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def parse_readable_file(option: str, value: Any) -> str:
+    path = str(value).strip()
+    if not os.path.isabs(path) or not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{option}: {value!r} is not a readable file (absolute path)")
+    return path
 
 
 def parse_writable_file(option: str, value: Any) -> str:
@@ -162,6 +170,7 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "backend_connect_timeout": parse_seconds,
     "backend_read_timeout": parse_seconds,
     "backend_pool_maxsize": parse_count,
+    "backend_ca_file": parse_readable_file,
     "verify_checksums": parse_bool,
     "metrics_file": parse_writable_file,
     "failure_threshold": parse_count,

@@ -374,6 +374,7 @@ def _handler_options(settings: FilterSettings) -> tuple:
         settings.backend_connect_timeout,
         settings.backend_read_timeout,
         settings.backend_pool_maxsize,
+        settings.backend_ca_file,
         settings.probe_interval,
         settings.probe_size,
         id(settings.tracker),

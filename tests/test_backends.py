@@ -644,3 +644,58 @@ def test_backend_error_is_plain_data() -> None:
     assert str(error) == "http://10.0.0.1:8080: HTTP 503"
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.label, copy.reason) == (error.label, error.reason)
+
+
+# -- TLS ------------------------------------------------------------------------
+
+@pytest.fixture
+def https_backend(tmp_path):
+    """A loopback https server with a self-signed certificate for 127.0.0.1."""
+    import functools
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "img").write_bytes(b"tls image bytes" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/img", str(cert), b"tls image bytes" * 1000
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_https_backend_is_verified_against_the_configured_ca(https_backend):
+    url, ca_file, data = https_backend
+    common = dict(file_roots=(), allowed_hosts=frozenset({"127.0.0.1"}), chunk_size=4096,
+                  connect_timeout=5, read_timeout=5, pool_maxsize=2)
+    untrusted = Backends(**common)
+    try:
+        with pytest.raises(BackendError, match="TLS error"):
+            untrusted.open(url, 0, len(data), len(data))
+    finally:
+        untrusted.clear()
+    trusted = Backends(**common, ca_file=ca_file)
+    try:
+        stream = trusted.open(url, 0, len(data), len(data))
+        with stream:
+            assert b"".join(stream) == data
+    finally:
+        trusted.clear()

@@ -79,6 +79,13 @@ def test_full_filter_section(tmp_path):
                      "valid choices: locations, direct_url", id="bad-hidden-field"),
         pytest.param({"roles_header": "X Roles"}, "roles_header: 'X Roles' is not an HTTP header name",
                      id="bad-header"),
+        pytest.param({"backend_ca_file": "/nonexistent/ca.pem"}, "backend_ca_file: '/nonexistent/ca.pem' is not "
+                     "a readable file", id="missing-ca-file"),
+        pytest.param({"metrics_file": "/nonexistent/dir/m.sqlite"}, "metrics_file: the directory of",
+                     id="metrics-file-dir-missing"),
+        pytest.param({"healthcheck_path": "/v2/images/hc"}, "healthcheck_path: '/v2/images/hc' is not a URL path",
+                     id="healthcheck-inside-api"),
+        pytest.param({"probe_interval": "-1"}, "probe_interval: expected a number of seconds", id="bad-probe"),
     ],
 )
 def test_bad_filter_options(local_conf, message):
