@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -34,9 +35,13 @@ __all__ = ["ConfigError", "FilterSettings", "ProxySettings", "load_filter_settin
 
 def parse_http_url(option: str, value: Any) -> str:
     url = str(value).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{option}: expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError if not a number in 0-65535
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"{option}: expected an http:// or https:// URL with a host, got {value!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigError(f"{option}: must not carry credentials, a query or a fragment")
     return url
@@ -67,6 +72,13 @@ def parse_hosts(option: str, value: Any) -> frozenset[str]:
             )
         hosts.add(item.lower())
     return frozenset(hosts)
+
+
+def _one_of(option: str, value: Any, valid: tuple[str, ...]) -> str:
+    text = str(value).strip()
+    if text not in valid:
+        raise ConfigError(f"{option}: unknown value {text!r}; valid choices: {', '.join(valid)}")
+    return text
 
 
 def _choices(option: str, valid: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
@@ -104,6 +116,7 @@ class FilterSettings:
     backend_pool_maxsize: int = 32
     backend_ca_file: str = ""
     verify_checksums: bool = True
+    download_authorization: str = "show"
     # Learning and health (see locproxy.tracker).
     metrics_file: str = ""
     failure_threshold: int = 3
@@ -132,11 +145,20 @@ def parse_readable_file(option: str, value: Any) -> str:
 
 
 def parse_writable_file(option: str, value: Any) -> str:
+    """A file locproxy may create or update: an sqlite file if it exists."""
     path = str(value).strip()
     if not os.path.isabs(path):
         raise ConfigError(f"{option}: {value!r} is not an absolute path")
-    if not os.path.isdir(os.path.dirname(path)) or not os.access(os.path.dirname(path), os.W_OK):
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise ConfigError(f"{option}: the directory of {value!r} does not exist or is not writable")
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{option}: {value!r} is not a file")
+        with open(path, "rb") as stream:
+            header = stream.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise ConfigError(f"{option}: {value!r} exists and is not an sqlite file")
     return path
 
 
@@ -172,6 +194,7 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "backend_pool_maxsize": parse_count,
     "backend_ca_file": parse_readable_file,
     "verify_checksums": parse_bool,
+    "download_authorization": lambda option, value: _one_of(option, value, ("show", "file")),
     "metrics_file": parse_writable_file,
     "failure_threshold": parse_count,
     "cooldown": parse_seconds,
@@ -216,7 +239,10 @@ def load_filter_settings(
     else:
         rule = HealthRule(failure_threshold=settings.failure_threshold, cooldown=settings.cooldown,
                           max_cooldown=max(settings.max_cooldown, settings.cooldown))
-        tracker = Tracker(settings.metrics_file or None, rule)
+        try:
+            tracker = Tracker(settings.metrics_file or None, rule)
+        except sqlite3.Error as error:
+            raise ConfigError(f"metrics_file: {settings.metrics_file!r} cannot be used: {error}") from None
     return replace(settings, tracker=tracker, selector=load_selector(conf, tracker))
 
 

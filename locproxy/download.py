@@ -29,7 +29,6 @@ tried after all the others), and the Prometheus counters move.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -40,7 +39,8 @@ from typing import Any, Iterator, Sequence
 
 from webob import Request, Response
 
-from locproxy.backends import BackendError, Backends, BackendStream
+from locproxy import bodies
+from locproxy.backends import BackendError, Backends
 from locproxy.config import FilterSettings
 from locproxy.observability import Recorder
 from locproxy.probing import Prober
@@ -94,10 +94,17 @@ class DownloadHandler:
         shown = image_requests.show()
         if shown.status_code != 200:
             return shown  # the upstream's own refusal, as it is
-        image = _json_object(shown.body)
-        size = image.get("size") if image else None
-        if not image or image.get("status") != "active" or not isinstance(size, int) or size <= 0:
-            return None
+        try:
+            image = bodies.json_document(shown, settings.max_rewrite_size)
+        except bodies.BodyBroken:
+            return json_error(502, "The image API's response ended before it was complete.")
+        size = image.get("size") if isinstance(image, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or image.get("status") != "active":
+            return None  # not an active image with data, or not understood: the upstream decides
+        if settings.download_authorization == "file":
+            refusal = _download_refused(image_requests)
+            if refusal is not None:
+                return refusal
         try:
             span = parse_range(req.headers.get("Range"), size)
         except Unsatisfiable as error:
@@ -179,6 +186,7 @@ class Sources:
         self.size = size
         self.end = end
         self.failures = 0
+        self.upstream_tried = False
 
     def open_next(self, offset: int) -> tuple[Candidate, Any] | None:
         """The next candidate that opens at ``offset``, or None when none is left."""
@@ -195,10 +203,14 @@ class Sources:
         return None
 
     def resume(self, offset: int) -> tuple[Candidate, Any]:
-        """A source for the rest from ``offset``: a location, else the upstream."""
+        """A source for the rest from ``offset``: a location, else the
+        upstream's ``/file`` (once: if that fails too, the download fails)."""
         opened = self.open_next(offset)
         if opened is not None:
             return opened
+        if self.upstream_tried:
+            raise BackendError("all", f"no source could resume at byte {offset}")
+        self.upstream_tried = True
         return UPSTREAM, UpstreamStream(self.image_requests, offset, self.end)
 
     def failed(self, candidate: Candidate, reason: str, offset: int, before_first_byte: bool = False) -> None:
@@ -324,6 +336,20 @@ class UpstreamStream:
             close()
 
 
+def _download_refused(image_requests: Any) -> Response | None:
+    """The upstream's refusal of this client's download, or None if it
+    allows it: its own ``/file`` is asked for the first byte, as the client,
+    so download policies stricter than viewing (Glance's ``download_image``)
+    apply too."""
+    probe = image_requests.download(headers={"Range": "bytes=0-0"})
+    if probe.status_code in (200, 206):
+        close = getattr(probe.app_iter, "close", None)
+        if close is not None:
+            close()  # unread: a 200 may be the whole image
+        return None
+    return probe
+
+
 def expected_digest(image: dict) -> tuple[str, str] | None:
     """``(hashlib name, hex)``: the image's ``os_hash`` if usable, else md5 ``checksum``."""
     algorithm, value = image.get("os_hash_algo"), image.get("os_hash_value")
@@ -379,12 +405,3 @@ def _handler_options(settings: FilterSettings) -> tuple:
         settings.probe_size,
         id(settings.tracker),
     )
-
-
-def _json_object(body: bytes) -> dict | None:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
-

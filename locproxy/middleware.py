@@ -24,13 +24,12 @@ import io
 import json
 import logging
 import re
-import zlib
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from webob import Request, Response
 from webob.dec import wsgify
 
-from locproxy import observability, rewrite
+from locproxy import bodies, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
 from locproxy.reloading import Reloading, install_sighup, read_options
@@ -103,11 +102,15 @@ class LocationFilter:
             return self.app
         image_id, sub = match.group("image_id"), match.group("sub")
         method = req.method
+        try:
+            prefer = request_prefer(req)
+        except UnicodeDecodeError:
+            return json_error(400, "The query string is not valid UTF-8.")
         if sub == "/file":
             if state.settings.serve_downloads and method in ("GET", "HEAD"):
                 observability.REQUESTS.labels("download").inc()
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
-                response = state.downloads(req, image, state.settings, request_prefer(req))
+                response = state.downloads(req, image, state.settings, prefer)
                 return self.app if response is None else response
             return self.app
         if sub == "/locations":
@@ -124,33 +127,28 @@ class LocationFilter:
             refusal = self._translate_patch(req, image, state.settings)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind, state.settings)
+        return self._rewrite_response(req, kind, rewrite_policy(req, state.settings, prefer), state.settings)
 
     # -- responses ---------------------------------------------------------
 
-    def _rewrite_response(self, req: Request, kind: str, settings: FilterSettings) -> Response:
-        # Ask for identity so the JSON can be read; gzip is still handled below.
+    def _rewrite_response(
+        self, req: Request, kind: str, policy: rewrite.RewritePolicy, settings: FilterSettings
+    ) -> Response:
+        # Ask for identity so the JSON can be read; gzip is still handled.
         req.headers["Accept-Encoding"] = "identity"
         resp = req.get_response(self.app)
-        if not _rewritable(resp) or req.method == "HEAD":
+        if req.method == "HEAD" or not 200 <= resp.status_code < 300 or resp.content_type != bodies.JSON:
             observability.REWRITES.labels("passed_through").inc()
             return resp
         try:
-            body = _read_bounded(resp, settings.max_rewrite_size)
-        except Exception as error:  # the upstream's body broke while we read it
-            LOG.warning("upstream response for %s ended while reading: %s", req.path, error)
+            body = bodies.read_bounded(resp, settings.max_rewrite_size)
+        except bodies.BodyBroken as error:
+            LOG.warning("upstream response for %s broke off while being read: %s", req.path, error)
             return json_error(502, "The image API's response ended before it was complete.")
-        if body is None:
-            observability.REWRITES.labels("passed_through").inc()
-            return resp  # oversized: streams through untouched
-        encoding = resp.content_encoding
-        plain = _gunzip(body, settings.max_rewrite_size) if encoding == "gzip" else body
-        new = None
-        if plain is not None and encoding in (None, "identity", "gzip"):
-            new = rewrite.rewrite_body(plain, kind, rewrite_policy(req, settings))
-        if new is None:
-            observability.REWRITES.labels("unchanged").inc()
-            resp.app_iter = [body]
+        plain = None if body is None else bodies.plain_body(resp, body, settings.max_rewrite_size)
+        new = None if plain is None else rewrite.rewrite_body(plain, kind, policy)
+        if new is None:  # oversized, undecodable, not an image, or already in order
+            observability.REWRITES.labels("unchanged" if plain is not None else "passed_through").inc()
             return resp
         observability.REWRITES.labels("rewritten").inc()
         LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selector.strategy)
@@ -174,19 +172,20 @@ class LocationFilter:
         if len(raw) > limit:
             return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
         req.body = raw  # the stream was consumed: forward exactly what was read
-        try:
-            operations = json.loads(raw)
-        except ValueError:
-            return None  # the upstream refuses it in its own words
+        operations = rewrite.parse_json(raw)
+        if rewrite.odd_location_index(operations):
+            # The upstream might read "01" or "+1" as an index into its own order.
+            return json_error(400, "JSON-patch location indexes must be plain numbers such as 0 or 12.")
         if not rewrite.patch_addresses_locations(operations):
-            return None
+            return None  # nothing to translate; a malformed patch is the upstream's to refuse
         current = image.show()
         if current.status_code != 200:
             return current  # the upstream's own refusal (401/403/404...)
         try:
-            locations = json.loads(current.body).get("locations")
-        except (ValueError, AttributeError):
-            locations = None
+            document = bodies.json_document(current, limit)
+        except bodies.BodyBroken:
+            return json_error(502, "The image API's response ended before it was complete.")
+        locations = document.get("locations") if isinstance(document, dict) else None
         if not rewrite.well_formed(locations):
             return None  # the client cannot have seen an order of ours
         view = settings.selector.order(locations)
@@ -202,7 +201,7 @@ class _State(NamedTuple):
     downloads: DownloadHandler
 
 
-def rewrite_policy(req: Request, settings: FilterSettings) -> rewrite.RewritePolicy:
+def rewrite_policy(req: Request, settings: FilterSettings, prefer: tuple[str, ...]) -> rewrite.RewritePolicy:
     """How to rewrite this client's responses: its ``prefer``, what it may see."""
     hide: tuple[str, ...] = ()
     if settings.hides_locations:
@@ -211,7 +210,7 @@ def rewrite_policy(req: Request, settings: FilterSettings) -> rewrite.RewritePol
             hide = settings.hidden_fields
     return rewrite.RewritePolicy(
         selector=settings.selector,
-        prefer=request_prefer(req),
+        prefer=prefer,
         add_direct_url=settings.add_direct_url,
         scrub_credentials=settings.scrub_credentials,
         hide=hide,
@@ -258,62 +257,9 @@ class ImageRequests:
 
 
 def request_prefer(req: Request) -> tuple[str, ...]:
-    """Stores the client asked to put first (``?prefer=store1,store2``)."""
+    """Stores the client asked to put first (``?prefer=store1,store2``).
+    UnicodeDecodeError if the query string is not UTF-8."""
     return parse_list("prefer", ",".join(req.GET.getall("prefer")))
-
-
-def _rewritable(resp: Response) -> bool:
-    return 200 <= resp.status_code < 300 and resp.content_type == "application/json"
-
-
-def _read_bounded(resp: Response, limit: int) -> bytes | None:
-    """The whole body if it is at most ``limit`` bytes; otherwise None, and
-    ``resp`` is left to stream everything, including what was read."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
-    app_iter = resp.app_iter
-    iterator = iter(app_iter)
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in iterator:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            resp.app_iter = _Replay(chunks, iterator, app_iter)
-            return None
-    close = getattr(app_iter, "close", None)
-    if close is not None:
-        close()
-    return b"".join(chunks)
-
-
-class _Replay:
-    """Chunks already read, then the rest of the original iterable (whose
-    ``close`` is kept: it releases the upstream connection)."""
-
-    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: Iterable[bytes]) -> None:
-        self._head, self._rest, self._original = head, rest, original
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._head
-        yield from self._rest
-
-    def close(self) -> None:
-        close = getattr(self._original, "close", None)
-        if close is not None:
-            close()
-
-
-def _gunzip(body: bytes, limit: int) -> bytes | None:
-    """Decompressed gzip body, or None if invalid or larger than ``limit``."""
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        plain = decompressor.decompress(body, limit + 1)
-    except zlib.error:
-        return None
-    if len(plain) > limit or decompressor.unconsumed_tail or not decompressor.eof:
-        return None
-    return plain
 
 
 def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[Callable], LocationFilter]:

@@ -73,7 +73,7 @@ def number(value: Any) -> float | None:
         return None
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond floats
         return None
     return result if result == result and abs(result) != float("inf") else None
 
@@ -93,7 +93,8 @@ def parse_bool(option: str, value: Any) -> bool:
     raise ConfigError(f"{option}: expected one of true/false/yes/no/on/off/1/0, got {value!r}")
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d{1,15})\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 48  # 256 TiB: larger is a typo, and would overflow float arithmetic
 _SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": 1024 * MiB}
 
 
@@ -103,8 +104,8 @@ def parse_size(option: str, value: Any, minimum: int = 1) -> int:
     if not match:
         raise ConfigError(f"{option}: expected a size in bytes such as 262144, 256K or 1M, got {value!r}")
     size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if size < minimum:
-        raise ConfigError(f"{option}: must be at least {minimum} bytes, got {value!r}")
+    if not minimum <= size <= MAX_SIZE:
+        raise ConfigError(f"{option}: must be between {minimum} bytes and 256T, got {value!r}")
     return size
 
 

@@ -2,11 +2,14 @@
 
 ``LazyPoolManager``: process-wide connection pools, created lazily after
 fork (a ``PoolManager`` must not cross a fork: its sockets and locks would be
-shared by workers). ``caused_by``: urllib3 error classification.
+shared by workers). ``caused_by``: urllib3 error classification. Importing
+this module also keeps query strings (signed URLs: ``temp_url_sig``,
+``X-Amz-Signature``) out of urllib3's request log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -57,3 +60,17 @@ def caused_by(error: BaseException, kind: Union[Type[BaseException], Tuple[Type[
         pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
         pending.extend(linked for linked in (current.__cause__, current.__context__) if linked is not None)
     return False
+
+
+class _QueryScrubber(logging.Filter):
+    """Drops the query string of request targets in urllib3's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                arg.split("?", 1)[0] if isinstance(arg, str) and arg.startswith("/") else arg for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_QueryScrubber())

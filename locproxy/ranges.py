@@ -10,6 +10,12 @@ from __future__ import annotations
 import re
 
 _BYTE_RANGE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*(\d+))\s*$", re.IGNORECASE)
+_HUGE = 10**20  # beyond any image; stands for longer numbers (int() refuses thousands of digits)
+
+
+def _number(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 20 else _HUGE
 
 
 class Unsatisfiable(ValueError):
@@ -29,13 +35,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise Unsatisfiable(f"unsupported Range {header[:64]!r}: one 'bytes=' range only")
     first, last, suffix = match.groups()
     if suffix is not None:
-        length = int(suffix)
+        length = _number(suffix)
         if length == 0 or size == 0:
             raise Unsatisfiable("empty suffix range")
         return max(size - length, 0), size
-    start = int(first)
+    start = _number(first)
     if last:
-        end = int(last) + 1
+        end = _number(last) + 1
         if end <= start:
             raise Unsatisfiable("range ends before it starts")
     else:

@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
-from locproxy.config import ConfigError
+from locproxy.options import ConfigError
+
 
 LOG = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Reloading(Generic[T]):
         self._signature = signature  # judged once per version of the file
         try:
             value = self.build(read_options(self.path), self._value)
-        except (ConfigError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - any failure keeps the running settings
             LOG.error("config_file %s rejected, keeping the previous settings: %s", self.path, error)
             return False
         self._value = value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from locproxy.strategies import Selector, best_location
@@ -35,14 +35,33 @@ class RewritePolicy:
 def rewrite_body(body: bytes, kind: str, policy: RewritePolicy) -> bytes | None:
     """The rewritten JSON body, or None if it is not JSON of the expected shape
     or would not change."""
-    try:
-        document = json.loads(body)
-    except ValueError:  # includes UnicodeDecodeError
+    document = parse_json(body)
+    if document is None:
         return None
     rewritten = rewrite_document(document, kind, policy)
-    if rewritten is document:
+    return None if rewritten is document else dump_json(rewritten)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document, or None if ``body`` is not (strict) JSON (or is ``null``)."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError
         return None
-    return json.dumps(rewritten, ensure_ascii=False).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def dump_json(document: Any) -> bytes | None:
+    """Compact UTF-8 JSON, or None if ``document`` cannot be strict JSON."""
+    try:
+        return json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape it instead
+        return json.dumps(document, allow_nan=False).encode("ascii")
+    except (ValueError, RecursionError):
+        return None
 
 
 def rewrite_document(document: Any, kind: str, policy: RewritePolicy) -> Any:
@@ -68,34 +87,41 @@ def rewrite_image(image: dict, policy: RewritePolicy) -> dict:
     ``stores`` in the same order, optional scrubbing and hiding."""
     changes: dict[str, Any] = {}
     locations = image.get("locations")
-    ordered = _ordered_locations(locations, policy)
-    if ordered is not None:
-        changes["locations"] = ordered
     if well_formed(locations):
         # The upstream showed every location, so the best one is known.
-        current = ordered if ordered is not None else locations
+        ordered = policy.selector.order(locations, policy.prefer)
+        if policy.scrub_credentials:
+            ordered = [_scrubbed(location) for location in ordered]
+        if any(new is not old for new, old in zip(ordered, locations)):
+            changes["locations"] = ordered
         if "direct_url" in image or policy.add_direct_url:
-            best = best_location(current)
+            best = best_location(ordered)
             if best is None:
                 changes["direct_url"] = _REMOVE
             elif best["url"] != image.get("direct_url"):
                 changes["direct_url"] = best["url"]
-        stores = _ordered_stores(image.get("stores"), current)
+        stores = _ordered_stores(image.get("stores"), ordered)
         if stores is not None:
             changes["stores"] = stores
-    elif policy.scrub_credentials and isinstance(image.get("direct_url"), str):
-        scrubbed = scrub_credentials(image["direct_url"])
-        if scrubbed != image["direct_url"]:
-            changes["direct_url"] = scrubbed
+    elif policy.scrub_credentials:
+        # Not all locations are understood: their order stays, credentials still go.
+        if isinstance(locations, list):
+            scrubbed = [_scrubbed(location) if isinstance(location, dict) else location for location in locations]
+            if any(new is not old for new, old in zip(scrubbed, locations)):
+                changes["locations"] = scrubbed
+        if isinstance(image.get("direct_url"), str):
+            clean = scrub_credentials(image["direct_url"])
+            if clean != image["direct_url"]:
+                changes["direct_url"] = clean
     for name in policy.hide:
-        if name in image:
+        if name in image or name in changes:
             changes[name] = _REMOVE
     if not changes:
         return image
     new = {**image, **changes}
     for name, value in changes.items():
         if value is _REMOVE:
-            del new[name]
+            new.pop(name, None)
     return new
 
 
@@ -110,16 +136,12 @@ def well_formed(locations: Any) -> bool:
 
 
 def _ordered_locations(locations: Any, policy: RewritePolicy) -> list | None:
-    """The locations in the policy's order (scrubbed if asked), or None if
-    they are malformed or already in that order and clean."""
+    """A location list (``GET .../locations``) in the policy's order, scrubbed
+    if asked; None if malformed or unchanged."""
     if not well_formed(locations):
         return None
-    ordered = policy.selector.order(locations, policy.prefer)
-    if policy.scrub_credentials:
-        ordered = [_scrubbed(location) for location in ordered]
-    if all(new is old for new, old in zip(ordered, locations)):
-        return None
-    return ordered
+    rewritten = rewrite_image({"locations": locations}, replace(policy, hide=()))["locations"]
+    return None if rewritten is locations else rewritten
 
 
 def _scrubbed(location: dict) -> dict:
@@ -155,15 +177,28 @@ JSON_PATCH_TYPES = (
     "application/openstack-images-v2.0-json-patch",
 )
 
-# RFC 6901 array index: "0" or no leading zeros; "-" is "past the end".
-_LOCATION_INDEX = re.compile(r"^/locations/(0|[1-9][0-9]*|-)(/.*)?$")
+# RFC 6901 array index: "0" or no leading zeros; "-" is "past the end". More
+# than 18 digits is no index any image has.
+_LOCATION_INDEX = re.compile(r"^/locations/(0|[1-9][0-9]{0,17}|-)(/.*)?$")
+_ANY_LOCATION_MEMBER = re.compile(r"^/locations/")
+
+
+def _paths(operations: Any) -> list[str]:
+    if not isinstance(operations, list):
+        return []
+    return [op["path"] for op in operations if isinstance(op, dict) and isinstance(op.get("path"), str)]
 
 
 def patch_addresses_locations(operations: Any) -> bool:
     """True if a JSON-patch document addresses a location by index."""
-    return isinstance(operations, list) and any(
-        isinstance(op, dict) and isinstance(op.get("path"), str) and _LOCATION_INDEX.match(op["path"])
-        for op in operations
+    return any(_LOCATION_INDEX.match(path) for path in _paths(operations))
+
+
+def odd_location_index(operations: Any) -> bool:
+    """True if an operation addresses ``/locations/X`` where X is not a plain
+    index: an upstream might still read it as a number ("01", "+1", " 1")."""
+    return any(
+        _ANY_LOCATION_MEMBER.match(path) and not _LOCATION_INDEX.match(path) for path in _paths(operations)
     )
 
 
@@ -182,7 +217,8 @@ def translate_patch(operations: list, upstream_locations: list, view_locations: 
     next_token = len(upstream)
     translated = []
     for op in operations:
-        match = _LOCATION_INDEX.match(op.get("path", "")) if isinstance(op, dict) else None
+        path = op.get("path") if isinstance(op, dict) else None
+        match = _LOCATION_INDEX.match(path) if isinstance(path, str) else None
         name = op.get("op") if isinstance(op, dict) else None
         if isinstance(op, dict) and op.get("path") == "/locations" and name in ("add", "replace"):
             # A whole new list, in the order the client wrote it: both views agree again.

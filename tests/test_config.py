@@ -66,7 +66,7 @@ def test_full_filter_section(tmp_path):
                      id="typo-in-option-name"),
         pytest.param({"add_direct_url": "maybe"}, "add_direct_url: expected one of true/false", id="bad-bool"),
         pytest.param({"chunk_size": "lots"}, "chunk_size: expected a size in bytes", id="bad-size"),
-        pytest.param({"chunk_size": "0"}, "chunk_size: must be at least 1 bytes", id="zero-size"),
+        pytest.param({"chunk_size": "0"}, "chunk_size: must be between 1 bytes and 256T", id="zero-size"),
         pytest.param({"backend_read_timeout": "-1"}, "backend_read_timeout: expected a number of seconds",
                      id="negative-timeout"),
         pytest.param({"file_roots": "relative/dir"}, "file_roots: 'relative/dir' is not an absolute path",

@@ -450,3 +450,41 @@ def test_filter_in_pipeline_serves_and_falls_back(tmp_path: Path):
     assert app.get(f"/v2/images/{unreadable}/file").body == DATA
     assert api.calls["GET file"] == before + 1
     assert app.get(f"/v2/images/{served}/file", headers={"Range": "bytes=-5"}, status=206).body == DATA[-5:]
+
+
+@pytest.mark.parametrize(
+    "mode, allow, expected",
+    [
+        pytest.param("show", False, "served", id="show-decides-by-default"),
+        pytest.param("file", False, "refused", id="file-policy-respected"),
+        pytest.param("file", True, "served", id="file-policy-allows"),
+    ],
+)
+def test_download_authorization(tmp_path: Path, mode: str, allow: bool, expected: str):
+    """An upstream that shows the image but refuses its /file (Glance's
+    download_image policy stricter than get_image): with
+    download_authorization = file its refusal is the answer, no backend read."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "img").write_bytes(DATA)
+    api = DemoImageAPI(file_roots=(str(root),))
+    image_id = api.add_image(data=DATA, locations=[location(f"file://{root}/img", "disk")])
+    file_requests = []
+
+    def download_policy(environ, start_response):
+        if environ["PATH_INFO"].endswith("/file"):
+            file_requests.append(environ.get("HTTP_RANGE"))
+        if environ["PATH_INFO"].endswith("/file") and not allow:
+            start_response("403 Forbidden", [("Content-Type", "application/json")])
+            return [b'{"message": "download_image is not allowed"}']
+        return api(environ, start_response)
+
+    settings = load_filter_settings({}, {"file_roots": str(root), "download_authorization": mode})
+    app = TestApp(LocationFilter(download_policy, settings), lint=True)
+    result = app.get(f"/v2/images/{image_id}/file", status="*")
+    if expected == "served":
+        assert (result.status_int, result.body) == (200, DATA)
+        assert file_requests == ([] if mode == "show" else ["bytes=0-0"]), "then served from the backend"
+    else:
+        assert (result.status_int, result.json) == (403, {"message": "download_image is not allowed"})
+        assert file_requests == ["bytes=0-0"], "the upstream was asked for one byte, as the client"
