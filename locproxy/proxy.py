@@ -142,9 +142,10 @@ class Proxy:
         self._label = upstream_label(settings.upstream)
         # One upstream, so one pool. block=True makes threads wait for a free
         # connection instead of opening unbounded extra ones; pool_timeout in
-        # _open() keeps that wait bounded. Retries are off: a request whose
-        # body was streamed cannot be replayed, and a failed GET is reported
-        # rather than silently repeated.
+        # _open() keeps that wait bounded. urllib3's retries are off: a
+        # request whose body was streamed cannot be replayed; _open() itself
+        # sends a bodiless safe request once more only when a pooled
+        # connection closed before answering.
         self._pools = LazyPoolManager(
             num_pools=1,
             maxsize=settings.pool_maxsize,
