@@ -3,8 +3,9 @@
 The order of events, and why:
 
 1. The client's own request for the image's metadata goes to the upstream
-   (with the client's credentials). Anything but 200 goes back to the client
-   as it is: no byte of an image leaves without the upstream's consent.
+   (with the client's credentials). On anything but 200 the client's request
+   goes on to the upstream's own ``/file``, which refuses it in its own words:
+   no byte of an image leaves locproxy without the upstream's consent.
 2. Only active images with a known size are served here; everything else
    (queued → 204, deactivated → 403 or admin download, odd data) is passed on
    to the upstream's own ``/file``, which knows its own rules best.
@@ -93,7 +94,10 @@ class DownloadHandler:
     ) -> Response | None:
         shown = image_requests.show()
         if shown.status_code != 200:
-            return shown  # the upstream's own refusal, as it is
+            # Refused (or failing): the client's own /file request goes to the
+            # upstream, which answers it in its own words. No byte from us.
+            _close(shown)
+            return None
         try:
             image = bodies.json_document(shown, settings.max_rewrite_size)
         except bodies.BodyBroken:
@@ -343,11 +347,15 @@ def _download_refused(image_requests: Any) -> Response | None:
     apply too."""
     probe = image_requests.download(headers={"Range": "bytes=0-0"})
     if probe.status_code in (200, 206):
-        close = getattr(probe.app_iter, "close", None)
-        if close is not None:
-            close()  # unread: a 200 may be the whole image
+        _close(probe)  # unread: a 200 may be the whole image
         return None
     return probe
+
+
+def _close(response: Response) -> None:
+    close = getattr(response.app_iter, "close", None)
+    if close is not None:
+        close()
 
 
 def expected_digest(image: dict) -> tuple[str, str] | None:
