@@ -50,6 +50,39 @@ def free_port() -> int:
 
 # -- gunicorn in a subprocess ------------------------------------------------
 
+# Paste ini logging sections: every record at DEBUG to stderr (gunicorn's log),
+# one "LEVEL logger: message" line each, for tests that read the log.
+DEBUG_LOGGING = """
+[loggers]
+keys = root
+[handlers]
+keys = stderr
+[formatters]
+keys = plain
+[logger_root]
+level = DEBUG
+handlers = stderr
+[handler_stderr]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = plain
+[formatter_plain]
+format = %(levelname)s %(name)s: %(message)s
+"""
+
+
+def sidecar_ini(path: Path, upstream: str, filter_options: Mapping[str, Any],
+                proxy_options: Mapping[str, Any] = {}) -> Path:  # noqa: B006 - read only
+    """Write a sidecar paste ini (locproxy filter + proxy app) with these
+    options and DEBUG logging; returns ``path``."""
+    lines = ["[pipeline:main]", "pipeline = locproxy proxy", "", "[filter:locproxy]", "use = egg:locproxy#locproxy"]
+    lines += [f"{name} = {value}" for name, value in filter_options.items()]
+    lines += ["", "[app:proxy]", "use = egg:locproxy#proxy", f"upstream = {upstream}"]
+    lines += [f"{name} = {value}" for name, value in proxy_options.items()]
+    path.write_text("\n".join(lines) + "\n" + DEBUG_LOGGING)
+    return path
+
+
 @dataclass
 class GunicornServer:
     """A running gunicorn: its base URL, port, master pid and captured log."""

@@ -28,7 +28,7 @@ from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
 from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn
+from tests.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("download-tests", 3 * 1024 * 1024 + 17)  # not a multiple of any chunk size
 SHA512 = hashlib.sha512(DATA).hexdigest()
@@ -37,23 +37,6 @@ CHUNK = 64 * 1024
 CREDENTIALS = "vault-user:Sup3rSecretKey"
 
 
-LOGGING = """
-[loggers]
-keys = root
-[handlers]
-keys = stderr
-[formatters]
-keys = plain
-[logger_root]
-level = DEBUG
-handlers = stderr
-[handler_stderr]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = plain
-[formatter_plain]
-format = %(levelname)s %(name)s: %(message)s
-"""
 
 
 class World:
@@ -93,17 +76,17 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         # upstream's own /file still has a good copy to resume from.
         api = DemoImageAPI(file_roots=(str(root_a), str(root_b)), http_prefixes=(web.url("/"),))
         with serve_wsgi(api) as upstream:
-            ini = base / "sidecar.ini"
-            ini.write_text(
-                "[pipeline:main]\npipeline = locproxy proxy\n\n"
-                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nlocation_strategy = location_order\n"
-                f"file_roots = {root_a}, {root_b}\nallowed_hosts = 127.0.0.1\n"
-                f"chunk_size = {CHUNK}\nbackend_connect_timeout = 1\nbackend_read_timeout = 1\n"
+            ini = sidecar_ini(base / "sidecar.ini", upstream.url, {
+                "location_strategy": "location_order",
+                "file_roots": f"{root_a}, {root_b}",
+                "allowed_hosts": "127.0.0.1",
+                "chunk_size": CHUNK,
+                "backend_connect_timeout": 1,
+                "backend_read_timeout": 1,
                 # Tests share backends whose faults they switch: no demotion across tests.
-                "cooldown = 0.01\nmax_cooldown = 0.01\n\n"
-                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\nread_timeout = 10\n\n"
-                + LOGGING
-            )
+                "cooldown": 0.01,
+                "max_cooldown": 0.01,
+            }, {"read_timeout": 10})
             with run_gunicorn(ini, threads=16) as sidecar:
                 yield World(root_a, root_b, api, web, web2, refusing, sidecar, upstream.url)
 

@@ -38,7 +38,7 @@ import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location
 from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn, serve_wsgi_in_thread
+from tests.servers import run_gunicorn, serve_wsgi_in_thread, sidecar_ini
 
 DATA = demo_bytes("fault-table", 1024 * 1024 + 17)  # 1 MiB + 17: "slow:1000000" takes about a second
 SHA512 = hashlib.sha512(DATA).hexdigest()
@@ -50,23 +50,6 @@ BACKEND_TIMEOUT = 1.0  # backend_connect_timeout / backend_read_timeout of the s
 UPSTREAM_READ_TIMEOUT = 1.5  # the proxy app's read_timeout
 MAX_REWRITE = 256 * 1024
 
-DEBUG_LOGGING = """
-[loggers]
-keys = root
-[handlers]
-keys = stderr
-[formatters]
-keys = plain
-[logger_root]
-level = DEBUG
-handlers = stderr
-[handler_stderr]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = plain
-[formatter_plain]
-format = %(levelname)s %(name)s: %(message)s
-"""
 
 
 def sha512(data: bytes) -> str:
@@ -223,15 +206,6 @@ def _respond(start_response: Callable, status: str, content_type: str, body: byt
 
 
 # -- the lab ---------------------------------------------------------------------
-
-def sidecar_ini(path: Path, upstream: str, filter_options: dict[str, Any], proxy_options: dict[str, Any]) -> Path:
-    lines = ["[pipeline:main]", "pipeline = locproxy proxy", "", "[filter:locproxy]", "use = egg:locproxy#locproxy"]
-    lines += [f"{name} = {value}" for name, value in filter_options.items()]
-    lines += ["", "[app:proxy]", "use = egg:locproxy#proxy", f"upstream = {upstream}"]
-    lines += [f"{name} = {value}" for name, value in proxy_options.items()]
-    path.write_text("\n".join(lines) + "\n" + DEBUG_LOGGING)
-    return path
-
 
 def ranked(*locations: dict) -> list[dict]:
     """The locations with descending ``metadata.weight``: the ``weight``

@@ -15,7 +15,7 @@ import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn
+from tests.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("measured-tests", 1024 * 1024)
 COOLDOWN = 1.0
@@ -31,15 +31,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
                                                        location(fast.url("/img"), "fast")])
         with serve_wsgi(api) as upstream:
             metrics_file = base / "metrics.sqlite"
-            ini = base / "sidecar.ini"
-            ini.write_text(
-                "[pipeline:main]\npipeline = locproxy proxy\n\n"
-                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nlocation_strategy = measured\n"
-                "measured_base_strategy = location_order\nallowed_hosts = 127.0.0.1\n"
-                f"metrics_file = {metrics_file}\nfailure_threshold = 2\ncooldown = {COOLDOWN}\n"
-                "backend_read_timeout = 2\nhealthcheck_path = /healthcheck\nmetrics_path = /metrics\n\n"
-                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\n"
-            )
+            ini = sidecar_ini(base / "sidecar.ini", upstream.url, {
+                "location_strategy": "measured",
+                "measured_base_strategy": "location_order",
+                "allowed_hosts": "127.0.0.1",
+                "metrics_file": metrics_file,
+                "failure_threshold": 2,
+                "cooldown": COOLDOWN,
+                "backend_read_timeout": 2,
+                "healthcheck_path": "/healthcheck",
+                "metrics_path": "/metrics",
+            })
             # Two workers share what they learn through the metrics file, and
             # their Prometheus counters through the multiprocess directory.
             prometheus_dir = base / "prometheus"
@@ -135,14 +137,15 @@ def test_active_probing_learns_and_brings_a_backend_back(tmp_path):
                                                        location(second.url("/img"), "b")])
         with serve_wsgi(api) as upstream:
             metrics_file = tmp_path / "metrics.sqlite"
-            ini = tmp_path / "sidecar.ini"
-            ini.write_text(
-                "[pipeline:main]\npipeline = locproxy proxy\n\n"
-                "[filter:locproxy]\nuse = egg:locproxy#locproxy\nallowed_hosts = 127.0.0.1\n"
-                f"metrics_file = {metrics_file}\nfailure_threshold = 2\ncooldown = 0.5\nmax_cooldown = 0.5\n"
-                "probe_interval = 0.2\nprobe_size = 4K\n\n"
-                f"[app:proxy]\nuse = egg:locproxy#proxy\nupstream = {upstream.url}\n"
-            )
+            ini = sidecar_ini(tmp_path / "sidecar.ini", upstream.url, {
+                "allowed_hosts": "127.0.0.1",
+                "metrics_file": metrics_file,
+                "failure_threshold": 2,
+                "cooldown": 0.5,
+                "max_cooldown": 0.5,
+                "probe_interval": 0.2,
+                "probe_size": "4K",
+            })
             with run_gunicorn(ini, threads=4) as sidecar:
                 status, body = get(sidecar, f"/v2/images/{image_id}/file")
                 assert (status, body == DATA) == (200, True)

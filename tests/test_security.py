@@ -44,8 +44,8 @@ from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location
 from locproxy.middleware import LocationFilter
 from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, serve_wsgi_in_thread
-from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch, sidecar_ini
+from tests.servers import run_gunicorn, serve_wsgi_in_thread, sidecar_ini
+from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch
 
 SECRET = demo_bytes("secret-outside-the-roots", len(DATA))
 USER, PASSWORD = "vault-user", "Loc-Secret-7d2e"
