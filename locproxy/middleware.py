@@ -27,7 +27,6 @@ import re
 from typing import Any, Callable, Mapping, NamedTuple
 
 from webob import Request, Response
-from webob.dec import wsgify
 
 from locproxy import bodies, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
@@ -88,18 +87,21 @@ class LocationFilter:
                 observability.show_strategy(settings.selector.strategy, strategy_names())
         return state
 
-    @wsgify
-    def __call__(self, req: Request) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         state = self._current()
-        path = req.environ.get("SCRIPT_NAME", "") + req.environ.get("PATH_INFO", "")
-        if req.method == "GET" and path:
-            if path == state.settings.healthcheck_path:
-                return observability.healthcheck_response(state.settings)
-            if path == state.settings.metrics_path:
-                return observability.metrics_response()
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         match = _IMAGE_PATH.match(path)
         if match is None:
-            return self.app
+            if environ["REQUEST_METHOD"] == "GET" and path:
+                if path == state.settings.healthcheck_path:
+                    return observability.healthcheck_response(state.settings)(environ, start_response)
+                if path == state.settings.metrics_path:
+                    return observability.metrics_response()(environ, start_response)
+            return self.app(environ, start_response)  # not ours: no request object, no cost
+        return self._image_request(Request(environ), state, match)(environ, start_response)
+
+    def _image_request(self, req: Request, state: _State, match: re.Match) -> Callable:
+        """The WSGI app (a response, or the upstream) for an image API request."""
         image_id, sub = match.group("image_id"), match.group("sub")
         method = req.method
         try:
@@ -108,7 +110,7 @@ class LocationFilter:
             return json_error(400, "The query string is not valid UTF-8.")
         if sub == "/file":
             if state.settings.serve_downloads and method in ("GET", "HEAD"):
-                observability.REQUESTS.labels("download").inc()
+                observability.request("download")
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
                 response = state.downloads(req, image, state.settings, prefer)
                 return self.app if response is None else response
@@ -121,7 +123,7 @@ class LocationFilter:
             kind = rewrite.IMAGE if method in ("GET", "PATCH") else None
         if kind is None:
             return self.app
-        observability.REQUESTS.labels(kind if method != "PATCH" else "patch").inc()
+        observability.request(kind if method != "PATCH" else "patch")
         if method == "PATCH":
             image = ImageRequests(self.app, req, match.group("base"), image_id)
             refusal = self._translate_patch(req, image, state.settings)
@@ -138,7 +140,7 @@ class LocationFilter:
         req.headers["Accept-Encoding"] = "identity"
         resp = req.get_response(self.app)
         if req.method == "HEAD" or not 200 <= resp.status_code < 300 or resp.content_type != bodies.JSON:
-            observability.REWRITES.labels("passed_through").inc()
+            observability.rewrite("passed_through")
             return resp
         try:
             body = bodies.read_bounded(resp, settings.max_rewrite_size)
@@ -148,9 +150,9 @@ class LocationFilter:
         plain = None if body is None else bodies.plain_body(resp, body, settings.max_rewrite_size)
         new = None if plain is None else rewrite.rewrite_body(plain, kind, policy)
         if new is None:  # oversized, undecodable, not an image, or already in order
-            observability.REWRITES.labels("unchanged" if plain is not None else "passed_through").inc()
+            observability.rewrite("unchanged" if plain is not None else "passed_through")
             return resp
-        observability.REWRITES.labels("rewritten").inc()
+        observability.rewrite("rewritten")
         LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selector.strategy)
         resp.content_encoding = None
         resp.etag = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import multiprocess
@@ -52,6 +52,25 @@ _REASONS = (
     ("pool", "pool_exhausted"),
     ("checksum", "checksum_mismatch"),
 )
+
+
+_children: dict[tuple[Any, str], Any] = {}
+
+
+def _child(metric: Any, label: str) -> Any:
+    """``metric.labels(label)``, looked up once: this runs on every request."""
+    child = _children.get((metric, label))
+    if child is None:
+        child = _children[(metric, label)] = metric.labels(label)
+    return child
+
+
+def request(kind: str) -> None:
+    _child(REQUESTS, kind).inc()
+
+
+def rewrite(result: str) -> None:
+    _child(REWRITES, result).inc()
 
 
 def reason_category(reason: str) -> str:

@@ -45,8 +45,18 @@ def rewrite_body(body: bytes, kind: str, policy: RewritePolicy) -> bytes | None:
 def parse_json(body: bytes) -> Any:
     """The JSON document, or None if ``body`` is not (strict) JSON (or is ``null``)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError
+        return None
+
+
+def dump_json(document: Any) -> bytes | None:
+    """Compact UTF-8 JSON, or None if ``document`` cannot be strict JSON."""
+    try:
+        return _ENCODER.encode(document).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape it instead
+        return _ASCII_ENCODER.encode(document).encode("ascii")
+    except (ValueError, RecursionError):  # NaN or infinity (e.g. 1e400): not JSON
         return None
 
 
@@ -54,14 +64,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def dump_json(document: Any) -> bytes | None:
-    """Compact UTF-8 JSON, or None if ``document`` cannot be strict JSON."""
-    try:
-        return json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: escape it instead
-        return json.dumps(document, allow_nan=False).encode("ascii")
-    except (ValueError, RecursionError):
-        return None
+# Built once: json.loads/dumps with options build a new coder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 def rewrite_document(document: Any, kind: str, policy: RewritePolicy) -> Any:
