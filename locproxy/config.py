@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from locproxy import strategies
 from locproxy.options import (
-    MiB,
     ConfigError,
+    MiB,
     parse_bool,
     parse_count,
     parse_list,

@@ -31,9 +31,9 @@ from webob import Request, Response
 from locproxy import bodies, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
+from locproxy.options import parse_list
 from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
-from locproxy.options import parse_list
 from locproxy.strategies import strategy_names
 
 LOG = logging.getLogger(__name__)

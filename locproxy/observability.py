@@ -17,8 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from webob import Response
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
-
-from typing import Tuple, Type, Union
+from typing import Any, Tuple, Type, Union
 
 import urllib3
 

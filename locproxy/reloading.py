@@ -20,7 +20,6 @@ from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
 from locproxy.options import ConfigError
 
-
 LOG = logging.getLogger(__name__)
 
 SECTION = "locproxy"

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import re
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import time
 from importlib import metadata
 from pathlib import Path
