@@ -894,10 +894,12 @@ def test_stale_keepalive_connection_is_retried_once_for_safe_requests():
     """The upstream closes a kept-alive connection instead of answering its
     next request (as servers do when their idle timeout races a reuse): a
     bodiless GET goes once more on a new connection; a POST does not."""
-    requests_per_connection: dict[int, int] = {}
+    requests_per_connection: dict[tuple, int] = {}
 
     def upstream(head: bytes, sock: socket.socket) -> bool:
-        count = requests_per_connection[id(sock)] = requests_per_connection.get(id(sock), 0) + 1
+        # Keyed by the client's address: id() of a closed socket can be reused.
+        peer = sock.getpeername()
+        count = requests_per_connection[peer] = requests_per_connection.get(peer, 0) + 1
         if count > 1:
             return False  # close without a word
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
