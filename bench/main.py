@@ -878,7 +878,10 @@ def report(bench: Bench, started: float, load_before: str, rows: Sequence[str], 
         if notes:
             out += ["", "Notes:", ""] + [f"- *{m}*: {n}" for m, n in notes]
     if sweep:
-        out += ["", "## Settings sweep (locproxy only; medians with min–max)", "", markdown_table(sweep[0], sweep[1:])]
+        out += ["", "## Settings sweep (locproxy only; medians with min–max)", "",
+                "Configurations run one after another (each its own sidecar), not interleaved: on a shared "
+                "machine differences under ~15 % are within the run-to-run noise.", "",
+                markdown_table(sweep[0], sweep[1:])]
     return "\n".join(out) + "\n"
 
 
