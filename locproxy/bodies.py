@@ -42,9 +42,9 @@ def read_bounded(resp: Response, limit: int) -> bytes | None:
                 resp.app_iter = _Replay(chunks, iterator, app_iter)
                 return None
     except Exception as error:  # whatever the stream raised: the body is unusable
-        _close(app_iter)
+        close_iterable(app_iter)
         raise BodyBroken(str(error)) from error
-    _close(app_iter)
+    close_iterable(app_iter)
     body = b"".join(chunks)
     resp.app_iter = [body]
     resp.content_length = len(body)  # webob forgets it when app_iter is replaced
@@ -93,10 +93,11 @@ class _Replay:
         yield from self._rest
 
     def close(self) -> None:
-        _close(self._original)
+        close_iterable(self._original)
 
 
-def _close(iterable: Any) -> None:
+def close_iterable(iterable: Any) -> None:
+    """WSGI: call an app iterable's ``close`` if it has one (releases its connection)."""
     close = getattr(iterable, "close", None)
     if close is not None:
         close()

@@ -96,7 +96,7 @@ class DownloadHandler:
         if shown.status_code != 200:
             # Refused (or failing): the client's own /file request goes to the
             # upstream, which answers it in its own words. No byte from us.
-            _close(shown)
+            bodies.close_iterable(shown.app_iter)
             return None
         try:
             image = bodies.json_document(shown, settings.max_rewrite_size)
@@ -334,10 +334,9 @@ class UpstreamStream:
             raise BackendError("upstream", f"ended early at byte {sent}")
 
     def close(self) -> None:
-        close = getattr(self.response.app_iter, "close", None)
-        if close is not None and not self._closed:
+        if not self._closed:
             self._closed = True
-            close()
+            bodies.close_iterable(self.response.app_iter)
 
 
 def _download_refused(image_requests: Any) -> Response | None:
@@ -347,15 +346,9 @@ def _download_refused(image_requests: Any) -> Response | None:
     apply too."""
     probe = image_requests.download(headers={"Range": "bytes=0-0"})
     if probe.status_code in (200, 206):
-        _close(probe)  # unread: a 200 may be the whole image
+        bodies.close_iterable(probe.app_iter)  # unread: a 200 may be the whole image
         return None
     return probe
-
-
-def _close(response: Response) -> None:
-    close = getattr(response.app_iter, "close", None)
-    if close is not None:
-        close()
 
 
 def expected_digest(image: dict) -> tuple[str, str] | None:

@@ -320,6 +320,12 @@ def serve_wsgi_in_thread(app: Callable) -> Iterator[str]:
     """
     server = _ThreadingWSGIServer(("127.0.0.1", 0), _WSGIRequestHandler)
     server.set_app(app)
+    yield from _serving(server)
+
+
+def _serving(server: Any) -> Iterator[str]:
+    """Run ``server`` in a thread, yield its URL, then stop it and join its
+    handler threads (each wait bounded)."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -366,12 +372,4 @@ def serve_raw_http_in_thread(respond: Callable[[bytes, socket.socket], bool | No
     connection is closed when ``respond`` returns a false value, or kept for
     the next request when it returns True. Yields ``http://127.0.0.1:PORT``."""
     server = _RawServer(respond)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join(STOP_TIMEOUT)
-        server.server_close()
-        server.join_handlers(STOP_TIMEOUT)
+    yield from _serving(server)
