@@ -58,6 +58,7 @@ from urllib3.exceptions import (
 
 from locproxy.pools import LazyPoolManager, caused_by
 from locproxy.urls import backend_label
+from locproxy.watchdog import WATCHDOG, Watch, attach_current
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +80,31 @@ _OPEN_FLAGS = (
 
 # RFC 9110 section 14.4: Content-Range = range-unit SP first-last/complete-length.
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """Hands the socket it reads a response from to the active ``Watch``."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        attach_current(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        attach_current(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 class BackendError(Exception):
@@ -178,18 +204,24 @@ class _FileStream(BackendStream):
 
 class _HTTPStream(BackendStream):
     def __init__(
-        self, label: str, response: urllib3.BaseHTTPResponse, start: int, length: int, chunk_size: int
+        self, label: str, response: urllib3.BaseHTTPResponse, start: int, length: int, chunk_size: int,
+        watch: Watch, rate: MinimumRate | None,
     ) -> None:
         super().__init__(label, start, length, chunk_size)
         self._response: urllib3.BaseHTTPResponse | None = response
         self._failed = False
+        self._watch = watch
+        self._rate = rate
 
     def _chunks(self) -> Iterator[bytes]:
+        watch, rate = self._watch, self._rate
         while self._sent < self.length:
             response = self._response
             if response is None:
                 raise BackendError(self.label, "stream closed")
             want = min(self._chunk_size, self.length - self._sent)
+            if rate is not None:
+                watch.arm(rate.seconds_for(want), f"slower than {rate} at byte {self.position}")
             try:
                 # read(amt) blocks until `want` bytes or the end of the body:
                 # measured as fast as stream() and it never hands us more than
@@ -197,14 +229,17 @@ class _HTTPStream(BackendStream):
                 chunk = response.read(want, decode_content=False)
             except (HTTPError, OSError) as error:
                 self._failed = True
-                reason = _error_reason(error, self.position)
+                reason = watch.reason if watch.expired else _error_reason(error, self.position)
                 LOG.debug("%s: %s", self.label, reason)
                 raise BackendError(self.label, reason) from None
-            if not chunk:
+            finally:
+                watch.disarm()
+            if not chunk or watch.expired:
                 # Close-delimited or chunked body that ended before `length`
-                # (a Content-Length body raises IncompleteRead above instead).
+                # (a Content-Length body raises IncompleteRead above instead),
+                # or cut by the watchdog just as the read returned.
                 self._failed = True
-                raise BackendError(self.label, f"ended early at byte {self.position}")
+                raise BackendError(self.label, watch.reason if watch.expired else f"ended early at byte {self.position}")
             self._sent += len(chunk)
             yield chunk
 
@@ -220,7 +255,8 @@ class _HTTPStream(BackendStream):
         # with no Content-Length that may hold more than we took) close the
         # socket instead of draining it: draining a multi-GiB image after a
         # client disconnect would waste the backend's bandwidth and block.
-        complete = not self._failed and self._sent == self.length and response.length_remaining == 0
+        complete = (not self._failed and not self._watch.expired and self._sent == self.length
+                    and response.length_remaining == 0)
         if not complete:
             response.close()
         # Either way give the (maybe closed) connection back: with
@@ -302,6 +338,21 @@ def _parse_allowed(items: frozenset[str] | set[str] | tuple[str, ...]) -> frozen
     return frozenset(allowed)
 
 
+class MinimumRate:
+    """What a backend must keep up once its body flows: each read of ``n``
+    bytes may take ``max(window, n / bytes_per_second)`` seconds at most."""
+
+    def __init__(self, bytes_per_second: int, window: float) -> None:
+        self.bytes_per_second = bytes_per_second
+        self.window = window
+
+    def seconds_for(self, nbytes: int) -> float:
+        return max(self.window, nbytes / self.bytes_per_second)
+
+    def __str__(self) -> str:
+        return f"{self.bytes_per_second} B/s over {self.window:g} s"
+
+
 class Backends:
     """Opens locations under the configured file roots and allowed hosts."""
 
@@ -315,6 +366,9 @@ class Backends:
         read_timeout: float,
         pool_maxsize: int,
         ca_file: str | None = None,
+        first_byte_timeout: float = 10.0,
+        min_rate: int = 0,
+        rate_window: float = 10.0,
     ) -> None:
         if chunk_size < 1 or pool_maxsize < 1:
             raise ValueError("chunk_size and pool_maxsize must be >= 1")
@@ -325,12 +379,17 @@ class Backends:
         self._allowed = _parse_allowed(self.allowed_hosts)
         self.chunk_size = chunk_size
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # A read timeout bounds each wait for one byte; these bound a backend
+        # that drips (locproxy.watchdog).
+        self._first_byte_timeout = first_byte_timeout
+        self._rate = MinimumRate(min_rate, rate_window) if min_rate else None
         # Waiting for a free pool slot is bounded too: if every slot is busy
         # (or leaked), fail this location instead of hanging the worker.
         self._pool_timeout = connect_timeout
         # https backends are verified: against ca_file, else the system CAs.
         tls = {"ca_certs": ca_file} if ca_file else {}
         self._pools = LazyPoolManager(
+            _WATCHED_POOLS,
             maxsize=pool_maxsize,
             block=True,
             timeout=self._timeout,
@@ -349,6 +408,9 @@ class Backends:
             read_timeout=settings.backend_read_timeout,
             pool_maxsize=settings.backend_pool_maxsize,
             ca_file=settings.backend_ca_file or None,
+            first_byte_timeout=settings.backend_first_byte_timeout,
+            min_rate=settings.backend_min_rate,
+            rate_window=settings.backend_rate_window,
         )
 
     def clear(self) -> None:
@@ -523,34 +585,18 @@ class Backends:
             pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
         except (HTTPError, ValueError) as error:
             raise BackendError(label, _error_reason(error)) from None
-        for attempt in (1, 2):
-            try:
-                response = pool.urlopen(
-                    "GET",
-                    target,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    timeout=self._timeout,
-                    pool_timeout=self._pool_timeout,
-                    preload_content=False,
-                    decode_content=False,
-                    release_conn=False,
-                )
-                break
-            except ProtocolError as error:
-                # The connection broke before any status line: typically a
-                # pooled keep-alive connection the backend closed (or left
-                # stray bytes on) just as we reused it. urllib3 discarded it;
-                # a GET to a read-only backend is safe to send once more, and
-                # then goes out on a new connection. Timeouts are not retried.
-                if attempt == 2:
-                    raise BackendError(label, _error_reason(error)) from None
-                LOG.debug("%s: %s; retrying once", label, _error_reason(error))
-            except (HTTPError, OSError, ValueError) as error:
-                raise BackendError(label, _error_reason(error)) from None
+        watch = WATCHDOG.watch()
+        # The bound covers waiting for a pool slot, connecting and the
+        # response headers, retry included: a backend that drips its headers
+        # is cut off.
+        watch.arm(self._first_byte_timeout, f"no response within {self._first_byte_timeout:g} s")
         try:
+            response = self._send(pool, target, headers, label, watch)
+        finally:
+            watch.disarm()
+        try:
+            if watch.expired:
+                raise BackendError(label, watch.reason)
             self._check_response(response, label, start, length, total_size)
         except BaseException:
             # Never drain an unwanted body (it may be a whole image): close
@@ -558,7 +604,38 @@ class Backends:
             response.close()
             response.release_conn()
             raise
-        return _HTTPStream(label, response, start, length, self.chunk_size)
+        return _HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
+
+    def _send(self, pool: urllib3.HTTPConnectionPool, target: str, headers: dict[str, str], label: str,
+              watch: Watch) -> urllib3.BaseHTTPResponse:
+        for attempt in (1, 2):
+            try:
+                with watch.on_this_thread():
+                    return pool.urlopen(
+                        "GET",
+                        target,
+                        headers=headers,
+                        retries=False,
+                        redirect=False,
+                        assert_same_host=False,
+                        timeout=self._timeout,
+                        pool_timeout=self._pool_timeout,
+                        preload_content=False,
+                        decode_content=False,
+                        release_conn=False,
+                    )
+            except ProtocolError as error:
+                # The connection broke before any status line: typically a
+                # pooled keep-alive connection the backend closed (or left
+                # stray bytes on) just as we reused it. urllib3 discarded it;
+                # a GET to a read-only backend is safe to send once more, and
+                # then goes out on a new connection. Timeouts are not retried.
+                if attempt == 2 or watch.expired:
+                    raise BackendError(label, watch.reason if watch.expired else _error_reason(error)) from None
+                LOG.debug("%s: %s; retrying once", label, _error_reason(error))
+            except (HTTPError, OSError, ValueError) as error:
+                raise BackendError(label, watch.reason if watch.expired else _error_reason(error)) from None
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _check_response(
@@ -567,6 +644,11 @@ class Backends:
         status = response.status
         if 300 <= status < 400:
             raise BackendError(label, f"redirect not followed (HTTP {status})")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Asked for identity; a coded body is not the image's bytes, and
+            # a coded range is not a range of the image (RFC 9110 section 8.4).
+            raise BackendError(label, f"content-coded body ({encoding[:20]}) not accepted")
         content_length = response.headers.get("Content-Length")
         if status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))

@@ -102,7 +102,7 @@ def _stats(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.metrics_file):
         print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
         return 2
-    tracker = Tracker(args.metrics_file)
+    tracker = Tracker(args.metrics_file, read_only=True)  # never writes: a read-only file is fine
     try:
         rows = list(iter_table(tracker.stats(), time.time()))
     finally:

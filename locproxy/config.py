@@ -12,7 +12,7 @@ import os
 import re
 import sqlite3
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from locproxy import strategies
@@ -25,8 +25,12 @@ from locproxy.options import (
     parse_seconds,
     parse_size,
 )
+from locproxy import observability
+from locproxy.shown import ShownOrders
 from locproxy.strategies import Selector
 from locproxy.tracker import HealthRule, Tracker
+
+T = TypeVar("T")
 
 __all__ = ["ConfigError", "FilterSettings", "ProxySettings", "load_filter_settings", "load_proxy_settings"]
 
@@ -115,6 +119,9 @@ class FilterSettings:
     backend_read_timeout: float = 30.0
     backend_pool_maxsize: int = 32
     backend_ca_file: str = ""
+    backend_first_byte_timeout: float = 10.0
+    backend_min_rate: int = 64 * 1024  # bytes per second; 0: no minimum
+    backend_rate_window: float = 10.0
     verify_checksums: bool = True
     download_authorization: str = "show"
     # Learning and health (see locproxy.tracker).
@@ -125,6 +132,9 @@ class FilterSettings:
     probe_interval: float = 0.0  # 0: no active probing
     probe_size: int = 64 * 1024
     tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
+    # JSON-patch translation (see locproxy.shown).
+    shown_order_ttl: float = 3600.0
+    shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
     # Observability.
     healthcheck_path: str = ""
     metrics_path: str = ""
@@ -155,6 +165,8 @@ def parse_writable_file(option: str, value: Any) -> str:
     if os.path.exists(path):
         if not os.path.isfile(path):
             raise ConfigError(f"{option}: {value!r} is not a file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"{option}: {value!r} is not writable")
         with open(path, "rb") as stream:
             header = stream.read(16)
         if header and header != b"SQLite format 3\x00":
@@ -193,6 +205,9 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "backend_read_timeout": parse_seconds,
     "backend_pool_maxsize": parse_count,
     "backend_ca_file": parse_readable_file,
+    "backend_first_byte_timeout": parse_seconds,
+    "backend_min_rate": lambda option, value: parse_size(option, value, minimum=0),
+    "backend_rate_window": parse_seconds,
     "verify_checksums": parse_bool,
     "download_authorization": lambda option, value: _one_of(option, value, ("show", "file")),
     "metrics_file": parse_writable_file,
@@ -201,11 +216,13 @@ _FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "max_cooldown": parse_seconds,
     "probe_interval": lambda option, value: 0.0 if str(value).strip() == "0" else parse_seconds(option, value),
     "probe_size": parse_size,
+    "shown_order_ttl": parse_seconds,
     "healthcheck_path": parse_path,
     "metrics_path": parse_path,
 }
 
 _TRACKER_OPTIONS = ("metrics_file", "failure_threshold", "cooldown", "max_cooldown")
+_SHOWN_OPTIONS = ("metrics_file", "shown_order_ttl")
 
 # Keys paste puts in every section's configuration.
 _PASTE_KEYS = {"here", "__file__", "__name__"}
@@ -234,20 +251,31 @@ def load_filter_settings(
         if option in conf and str(conf[option]).strip() != "":
             values[option] = parse(option, conf[option])
     settings = FilterSettings(**values)
-    if previous is not None and _tracker_options(previous) == _tracker_options(settings):
+    if previous is not None and _options(previous, _TRACKER_OPTIONS) == _options(settings, _TRACKER_OPTIONS):
         tracker = previous.tracker
     else:
         rule = HealthRule(failure_threshold=settings.failure_threshold, cooldown=settings.cooldown,
                           max_cooldown=max(settings.max_cooldown, settings.cooldown))
-        try:
-            tracker = Tracker(settings.metrics_file or None, rule)
-        except sqlite3.Error as error:
-            raise ConfigError(f"metrics_file: {settings.metrics_file!r} cannot be used: {error}") from None
-    return replace(settings, tracker=tracker, selector=load_selector(conf, tracker))
+        tracker = _open_metrics_file(lambda path: Tracker(path, rule, on_error=observability.bookkeeping_error),
+                                     settings.metrics_file)
+    if previous is not None and _options(previous, _SHOWN_OPTIONS) == _options(settings, _SHOWN_OPTIONS):
+        shown = previous.shown
+    else:
+        shown = _open_metrics_file(
+            lambda path: ShownOrders(path, settings.shown_order_ttl, on_error=observability.bookkeeping_error),
+            settings.metrics_file)
+    return replace(settings, tracker=tracker, shown=shown, selector=load_selector(conf, tracker))
 
 
-def _tracker_options(settings: FilterSettings) -> tuple:
-    return tuple(getattr(settings, name) for name in _TRACKER_OPTIONS)
+def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:
+    try:
+        return open_file(path or None)
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"metrics_file: {path!r} cannot be used: {error}") from None
+
+
+def _options(settings: FilterSettings, names: tuple[str, ...]) -> tuple:
+    return tuple(getattr(settings, name) for name in names)
 
 
 def load_selector(conf: Mapping[str, Any], tracker: Tracker | None = None) -> Selector:

@@ -47,7 +47,7 @@ from locproxy.observability import Recorder
 from locproxy.probing import Prober
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.responses import json_error
-from locproxy.strategies import backend_key, is_active
+from locproxy.strategies import backend_key, copy_key, is_active
 from locproxy.urls import backend_label
 
 LOG = logging.getLogger(__name__)
@@ -59,10 +59,12 @@ class ChecksumMismatch(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A location locproxy may read: its url, tracker key and public label."""
+    """A location locproxy may read: its url, the tracker keys of its backend
+    and of this copy, and the backend's public label."""
 
     url: str
     key: str
+    copy: str
     label: str
 
 
@@ -168,17 +170,21 @@ class DownloadHandler:
         else:  # the upstream shows only direct_url
             ordered = [{"url": image.get("direct_url")}]
         candidates = [
-            Candidate(location["url"], backend_key(location), backend_label(location["url"]))
+            Candidate(location["url"], backend_key(location), copy_key(location), backend_label(location["url"]))
             for location in ordered
             if isinstance(location.get("url"), str) and self.backends.readable(location["url"])
         ]
-        demoted = {candidate.key for candidate in candidates if settings.tracker.demoted(candidate.key)}
-        return sorted(candidates, key=lambda candidate: candidate.key in demoted)
+        tracker = settings.tracker
+        return sorted(candidates, key=lambda candidate: tracker.demoted(candidate.key, candidate.copy))
 
 
 class Sources:
     """The candidates of one download, consumed in order as they are tried,
     then the upstream's own ``/file``."""
+
+    #: Failures logged one by one per download; the rest are summed up, so an
+    #: image with thousands of broken locations cannot flood the log.
+    LOGGED_FAILURES = 3
 
     def __init__(self, candidates: list[Candidate], backends: Backends, recorder: Recorder,
                  image_requests: Any, image_id: str, size: int, end: int) -> None:
@@ -190,21 +196,25 @@ class Sources:
         self.size = size
         self.end = end
         self.failures = 0
+        self.unlogged = 0
         self.upstream_tried = False
 
     def open_next(self, offset: int) -> tuple[Candidate, Any] | None:
         """The next candidate that opens at ``offset``, or None when none is left."""
-        while self.remaining:
-            candidate = self.remaining.pop(0)
-            started = time.monotonic()
-            try:
-                stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
-            except BackendError as error:
-                self.failed(candidate, error.reason, offset, before_first_byte=True)
-                continue
-            self.recorder.opened(candidate.key, time.monotonic() - started)
-            return candidate, stream
-        return None
+        try:
+            while self.remaining:
+                candidate = self.remaining.pop(0)
+                started = time.monotonic()
+                try:
+                    stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
+                except BackendError as error:
+                    self.failed(candidate, error.reason, offset, before_first_byte=True)
+                    continue
+                self.recorder.opened(candidate.key, time.monotonic() - started)  # never raises
+                return candidate, stream
+            return None
+        finally:
+            self._log_unlogged()
 
     def resume(self, offset: int) -> tuple[Candidate, Any]:
         """A source for the rest from ``offset``: a location, else the
@@ -221,13 +231,21 @@ class Sources:
         self.failures += 1
         if candidate is not UPSTREAM:
             self.recorder.failed(candidate.key, candidate.label, reason)
+        if self.failures > self.LOGGED_FAILURES:
+            self.unlogged += 1
+            return
         LOG.warning(
             "image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,
             "before the first byte" if before_first_byte else f"at byte {offset}", reason,
         )
 
+    def _log_unlogged(self) -> None:
+        if self.unlogged:
+            LOG.warning("image %s: %d more locations failed (not logged one by one)", self.image_id, self.unlogged)
+            self.unlogged = 0
 
-UPSTREAM = Candidate("", "upstream", "upstream")
+
+UPSTREAM = Candidate("", "upstream", "upstream", "upstream")
 
 
 class ImageBody:
@@ -256,7 +274,7 @@ class ImageBody:
         first_label = self.current[0].label
         failures_before = sources.failures
         try:
-            while self.offset < self.end:
+            while True:
                 candidate, stream = self.current
                 used.append(candidate)
                 segment_start, started = self.offset, time.monotonic()
@@ -274,22 +292,24 @@ class ImageBody:
                     sources.failed(candidate, error.reason, self.offset)
                 finally:
                     stream.close()
-                if self.offset < self.end:
-                    self.current = sources.resume(self.offset)
-                elif candidate is not UPSTREAM:
-                    sources.recorder.transferred(candidate.key, candidate.label, self.offset - segment_start,
-                                                 time.monotonic() - started)
-            if hasher is not None and digest is not None:
-                if hasher.hexdigest() != digest[1].lower():
-                    for candidate in used:
-                        if candidate is not UPSTREAM:
-                            sources.recorder.failed(candidate.key, candidate.label, "checksum", corrupt=True)
-                    sources.recorder.outcome(first_label, "checksum_mismatch")
-                    LOG.error("image %s: %s digest mismatch from %s; aborting the download",
-                              sources.image_id, digest[0], ", ".join(c.label for c in used))
-                    raise ChecksumMismatch(f"image {sources.image_id}: {digest[0]} mismatch")
-                if len(used) == 1 and self.on_verified is not None:
-                    self.on_verified()  # the first source alone produced a good body
+                if self.offset >= self.end:
+                    break
+                self.current = sources.resume(self.offset)
+            if hasher is not None and digest is not None and not digest_matches(hasher, digest[1]):
+                for source in used:
+                    if source is not UPSTREAM:
+                        sources.recorder.corrupt(source.key, source.copy, source.label, sources.image_id)
+                sources.recorder.outcome(first_label, "checksum_mismatch")
+                LOG.error("image %s: %s digest mismatch from %s; aborting the download",
+                          sources.image_id, digest[0], ", ".join(c.label for c in used))
+                raise ChecksumMismatch(f"image {sources.image_id}: {digest[0]} mismatch")
+            # Learnt only now: bytes that did not verify teach nothing good.
+            if candidate is not UPSTREAM:
+                sources.recorder.transferred(candidate.key, candidate.copy, candidate.label,
+                                             self.offset - segment_start, time.monotonic() - started)
+            if len(used) == 1 and hasher is not None and self.on_verified is not None:
+                self.on_verified()  # the first source alone produced a good body
+            if held:
                 yield held
         except BackendError:  # the upstream's /file failed too: abort
             sources.recorder.outcome(first_label, "failed")
@@ -354,7 +374,8 @@ def _download_refused(image_requests: Any) -> Response | None:
 def expected_digest(image: dict) -> tuple[str, str] | None:
     """``(hashlib name, hex)``: the image's ``os_hash`` if usable, else md5 ``checksum``."""
     algorithm, value = image.get("os_hash_algo"), image.get("os_hash_value")
-    if isinstance(algorithm, str) and isinstance(value, str) and algorithm.lower() in hashlib.algorithms_available:
+    if (isinstance(algorithm, str) and isinstance(value, str) and algorithm.lower() in hashlib.algorithms_available
+            and value and len(value) % 2 == 0):
         return algorithm.lower(), value
     checksum = image.get("checksum")
     if isinstance(checksum, str) and checksum:
@@ -362,12 +383,21 @@ def expected_digest(image: dict) -> tuple[str, str] | None:
     return None
 
 
+def digest_matches(hasher: Any, expected: str) -> bool:
+    """Whether the hash equals ``expected`` (hex). Extendable-output hashes
+    (``shake_128``, ``shake_256``) are read to the expected length."""
+    if hasher.name.startswith("shake_"):
+        return hasher.hexdigest(len(expected) // 2) == expected.lower()
+    return hasher.hexdigest() == expected.lower()
+
+
 class VerifiedFiles:
     """Local files whose content matched their image digest, by identity.
 
-    A file is the same file while its device, inode, size and modification
-    time are; Glance's file store never rewrites image files in place. Keeps
-    the most recent ``capacity`` entries, per process.
+    A file is the same file while its device, inode, size, modification and
+    change times are (a copy rewritten in place with its mtime restored has a
+    new ctime: utime() cannot set that). Keeps the most recent ``capacity``
+    entries, per process.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -378,7 +408,7 @@ class VerifiedFiles:
     @staticmethod
     def identity(fileobj: Any) -> tuple:
         stat = os.fstat(fileobj.fileno())
-        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
     def contains(self, fileobj: Any, digest: tuple[str, str]) -> bool:
         with self._lock:
@@ -402,6 +432,9 @@ def _handler_options(settings: FilterSettings) -> tuple:
         settings.backend_read_timeout,
         settings.backend_pool_maxsize,
         settings.backend_ca_file,
+        settings.backend_first_byte_timeout,
+        settings.backend_min_rate,
+        settings.backend_rate_window,
         settings.probe_interval,
         settings.probe_size,
         id(settings.tracker),

@@ -34,6 +34,7 @@ from locproxy.download import DownloadHandler
 from locproxy.options import parse_list
 from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
+from locproxy.shown import client_key
 from locproxy.strategies import strategy_names
 
 LOG = logging.getLogger(__name__)
@@ -129,12 +130,14 @@ class LocationFilter:
             refusal = self._translate_patch(req, image, state.settings)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind, rewrite_policy(req, state.settings, prefer), state.settings)
+        return self._rewrite_response(req, kind, rewrite_policy(req, state.settings, prefer), state.settings,
+                                      image_id)
 
     # -- responses ---------------------------------------------------------
 
     def _rewrite_response(
-        self, req: Request, kind: str, policy: rewrite.RewritePolicy, settings: FilterSettings
+        self, req: Request, kind: str, policy: rewrite.RewritePolicy, settings: FilterSettings,
+        image_id: str | None,
     ) -> Response:
         # Ask for identity so the JSON can be read; gzip is still handled.
         req.headers["Accept-Encoding"] = "identity"
@@ -148,7 +151,9 @@ class LocationFilter:
             LOG.warning("upstream response for %s broke off while being read: %s", req.path, error)
             return json_error(502, "The image API's response ended before it was complete.")
         plain = None if body is None else bodies.plain_body(resp, body, settings.max_rewrite_size)
-        new = None if plain is None else rewrite.rewrite_body(plain, kind, policy)
+        new, document = (None, None) if plain is None else rewrite.rewrite_body(plain, kind, policy)
+        # What this client now sees, so its JSON-patch indexes can be translated.
+        settings.shown.remember(client_key(req.headers), rewrite.shown_orders(document, kind, image_id))
         if new is None:  # oversized, undecodable, not an image, or already in order
             observability.rewrite("unchanged" if plain is not None else "passed_through")
             return resp
@@ -189,13 +194,24 @@ class LocationFilter:
             return json_error(502, "The image API's response ended before it was complete.")
         locations = document.get("locations") if isinstance(document, dict) else None
         if not rewrite.well_formed(locations):
-            return None  # the client cannot have seen an order of ours
-        view = settings.selector.order(locations)
-        translated = rewrite.translate_patch(operations, locations, view)
+            return None  # never reordered: the client saw the upstream's order
+        upstream = [rewrite.location_token(location) for location in locations]
+        view = settings.shown.recall(client_key(req.headers), image.image_id)
+        if view is None and len(upstream) > 1:
+            return _unknown_order(image.image_id, "locproxy does not know which order of its locations you saw")
+        try:
+            translated = rewrite.translate_patch(operations, upstream, upstream if view is None else view)
+        except rewrite.Untranslatable as error:
+            return _unknown_order(image.image_id, str(error))
         if translated != operations:
             LOG.debug("translated JSON-patch location indexes for image %s", image.image_id)
             req.body = json.dumps(translated).encode("utf-8")
         return None
+
+
+def _unknown_order(image_id: str, why: str) -> Response:
+    return json_error(409, f"JSON-patch location indexes of image {image_id} refused: {why}. "
+                           f"Read the image again (GET /v2/images/{image_id}) and retry with its indexes.")
 
 
 class _State(NamedTuple):

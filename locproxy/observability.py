@@ -12,10 +12,12 @@ worker then answers ``/metrics`` with the totals of all of them.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from webob import Response
@@ -23,6 +25,8 @@ from webob import Response
 if TYPE_CHECKING:  # pragma: no cover
     from locproxy.config import FilterSettings
     from locproxy.tracker import Tracker
+
+LOG = logging.getLogger(__name__)
 
 REQUESTS = Counter("locproxy_requests", "Image API requests locproxy handled, by kind", ["kind"])
 REWRITES = Counter("locproxy_rewrites", "Image JSON responses, by what locproxy did", ["result"])
@@ -33,6 +37,8 @@ DOWNLOADS = Counter(
 DOWNLOAD_BYTES = Counter("locproxy_download_bytes", "Image bytes sent, by backend", ["backend"])
 BACKEND_FAILURES = Counter("locproxy_backend_failures", "Backend failures, by reason", ["backend", "reason"])
 STRATEGY = Gauge("locproxy_strategy", "1 for the strategy in use", ["strategy"], multiprocess_mode="livemax")
+BOOKKEEPING_ERRORS = Counter("locproxy_bookkeeping_errors", "Failures of the metrics_file (downloads went on "
+                             "without it)", ["what"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
 
@@ -50,6 +56,9 @@ _REASONS = (
     ("closed", "closed"),
     ("pool", "pool_exhausted"),
     ("checksum", "checksum_mismatch"),
+    ("no response within", "timeout"),
+    ("slower than", "too_slow"),
+    ("content-coded", "bad_response"),
 )
 
 
@@ -72,6 +81,10 @@ def rewrite(result: str) -> None:
     _child(REWRITES, result).inc()
 
 
+def bookkeeping_error(what: str) -> None:
+    _child(BOOKKEEPING_ERRORS, what).inc()
+
+
 def reason_category(reason: str) -> str:
     for fragment, category in _REASONS:
         if fragment in reason:
@@ -79,25 +92,65 @@ def reason_category(reason: str) -> str:
     return "other"
 
 
+def _never_raises(method: Callable[..., None]) -> Callable[..., None]:
+    """Bookkeeping must not fail the download it describes: errors are
+    logged (once a minute) and counted, and the download goes on."""
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the download goes on
+            global _recorder_logged_at
+            try:
+                bookkeeping_error("recorder")
+            except Exception:  # noqa: BLE001
+                pass
+            if time.monotonic() - _recorder_logged_at >= 60:
+                _recorder_logged_at = time.monotonic()
+                LOG.warning("download bookkeeping failed (%s: %s); the download goes on",
+                            type(error).__name__, error, exc_info=True)
+
+    return guarded
+
+
+_recorder_logged_at = float("-inf")
+
+
 class Recorder:
-    """Feeds download events to the tracker (learning, health) and to metrics."""
+    """Feeds download events to the tracker (learning, health) and to metrics.
+    No method ever raises."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
 
+    @_never_raises
     def opened(self, key: str, seconds: float) -> None:
         self.tracker.record_first_byte(key, seconds)
 
-    def failed(self, key: str, label: str, reason: str, corrupt: bool = False) -> None:
-        BACKEND_FAILURES.labels(label, "checksum_mismatch" if corrupt else reason_category(reason)).inc()
-        if self.tracker.record_failure(key, corrupt=corrupt).demoted(time.time()):
+    @_never_raises
+    def failed(self, key: str, label: str, reason: str) -> None:
+        BACKEND_FAILURES.labels(label, reason_category(reason)).inc()
+        if self.tracker.record_failure(key).demoted(time.time()):
             DEMOTED.labels(label).set(1)
 
-    def transferred(self, key: str, label: str, nbytes: int, seconds: float) -> None:
+    @_never_raises
+    def corrupt(self, key: str, copy_key: str, label: str, image_id: str) -> None:
+        """Bytes from this copy did not match the image's digest."""
+        BACKEND_FAILURES.labels(label, "checksum_mismatch").inc()
+        backend, _copy = self.tracker.record_corrupt(key, copy_key, image_id)
+        if backend.demoted(time.time()):
+            DEMOTED.labels(label).set(1)
+
+    @_never_raises
+    def transferred(self, key: str, copy_key: str, label: str, nbytes: int, seconds: float) -> None:
+        """A transfer completed (and verified, where it could be)."""
         DOWNLOAD_BYTES.labels(label).inc(nbytes)
         self.tracker.record_transfer(key, nbytes, seconds)
+        self.tracker.record_success(copy_key)
         DEMOTED.labels(label).set(0)
 
+    @_never_raises
     def outcome(self, label: str, outcome: str) -> None:
         DOWNLOADS.labels(label, outcome).inc()
 
@@ -121,9 +174,16 @@ def metrics_response() -> Response:
 
 def healthcheck_response(settings: FilterSettings) -> Response:
     """Cheap and local: no upstream call. Counts what the health rule demotes
-    (``locproxy stats`` names them; this endpoint may be reachable by anyone)."""
+    (``locproxy stats`` names them) and says when the metrics_file fails
+    (downloads go on: still 200). This endpoint may be reachable by anyone:
+    no names, paths or error texts."""
     now = time.time()
-    demoted = sum(1 for stats in settings.tracker.stats().values() if stats.demoted(now))
-    body = {"status": "ok", "strategy": settings.selector.strategy, "demoted_backends": demoted}
+    demoted = [key for key, stats in settings.tracker.stats().items() if stats.demoted(now)]
+    copies = sum(1 for key in demoted if "#" in key)
+    body: dict[str, Any] = {"status": "ok", "strategy": settings.selector.strategy,
+                            "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
+    if settings.tracker.degraded or settings.shown.degraded:
+        body["status"] = "degraded"
+        body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,
                     cache_control="no-store")

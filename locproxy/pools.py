@@ -20,7 +20,8 @@ import urllib3
 class LazyPoolManager:
     """One ``urllib3.PoolManager`` per process, built on first ``get()``."""
 
-    def __init__(self, **pool_kwargs: Any) -> None:
+    def __init__(self, pool_classes: dict[str, type] | None = None, **pool_kwargs: Any) -> None:
+        self._pool_classes = pool_classes
         self._kwargs = pool_kwargs
         self._lock = threading.Lock()
         self._pid = 0
@@ -33,6 +34,8 @@ class LazyPoolManager:
         with self._lock:
             if self._manager is None or self._pid != pid:
                 self._manager = urllib3.PoolManager(**self._kwargs)
+                if self._pool_classes:
+                    self._manager.pool_classes_by_scheme = self._pool_classes
                 self._pid = pid
             return self._manager
 

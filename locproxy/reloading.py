@@ -2,9 +2,9 @@
 
 The paste section may name ``config_file``: an ini file whose ``[locproxy]``
 section holds any filter option (strategy, weights, roots...). Its values
-override the paste section's. The file is checked at most once a second, on
-the request path (no thread: safe in every server and after fork); a change
-is parsed and validated in full before it replaces the running settings, so
+override the paste section's. The file is read at most once a second, on
+the request path (no thread: safe in every server and after fork), and a
+change of its content (not of its stat) is parsed and validated in full before it replaces the running settings, so
 an invalid edit is logged as an ERROR and the previous settings stay.
 Requests already running keep the settings they started with.
 """
@@ -26,17 +26,31 @@ SECTION = "locproxy"
 T = TypeVar("T")
 
 
-def read_options(path: str) -> dict[str, str]:
-    """The ``[locproxy]`` section of ``path``; ConfigError if unreadable."""
+def read_options(path: str, content: bytes | None = None) -> dict[str, str]:
+    """The ``[locproxy]`` section of ``path`` (or of its ``content`` as read
+    already); ConfigError if unreadable."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding="utf-8") as stream:
-            parser.read_file(stream)
+        if content is None:
+            content = _read(path)
+        if len(content) > MAX_SIZE:
+            raise ConfigError(f"config_file: {path} is larger than {MAX_SIZE} bytes")
+        parser.read_string(content.decode("utf-8"), source=path)
     except (OSError, UnicodeDecodeError, configparser.Error) as error:
         raise ConfigError(f"config_file: cannot read {path}: {error}") from None
     if not parser.has_section(SECTION):
         raise ConfigError(f"config_file: {path} has no [{SECTION}] section")
     return dict(parser.items(SECTION))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read(MAX_SIZE + 1)
+
+
+#: A config file is a few lines; anything this large is a mistake.
+MAX_SIZE = 1024 * 1024
+_UNREAD = object()  # compares unequal to any content: the next check reloads
 
 
 class Reloading(Generic[T]):
@@ -55,16 +69,15 @@ class Reloading(Generic[T]):
         self.build = build
         self.interval = interval
         self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._value = build(read_options(path), None)
+        self._content: bytes | None | object = self._contents()
+        self._value = build(read_options(path, self._content), None)
         self._checked = time.monotonic()
 
-    def _stat(self) -> tuple | None:
+    def _contents(self) -> bytes | None:
         try:
-            stat = os.stat(self.path)
+            return _read(self.path)
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def current(self) -> T:
         """The value, after reloading the file if it changed (checked ≤ once per interval)."""
@@ -80,16 +93,21 @@ class Reloading(Generic[T]):
     def request_reload(self) -> None:
         """Re-read the file on the next ``current()`` (safe in a signal handler:
         no lock, no I/O)."""
-        self._signature = None
+        self._content = _UNREAD
         self._checked = float("-inf")
 
     def _reload_if_changed(self) -> bool:
-        signature = self._stat()
-        if signature == self._signature:
+        # Judged by content, not by stat: two same-size edits within the
+        # file system's timestamp resolution look the same to stat(). A few
+        # lines read once a second cost next to nothing.
+        content = self._contents()
+        if content == self._content:
             return False
-        self._signature = signature  # judged once per version of the file
+        self._content = content  # judged once per version of the file
         try:
-            value = self.build(read_options(self.path), self._value)
+            if content is None:
+                raise ConfigError(f"config_file: cannot read {self.path}")
+            value = self.build(read_options(self.path, content), self._value)
         except Exception as error:  # noqa: BLE001 - any failure keeps the running settings
             LOG.error("config_file %s rejected, keeping the previous settings: %s", self.path, error)
             return False

@@ -8,6 +8,7 @@ Inputs are never mutated. A rewrite that would change nothing returns
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -32,14 +33,36 @@ class RewritePolicy:
     hide: tuple[str, ...] = ()  # fields removed for this client
 
 
-def rewrite_body(body: bytes, kind: str, policy: RewritePolicy) -> bytes | None:
-    """The rewritten JSON body, or None if it is not JSON of the expected shape
-    or would not change."""
+def rewrite_body(body: bytes, kind: str, policy: RewritePolicy) -> tuple[bytes | None, Any]:
+    """``(new body, document as the client gets it)``. The new body is None
+    when the upstream's bytes go out unchanged (not JSON of the expected
+    shape, or nothing to change); the document is None when not JSON."""
     document = parse_json(body)
     if document is None:
-        return None
+        return None, None
     rewritten = rewrite_document(document, kind, policy)
-    return None if rewritten is document else dump_json(rewritten)
+    if rewritten is document:
+        return None, document
+    new = dump_json(rewritten)
+    return new, (rewritten if new is not None else document)
+
+
+def shown_orders(document: Any, kind: str, image_id: str | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """``(image id, location tokens in order)`` for every image whose
+    locations ``document`` shows (``image_id`` names the image of a bare
+    location list)."""
+    if kind == LOCATIONS:
+        pairs = [(image_id, document)]
+    elif kind == IMAGE:
+        pairs = [(document.get("id"), document.get("locations"))] if isinstance(document, dict) else []
+    else:
+        images = document.get("images") if isinstance(document, dict) else None
+        pairs = [(image.get("id"), image.get("locations")) for image in images or () if isinstance(image, dict)]
+    return [
+        (image, tuple(location_token(location) for location in locations))
+        for image, locations in pairs
+        if isinstance(image, str) and isinstance(locations, list)
+    ]
 
 
 def parse_json(body: bytes) -> Any:
@@ -208,46 +231,63 @@ def odd_location_index(operations: Any) -> bool:
     )
 
 
-def translate_patch(operations: list, upstream_locations: list, view_locations: list) -> list:
+def location_token(location: Any) -> str:
+    """A location's identity in a shown order: its URL without credentials,
+    hashed (what ``locproxy.shown`` keeps instead of URLs)."""
+    url = location.get("url") if isinstance(location, dict) else None
+    text = scrub_credentials(url) if isinstance(url, str) else repr(url)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class Untranslatable(ValueError):
+    """A JSON-patch index cannot be matched to the copy the client saw."""
+
+
+def translate_patch(operations: list, upstream_tokens: Sequence[str], view_tokens: Sequence[str]) -> list:
     """Rewrite ``/locations/N`` paths from the client's view to the upstream's order.
 
-    ``view_locations`` is the order the client saw: the same objects as
-    ``upstream_locations``, permuted. Operations are replayed on both lists in
-    turn, since each ``add``/``remove`` shifts the indexes of later ones.
-    Operations that cannot be translated (bad index, unknown op, malformed)
-    are passed on unchanged, for the upstream to judge and refuse.
+    Locations are identified by token (``location_token``):
+    ``view_tokens`` is the order the client was shown, ``upstream_tokens``
+    the upstream's order now. They may differ in more than order (a copy
+    added or removed since the client read the image): an index is mapped to
+    the copy the client saw there, wherever it is now, and raises
+    ``Untranslatable`` if that copy is gone or cannot be told apart.
+    Operations are replayed on both lists in turn, since each ``add`` /
+    ``remove`` shifts the indexes of later ones. Operations that need no
+    translation or cannot be valid (bad index, unknown op, malformed) are
+    passed on unchanged, for the upstream to judge and refuse.
     """
-    token_of = {id(location): position for position, location in enumerate(upstream_locations)}
-    upstream = list(range(len(upstream_locations)))  # tokens in the upstream's order
-    view = [token_of[id(location)] for location in view_locations]  # tokens as the client saw them
-    next_token = len(upstream)
+    upstream: list[object] = list(upstream_tokens)
+    view: list[object] = list(view_tokens)
+    if len(set(upstream)) != len(upstream):
+        raise Untranslatable("two locations of the image cannot be told apart")
     translated = []
     for op in operations:
         path = op.get("path") if isinstance(op, dict) else None
         match = _LOCATION_INDEX.match(path) if isinstance(path, str) else None
         name = op.get("op") if isinstance(op, dict) else None
-        if isinstance(op, dict) and op.get("path") == "/locations" and name in ("add", "replace"):
+        if isinstance(op, dict) and path == "/locations" and name in ("add", "replace"):
             # A whole new list, in the order the client wrote it: both views agree again.
             value = op.get("value")
-            size = len(value) if isinstance(value, list) else 0
-            upstream = list(range(next_token, next_token + size))
+            upstream = [object() for _ in (value if isinstance(value, list) else ())]
             view = list(upstream)
-            next_token += size
         if match is None or name not in ("add", "remove", "replace", "test"):
             translated.append(op)
             continue
         index, rest = match.group(1), match.group(2) or ""
         if index == "-":
             if name == "add":
-                upstream.append(next_token)
-                view.append(next_token)
-                next_token += 1
+                new = object()
+                upstream.append(new)
+                view.append(new)
             translated.append(op)
             continue
         position = int(index)
         if name == "add" and position == len(view):
             target = len(upstream)
         elif position < len(view):
+            if view[position] not in upstream:
+                raise Untranslatable(f"the location you saw at {position} is no longer there")
             target = upstream.index(view[position])
         else:
             translated.append(op)  # out of range: the upstream refuses it
@@ -256,9 +296,9 @@ def translate_patch(operations: list, upstream_locations: list, view_locations: 
         if rest:
             continue  # a member of a location: the list itself is unchanged
         if name == "add":
-            upstream.insert(target, next_token)
-            view.insert(position, next_token)
-            next_token += 1
+            new = object()
+            upstream.insert(target, new)
+            view.insert(position, new)
         elif name == "remove":
             del upstream[target]
             del view[position]

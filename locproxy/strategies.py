@@ -18,6 +18,7 @@ Third-party strategies register a factory under the entry-point group
 
 from __future__ import annotations
 
+import hashlib
 import math
 import posixpath
 import socket
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
-from locproxy.urls import backend_label
+from locproxy.urls import backend_label, scrub_credentials
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -78,6 +79,15 @@ def backend_key(location: Location) -> str:
     if scheme_of(location) == "file":
         return "file://" + posixpath.dirname(urlsplit(url).path)
     return backend_label(url)
+
+
+def copy_key(location: Location) -> str:
+    """One copy (location) of an image, for the health rule: its backend key
+    and a hash of its URL without credentials (bad bytes demote the copy
+    before the backend)."""
+    url = location.get("url")
+    text = scrub_credentials(url) if isinstance(url, str) else ""
+    return f"{backend_key(location)}#{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
 def scheme_of(location: Location) -> str:

@@ -7,36 +7,49 @@ its responses. Standard library only, so clients can read it too.
 
 Storage is in memory (per process), or a small sqlite file (``metrics_file``)
 shared by every worker process and thread on the node and kept across
-restarts; sqlite's locking makes each update atomic.
+restarts; sqlite's locking makes each update atomic. When the file fails
+(disk full, a lock held by a stopped worker...) the tracker carries on from
+what this process holds in memory (``locproxy.bookkeeping``): learning is
+bookkeeping and never fails a download.
 
-Health rule (a circuit breaker per backend):
+Health rule (a circuit breaker per backend, and per copy):
 
-* a download that fails from a backend (before the first byte or mid-stream)
-  adds one to its consecutive failures; a completed transfer resets them;
-* at ``failure_threshold`` consecutive failures, or at once on a checksum
-  mismatch, the backend is *demoted* for ``cooldown`` seconds: every
-  strategy's download order tries it only after all the others;
-* when the cool-down ends the backend takes its normal place again; the next
-  download from it is the probe: success clears the record, another failure
-  demotes it again for twice as long (up to ``max_cooldown``).
+* a failure from a backend (before the first byte or mid-stream) adds one to
+  its consecutive failures; a completed, verified transfer resets them;
+* at ``failure_threshold`` consecutive failures the backend is *demoted* for
+  ``cooldown`` seconds: every strategy's download order tries it only after
+  all the others;
+* bytes that do not match the image's digest say that *copy* is bad, not its
+  backend: the copy (the location) is demoted at once, and the backend only
+  once ``corrupt_images`` distinct images mismatched there within
+  ``corrupt_window`` seconds (one image with a wrong recorded hash cannot
+  demote a backend shared by everyone);
+* when a cool-down ends the backend (or copy) takes its normal place again;
+  the next download from it is the probe: success clears the record, another
+  failure demotes it again for twice as long (up to ``max_cooldown``).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterator
+
+from locproxy.bookkeeping import SharedFile, open_read_only
 
 #: Transfers smaller than this say little about throughput.
 MIN_THROUGHPUT_SAMPLE = 256 * 1024
+#: Distinct corrupt images remembered per backend.
+MAX_CORRUPT_IMAGES = 16
 
 
 @dataclass(frozen=True)
 class BackendStats:
-    """One backend's record. Times are seconds; ``demoted_until`` is epoch time."""
+    """One backend's (or copy's) record. Times are seconds; ``demoted_until``
+    and the times in ``corrupt_images`` are epoch times."""
 
     key: str
     ttfb: float | None = None
@@ -47,6 +60,7 @@ class BackendStats:
     demoted_until: float = 0.0
     cooldown: float = 0.0  # length of the next demotion; 0 = the base cool-down
     updated: float = 0.0
+    corrupt_images: tuple[tuple[str, float], ...] = ()  # (image id, when), most recent last
 
     def demoted(self, now: float) -> bool:
         return self.demoted_until > now
@@ -58,6 +72,8 @@ class HealthRule:
     failure_threshold: int = 3
     cooldown: float = 30.0
     max_cooldown: float = 600.0
+    corrupt_images: int = 3  # distinct images with bad bytes that demote a whole backend
+    corrupt_window: float = 3600.0
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -65,14 +81,26 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
 
 
 class Tracker:
-    """Records download events and answers ``estimate``/``demoted`` queries."""
+    """Records download events and answers ``estimate``/``demoted`` queries.
+
+    ``on_error(what)`` is told of every storage failure (for metrics);
+    ``read_only`` opens an existing file without ever writing (``locproxy
+    stats``).
+    """
 
     def __init__(self, path: str | None = None, rule: HealthRule = HealthRule(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 on_error: Callable[[str], None] | None = None, read_only: bool = False) -> None:
         self.path = path
         self.rule = rule
         self.clock = clock
-        self._store: _Store = _SqliteStore(path) if path else _MemoryStore()
+        self._store: _Store
+        if path and read_only:
+            self._store = _ReadOnlyStore(path)
+        elif path:
+            self._store = _SqliteStore(path, on_error)
+        else:
+            self._store = _MemoryStore()
 
     # -- events --------------------------------------------------------------
 
@@ -80,7 +108,8 @@ class Tracker:
         self._update(key, lambda stats: replace(stats, ttfb=_ewma(stats.ttfb, seconds, self.rule.alpha)))
 
     def record_transfer(self, key: str, nbytes: int, seconds: float) -> None:
-        """A transfer from ``key`` completed: learn its throughput, clear failures."""
+        """A transfer from ``key`` completed (and verified): learn its
+        throughput, clear its failures."""
 
         def apply(stats: BackendStats) -> BackendStats:
             throughput = stats.throughput
@@ -91,20 +120,44 @@ class Tracker:
 
         self._update(key, apply)
 
-    def record_failure(self, key: str, corrupt: bool = False) -> BackendStats:
-        """A failure from ``key``; returns the new record (``demoted`` tells if it was)."""
+    def record_success(self, key: str) -> None:
+        """A copy served good bytes: forget its failures (no throughput sample)."""
+        if key in self._store.snapshot():
+            self._update(key, lambda stats: replace(stats, failures=0, demoted_until=0.0, cooldown=0.0))
+
+    def record_failure(self, key: str, at_once: bool = False) -> BackendStats:
+        """A failure from ``key`` (``at_once``: demote without waiting for the
+        threshold); returns the new record (``demoted`` tells if it was)."""
+        now = self.clock()
+        return self._update(key, lambda stats: self._failed(stats, now, at_once))
+
+    def record_corrupt(self, key: str, copy_key: str, image_id: str) -> tuple[BackendStats, BackendStats]:
+        """Bytes of ``image_id`` read from the copy ``copy_key`` of backend
+        ``key`` did not match its digest: the copy is demoted at once, the
+        backend once enough distinct images went wrong there. Returns the new
+        (backend, copy) records."""
         rule, now = self.rule, self.clock()
 
-        def apply(stats: BackendStats) -> BackendStats:
-            failures = max(stats.failures + 1, rule.failure_threshold if corrupt else 0)
-            stats = replace(stats, failures=failures, total_failures=stats.total_failures + 1)
-            if failures >= rule.failure_threshold and not stats.demoted(now):
-                cooldown = stats.cooldown or rule.cooldown
-                stats = replace(stats, demoted_until=now + cooldown,
-                                cooldown=min(cooldown * 2, rule.max_cooldown))
-            return stats
+        def backend(stats: BackendStats) -> BackendStats:
+            recent = tuple((image, when) for image, when in stats.corrupt_images
+                           if image != image_id and now - when < rule.corrupt_window)
+            recent = (recent + ((image_id, now),))[-MAX_CORRUPT_IMAGES:]
+            stats = replace(stats, corrupt_images=recent)
+            if len(recent) >= rule.corrupt_images:
+                return self._failed(stats, now, at_once=True)
+            return replace(stats, total_failures=stats.total_failures + 1)
 
-        return self._update(key, apply)
+        copy = self._update(copy_key, lambda stats: self._failed(stats, now, at_once=True))
+        return self._update(key, backend), copy
+
+    def _failed(self, stats: BackendStats, now: float, at_once: bool) -> BackendStats:
+        rule = self.rule
+        failures = max(stats.failures + 1, rule.failure_threshold if at_once else 0)
+        stats = replace(stats, failures=failures, total_failures=stats.total_failures + 1)
+        if failures >= rule.failure_threshold and not stats.demoted(now):
+            cooldown = stats.cooldown or rule.cooldown
+            stats = replace(stats, demoted_until=now + cooldown, cooldown=min(cooldown * 2, rule.max_cooldown))
+        return stats
 
     def _update(self, key: str, apply: Callable[[BackendStats], BackendStats]) -> BackendStats:
         now = self.clock()
@@ -115,14 +168,20 @@ class Tracker:
     def stats(self) -> dict[str, BackendStats]:
         return self._store.snapshot()
 
-    def demoted(self, key: str) -> bool:
-        stats = self._store.snapshot().get(key)
-        return stats is not None and stats.demoted(self.clock())
+    def demoted(self, *keys: str) -> bool:
+        """Whether any of ``keys`` (a backend, a copy) is demoted now."""
+        snapshot, now = self._store.snapshot(), self.clock()
+        return any(key in snapshot and snapshot[key].demoted(now) for key in keys)
 
     def estimate(self, key: str) -> tuple[float | None, float | None] | None:
         """``(ttfb, throughput)`` learnt for ``key``, or None if never seen."""
         stats = self._store.snapshot().get(key)
         return None if stats is None else (stats.ttfb, stats.throughput)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the shared file is being left alone, or None when all is well."""
+        return self._store.degraded
 
     def close(self) -> None:
         self._store.close()
@@ -131,6 +190,8 @@ class Tracker:
 # -- storage -------------------------------------------------------------------
 
 class _Store:
+    degraded: str | None = None
+
     def update(self, key: str, apply: Callable[[BackendStats], BackendStats]) -> BackendStats:
         raise NotImplementedError
 
@@ -155,83 +216,124 @@ class _MemoryStore(_Store):
         return dict(self._records)
 
 
-_FIELDS = ("key", "ttfb", "throughput", "samples", "failures", "total_failures", "demoted_until",
-           "cooldown", "updated")
+_FIELDS = tuple(field.name for field in fields(BackendStats))
+_COLUMNS = ", ".join(_FIELDS)
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS backends (key TEXT PRIMARY KEY, ttfb REAL, throughput REAL,"
+           " samples INTEGER, failures INTEGER, total_failures INTEGER, demoted_until REAL,"
+           " cooldown REAL, updated REAL, corrupt_images TEXT)")
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.execute(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(backends)")}
+    if "corrupt_images" not in columns:  # a file written by an earlier version
+        db.execute("ALTER TABLE backends ADD COLUMN corrupt_images TEXT")
+
+
+def _from_row(row: tuple) -> BackendStats:
+    values = dict(zip(_FIELDS, row))
+    values["corrupt_images"] = tuple(tuple(item) for item in json.loads(values["corrupt_images"] or "[]"))
+    return BackendStats(**values)
+
+
+def _to_row(stats: BackendStats) -> tuple:
+    return tuple(json.dumps(stats.corrupt_images) if name == "corrupt_images" else getattr(stats, name)
+                 for name in _FIELDS)
+
+
+def _read_all(db: sqlite3.Connection) -> dict[str, BackendStats]:
+    return {row[0]: _from_row(row) for row in db.execute(f"SELECT {_COLUMNS} FROM backends")}
 
 
 class _SqliteStore(_Store):
-    """One row per backend, one connection per process (behind a lock: writes
-    are tiny and rare next to the downloads they describe). Reads are cached
-    for ``refresh`` seconds: ordering runs on every request and must not touch
-    the disk each time."""
+    """One row per backend in the shared file. Reads are cached for
+    ``refresh`` seconds: ordering runs on every request and must not touch
+    the disk each time. While the file fails, updates apply to the cache, so
+    this process goes on learning and demoting on its own."""
 
-    def __init__(self, path: str, refresh: float = 1.0) -> None:
-        self.path = path
+    def __init__(self, path: str, on_error: Callable[[str], None] | None, refresh: float = 1.0) -> None:
+        self.file = SharedFile(path, on_error=on_error)
+        self.file.check(_create_schema)  # raises at load: the caller names the option
         self.refresh = refresh
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        self._pid = 0
         self._cache: dict[str, BackendStats] = {}
         self._cached_at = float("-inf")
-        with self._lock:
-            self._connection().execute(
-                "CREATE TABLE IF NOT EXISTS backends (key TEXT PRIMARY KEY, ttfb REAL, throughput REAL,"
-                " samples INTEGER, failures INTEGER, total_failures INTEGER, demoted_until REAL,"
-                " cooldown REAL, updated REAL)"
-            )
 
-    def _connection(self) -> sqlite3.Connection:
-        """This process's connection (a connection must not cross a fork); call with the lock."""
-        if self._db is None or self._pid != os.getpid():
-            self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._pid = os.getpid()
-        return self._db
+    @property
+    def degraded(self) -> str | None:  # type: ignore[override]
+        return self.file.degraded
 
     def update(self, key: str, apply: Callable[[BackendStats], BackendStats]) -> BackendStats:
-        with self._lock:
-            db = self._connection()
+        def write(db: sqlite3.Connection) -> BackendStats:
             db.execute("BEGIN IMMEDIATE")  # the write lock before reading: no lost updates across processes
             try:
-                row = db.execute(f"SELECT {', '.join(_FIELDS)} FROM backends WHERE key = ?", (key,)).fetchone()
-                stats = apply(BackendStats(*row) if row else BackendStats(key))
-                db.execute(
-                    f"INSERT OR REPLACE INTO backends ({', '.join(_FIELDS)})"
-                    f" VALUES ({', '.join('?' * len(_FIELDS))})",
-                    tuple(getattr(stats, name) for name in _FIELDS),
-                )
+                row = db.execute(f"SELECT {_COLUMNS} FROM backends WHERE key = ?", (key,)).fetchone()
+                stats = apply(_from_row(row) if row else BackendStats(key))
+                db.execute(f"INSERT OR REPLACE INTO backends ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})",
+                           _to_row(stats))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            self._cached_at = float("-inf")  # this process sees its own writes at once
             return stats
+
+        written, stats = self.file.run("tracker", write)
+        with self._lock:
+            if not written:
+                stats = apply(self._cache.get(key) or BackendStats(key))
+                self._cache = {**self._cache, key: stats}  # callers iterate snapshots: replace, never mutate
+            else:
+                self._cached_at = float("-inf")  # this process sees its own writes at once
+        assert stats is not None
+        return stats
 
     def snapshot(self) -> dict[str, BackendStats]:
         if time.monotonic() - self._cached_at >= self.refresh:
+            read, rows = self.file.run("tracker", _read_all)
             with self._lock:
-                rows = self._connection().execute(f"SELECT {', '.join(_FIELDS)} FROM backends").fetchall()
-                self._cache = {row[0]: BackendStats(*row) for row in rows}
                 self._cached_at = time.monotonic()
+                if read and rows is not None:
+                    self._cache = rows
         return self._cache
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None and self._pid == os.getpid():
-                self._db.close()
-            self._db = None
+        self.file.close()
+
+
+class _ReadOnlyStore(_Store):
+    """The shared file as it is on disk, never written (``locproxy stats``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def snapshot(self) -> dict[str, BackendStats]:
+        db = open_read_only(self.path)
+        try:
+            return _read_all(db)
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return {}
+            raise
+        finally:
+            db.close()
+
+    def update(self, key: str, apply: Callable[[BackendStats], BackendStats]) -> BackendStats:
+        raise PermissionError("this tracker was opened read-only")
 
 
 def iter_table(stats: dict[str, BackendStats], now: float) -> Iterator[tuple[str, ...]]:
     """Rows for ``locproxy stats``: backend, ttfb, throughput, samples, failures, state."""
     for key in sorted(stats):
         record = stats[key]
+        state = f"demoted {record.demoted_until - now:.0f} s more" if record.demoted(now) else "healthy"
+        if record.corrupt_images:
+            state += f", {len(record.corrupt_images)} corrupt image(s)"
         yield (
             key,
             "-" if record.ttfb is None else f"{record.ttfb * 1000:.1f} ms",
             "-" if record.throughput is None else f"{record.throughput / 1e6:.1f} MB/s",
             str(record.samples),
             f"{record.failures} ({record.total_failures} total)",
-            f"demoted {record.demoted_until - now:.0f} s more" if record.demoted(now) else "healthy",
+            state,
         )

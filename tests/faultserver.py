@@ -42,6 +42,14 @@ bytes *of the response body*; ``corrupt_byte:N`` is an offset in ``data``:
 ``wrong_content_range``   206 with a Content-Range shifted by one byte
 ``bad_content_length``    Content-Length one more than the body (then close)
 ``slow:BYTES_PER_SEC``    pace the body (pieces every 50 ms)
+``drip_headers``          send the response head one byte every 0.5 s
+                          (until close/limit): never a read timeout, never
+                          complete headers
+``drip_after:N``          send headers and N body bytes, then one byte every
+                          0.5 s (until close/limit)
+``gzip``                  gzip the (ranged) body, chunked, with
+                          ``Content-Encoding: gzip``, as a web server with
+                          compression on does
 ``no_content_length``     no Content-Length: the body ends at connection close
 ``chunked``               Transfer-Encoding: chunked body
 ========================= ==================================================
@@ -63,6 +71,7 @@ connects time out (a deterministic connect timeout on Linux loopback).
 
 from __future__ import annotations
 
+import gzip
 import re
 import socket
 import socketserver
@@ -93,8 +102,13 @@ _MODES = {
     "slow": True,
     "no_content_length": False,
     "chunked": False,
+    "drip_headers": False,
+    "drip_after": True,
+    "gzip": False,
 }
-_INT_ARG = {"drop_first", "status", "hang_after", "truncate_after", "reset_after", "corrupt_byte", "slow"}
+_INT_ARG = {"drop_first", "status", "hang_after", "truncate_after", "reset_after", "corrupt_byte", "slow",
+            "drip_after"}
+DRIP_INTERVAL = 0.5
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -184,6 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
             fault.stopping.wait(fault.hang_limit)
             self.close_connection = True
             return
+        if "drip_headers" in faults:
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+            self._drip(head.encode("ascii"))
+            return
         if "status" in faults:
             code = faults["status"]
             self._simple(code, f"fault: status {code}\n".encode())
@@ -213,6 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         corrupt = faults.get("corrupt_byte")
         if corrupt is not None and first <= corrupt <= last:
             body[corrupt - first] ^= 0xFF
+        if "gzip" in faults:
+            body = bytearray(gzip.compress(bytes(body)))
+            faults = {**faults, "chunked": None}
 
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
@@ -220,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             shift = 1 if "wrong_content_range" in faults else 0
             self.send_header("Content-Range", f"bytes {first + shift}-{last + shift}/{size}")
+        if "gzip" in faults:
+            self.send_header("Content-Encoding", "gzip")
         if "chunked" in faults:
             self.send_header("Transfer-Encoding", "chunked")
         elif "no_content_length" in faults:
@@ -236,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         cut = len(body)
-        for name in ("hang_after", "truncate_after", "reset_after"):
+        for name in ("hang_after", "truncate_after", "reset_after", "drip_after"):
             if name in faults:
                 cut = min(cut, faults[name])
         self._send_body(memoryview(body)[:cut], faults)
@@ -244,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if "hang_after" in faults:
                 fault.stopping.wait(fault.hang_limit)
+            elif "drip_after" in faults:
+                self._drip(bytes(body[cut:]))
+                return
             elif "reset_after" in faults:
                 # Let the client read what was sent, then RST (SO_LINGER 0).
                 fault.stopping.wait(0.2)
@@ -272,6 +298,18 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault.stopping.wait(0.05):
                     self.close_connection = True
                     return
+
+    def _drip(self, data: bytes) -> None:
+        """One byte every DRIP_INTERVAL: each read gets a byte well within
+        any read timeout, the whole never comes."""
+        fault = self.server.fault
+        deadline = time.monotonic() + fault.hang_limit
+        self.close_connection = True
+        for index in range(len(data)):
+            self.wfile.write(data[index:index + 1])
+            self.wfile.flush()
+            if fault.stopping.wait(DRIP_INTERVAL) or time.monotonic() > deadline:
+                return
 
     def _simple(self, code: int, body: bytes) -> None:
         self.send_response(code)

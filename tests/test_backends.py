@@ -515,6 +515,62 @@ def test_http_yields_exactly_length_bytes(
     assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
 
 
+@pytest.mark.parametrize("start", [pytest.param(0, id="whole"), pytest.param(100, id="ranged")])
+def test_content_coded_bodies_are_refused_before_the_first_byte(
+    make_backends: Callable[..., Backends], server: FaultServer, start: int
+) -> None:
+    """A gzip body is not the image's bytes (and a gzip range is no range of
+    it): refused at once, so the download falls back to another copy."""
+    backends = make_backends(pool_maxsize=1)
+    server.mode = "gzip"
+    with pytest.raises(BackendError) as info:
+        backends.open(server.url(), start, SIZE - start, SIZE)
+    assert info.value.reason == "content-coded body (gzip) not accepted"
+    server.mode = "ok"  # the pool slot came back
+    assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
+
+
+def test_a_backend_dripping_its_headers_is_cut_at_the_first_byte_bound(
+    make_backends: Callable[..., Backends], server: FaultServer
+) -> None:
+    """A byte every 0.5 s never trips the 1 s read timeout; the first-byte
+    bound (1.5 s here) ends it."""
+    backends = make_backends(pool_maxsize=1, first_byte_timeout=1.5)
+    server.mode = "drip_headers"
+    started = time.monotonic()
+    with pytest.raises(BackendError) as info:
+        backends.open(server.url(), 0, SIZE, SIZE)
+    elapsed = time.monotonic() - started
+    assert info.value.reason == "no response within 1.5 s"
+    assert 1.4 < elapsed < 3.0, elapsed
+    server.mode = "ok"  # the pool slot came back
+    assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
+
+
+@pytest.mark.parametrize("start", [pytest.param(0, id="whole"), pytest.param(100, id="ranged")])
+def test_a_backend_dripping_its_body_is_cut_at_the_minimum_rate(
+    make_backends: Callable[..., Backends], server: FaultServer, start: int
+) -> None:
+    """After 2500 good bytes, one byte every 0.5 s: below 1000 B/s over a
+    1 s window, so the read of the next chunk is cut after about a second."""
+    backends = make_backends(pool_maxsize=1, min_rate=1000, rate_window=1.0)
+    server.mode = "drip_after:2500"
+    started = time.monotonic()
+    received, error = read_until_error(backends.open(server.url(), start, SIZE - start, SIZE))
+    elapsed = time.monotonic() - started
+    assert received == DATA[start : start + len(received)] and 2000 <= len(received) <= 2500
+    assert error.reason == f"slower than 1000 B/s over 1 s at byte {start + len(received)}"
+    assert elapsed < 3.0, elapsed
+    server.mode = "ok"  # the pool slot came back
+    assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
+
+
+def test_a_slow_but_steady_backend_is_not_cut(make_backends: Callable[..., Backends], server: FaultServer) -> None:
+    backends = make_backends(pool_maxsize=1, min_rate=1000, rate_window=1.0, first_byte_timeout=1.0)
+    server.mode = "slow:20000"  # 1000-byte chunks in 50 ms each
+    assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
+
+
 def test_corruption_passes_through(backends: Backends, server: FaultServer) -> None:
     # Backends do not verify checksums (the download handler does): the
     # bytes are whatever the backend sent, exactly length of them.

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 
 import pytest
+
+from locproxy.cli import main as cli_main
+from locproxy.tracker import Tracker
+from tests.unprivileged import make_read_only, run_unprivileged, shared_dir
 
 IMAGE = {
     "id": "i1",
@@ -76,3 +82,24 @@ def test_demo_check_runs_the_readme_demo_end_to_end():
     assert "sha512 matches os_hash_value" in result.stdout
     assert "demo check: OK" in result.stdout
     assert "sent from file" in result.stderr, "the download came from a file store, not the upstream"
+
+
+def _stats_output(path: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(["stats", path])
+    return f"exit {code}\n{out.getvalue()}"
+
+
+def test_stats_reads_a_metrics_file_it_may_not_write():
+    """``locproxy stats`` works for an operator who may only read the file
+    (and not its directory, so sqlite cannot even create its WAL index)."""
+    with shared_dir() as directory:
+        path = directory / "metrics.sqlite"
+        tracker = Tracker(str(path))
+        tracker.record_transfer("http://web:80", 4 << 20, 0.5)
+        tracker.close()
+        make_read_only(path, directory)
+        output = run_unprivileged(_stats_output, str(path))
+    assert output.startswith("exit 0"), output
+    assert "http://web:80" in output and "8.4 MB/s" in output, output

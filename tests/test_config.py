@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from locproxy.tracker import Tracker
+from tests.unprivileged import make_read_only, run_unprivileged, shared_dir
+
 from locproxy.config import (
     ConfigError,
     FilterSettings,
@@ -130,3 +133,27 @@ def test_parse_size(text, expected):
 def test_options_of_other_strategies_are_validated_too():
     with pytest.raises(ConfigError, match="store_type_preference: unknown store type 'tape'"):
         load_filter_settings({}, {"location_strategy": "weight", "store_type_preference": "tape"})
+
+
+def _load_error(path: str) -> str:
+    try:
+        load_filter_settings({}, {"metrics_file": path})
+    except ConfigError as error:
+        return str(error)
+    return "loaded"
+
+
+@pytest.mark.parametrize("read_only", ["file", "directory"])
+def test_metrics_file_that_cannot_be_written_fails_at_load(read_only):
+    """Refused at load, naming the option, rather than failing downloads later."""
+    with shared_dir() as directory:
+        path = directory / "metrics.sqlite"
+        Tracker(str(path)).close()
+        if read_only == "file":
+            directory.chmod(0o777)  # the directory is writable, the file is not
+            make_read_only(path)
+        else:
+            make_read_only(directory)
+        message = run_unprivileged(_load_error, str(path))
+    assert message.startswith("metrics_file: "), message
+    assert "not writable" in message

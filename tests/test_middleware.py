@@ -255,12 +255,13 @@ def test_patch_remove_hits_the_location_the_client_saw():
     upstream = Upstream()
     app = patch_app(upstream)
     # The client saw http first (index 0); upstream has it at index 1.
+    assert urls(app.get(f"/v2/images/{IMAGE_ID}", headers={"X-Auth-Token": "t0ken"}).json)[0].startswith("http")
     app.patch(f"/v2/images/{IMAGE_ID}", json.dumps([{"op": "remove", "path": "/locations/0"}]),
               headers={"Content-Type": PATCH_TYPE, "X-Auth-Token": "t0ken"})
-    show, patch = upstream.requests
+    _read, show, patch = upstream.requests
     assert show.method == "GET" and show.headers["X-Auth-Token"] == "t0ken", "shown as the client"
     assert show.body == b"" and "Content-Type" not in show.headers
-    assert json.loads(upstream.bodies[1]) == [{"op": "remove", "path": "/locations/1"}]
+    assert json.loads(upstream.bodies[2]) == [{"op": "remove", "path": "/locations/1"}]
     assert patch.headers["Content-Type"] == PATCH_TYPE
 
 
@@ -319,7 +320,7 @@ def test_local_endpoints_answer_without_the_upstream(options, path, expected):
         return
     assert upstream.requests == []
     if expected == "healthcheck":
-        assert result.json == {"status": "ok", "strategy": "store_type", "demoted_backends": 0}
+        assert result.json == {"status": "ok", "strategy": "store_type", "demoted_backends": 0, "demoted_copies": 0}
     else:
         assert b"locproxy_requests_total" in result.body
         assert result.content_type == "text/plain"

@@ -31,6 +31,7 @@ from locproxy.rewrite import (
     IMAGES,
     LOCATIONS,
     RewritePolicy,
+    location_token,
     patch_addresses_locations,
     rewrite_body,
     rewrite_image,
@@ -191,7 +192,7 @@ def test_rewrite_body_never_raises_and_emits_valid_json(image: dict, policy: Rew
         body = body[: len(body) // 2]  # truncated JSON
     elif wrap == 2:
         body = b"\xff\xfe" + body  # not UTF-8
-    result = rewrite_body(body, kind, policy)
+    result, _shown = rewrite_body(body, kind, policy)
     if wrap:
         assert result is None, "invalid input passes through untouched"
     elif result is not None:
@@ -298,7 +299,7 @@ def test_translate_patch_never_raises_and_keeps_what_it_does_not_understand(oper
     assume(not known_patch_bug(operations))
     EXAMPLES["translate_patch"] += 1
     before = copy.deepcopy(operations)
-    translated = translate_patch(operations, upstream, view)
+    translated = translate_patch(operations, tokens(upstream), tokens(view))
     assert operations == before, "the input is never mutated"
     assert len(translated) == len(operations)
     for old, new in zip(operations, translated):
@@ -307,6 +308,10 @@ def test_translate_patch_never_raises_and_keeps_what_it_does_not_understand(oper
             assert new == old, "only /locations/N paths are rewritten"
         else:
             assert {k: v for k, v in new.items() if k != "path"} == {k: v for k, v in old.items() if k != "path"}
+
+
+def tokens(locations: list) -> list[str]:
+    return [location_token(location) for location in locations]
 
 
 def _apply(operations: list, locations: list) -> list | None:
@@ -353,7 +358,7 @@ def test_translated_patch_does_what_the_client_meant(permutation: list[int], ste
         else:
             operations.append({"op": name, "path": f"/locations/{index}", "value": value})
     client = _apply(operations, view)
-    upstream_result = _apply(translate_patch(operations, upstream, view), upstream)
+    upstream_result = _apply(translate_patch(operations, tokens(upstream), tokens(view)), upstream)
     if client is None:
         return  # an out-of-range op: the upstream refuses (it may refuse another op first)
     assert upstream_result is not None
@@ -442,7 +447,7 @@ def test_lone_surrogate_in_image_json_is_survived() -> None:
     body = json.dumps({"id": "x", "name": "\ud800", "locations": [
         {"url": "file:///a", "metadata": {"store": "disk"}}, {"url": "http://h/a", "metadata": {"store": "web"}}]}
     ).encode()
-    result = rewrite_body(body, IMAGE, RewritePolicy(Selector("store_type", store_type_preference="http")))
+    result, _shown = rewrite_body(body, IMAGE, RewritePolicy(Selector("store_type", store_type_preference="http")))
     assert result is None or json.loads(result)["locations"][0]["url"] == "http://h/a"
 
 
@@ -451,7 +456,7 @@ def test_rewritten_body_is_strict_json() -> None:
     passed through as the upstream sent it."""
     body = b'{"id": "x", "min_ram": 1e400, "locations": [{"url": "file:///a", "metadata": {"store": "d"}},' \
            b' {"url": "http://h/a", "metadata": {"store": "w"}}]}'
-    assert rewrite_body(body, IMAGE, RewritePolicy(Selector("store_type", store_type_preference="http"))) is None
+    assert rewrite_body(body, IMAGE, RewritePolicy(Selector("store_type", store_type_preference="http")))[0] is None
 
 
 def test_range_of_more_than_4300_digits_is_unsatisfiable() -> None:

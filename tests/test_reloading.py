@@ -17,9 +17,6 @@ from tests.test_middleware import IMAGE_ID, Upstream, image_json, json_response
 
 def write(path, text):
     path.write_text(text)
-    # Editors may save twice within one clock tick; make every write visible.
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
 def stores_seen(app):
@@ -60,6 +57,25 @@ def test_edit_switches_strategy_and_invalid_edit_keeps_it(tmp_path, upstream, ca
     assert stores_seen(app) == ["ceph", "web", "disk"]
     config.unlink()
     assert stores_seen(app) == ["ceph", "web", "disk"], "a deleted file keeps the previous settings"
+
+
+def test_same_size_edits_within_one_timestamp_are_seen(tmp_path, upstream):
+    """Two edits of the same size, the second with the first's mtime (as
+    within the file system's timestamp resolution): stat() cannot tell them
+    apart, the content can. Each edit is seen, and stays seen."""
+    config = tmp_path / "locproxy.ini"
+    write(config, "[locproxy]\nlocation_strategy = store_type\nstore_type_preference = rbd, file\n")
+    app = make_filter(upstream, config)
+    assert stores_seen(app) == ["ceph", "disk", "web"]
+    before = config.stat()
+    for preference, expected in [("rbd, http", ["ceph", "web", "disk"]), ("http, rbd", ["web", "ceph", "disk"])]:
+        with open(config, "r+") as stream:  # in place: same inode
+            stream.write(f"[locproxy]\nlocation_strategy = store_type\nstore_type_preference = {preference}\n")
+        os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = config.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+        assert stores_seen(app) == expected
+        assert stores_seen(app) == expected
 
 
 def test_checks_at_most_once_per_interval(tmp_path, upstream):

@@ -14,6 +14,7 @@ from locproxy.rewrite import (
     IMAGES,
     LOCATIONS,
     RewritePolicy,
+    location_token,
     patch_addresses_locations,
     rewrite_body,
     rewrite_image,
@@ -120,7 +121,7 @@ def test_hide_removes_fields():
     ],
 )
 def test_rewrite_body_leaves_unrecognised_bodies_alone(body):
-    assert rewrite_body(body, IMAGE, PREFER_HTTP) is None
+    assert rewrite_body(body, IMAGE, PREFER_HTTP)[0] is None
 
 
 def test_rewrite_list_page_keeps_links():
@@ -128,7 +129,7 @@ def test_rewrite_list_page_keeps_links():
         "images": [FILE_THEN_HTTP, {"id": "no-locations"}],
         "first": "/v2/images", "next": "/v2/images?marker=x", "schema": "/v2/schemas/images",
     }
-    result = json.loads(rewrite_body(json.dumps(page).encode(), IMAGES, PREFER_HTTP))
+    result = json.loads(rewrite_body(json.dumps(page).encode(), IMAGES, PREFER_HTTP)[0])
     assert result["images"][0]["direct_url"] == "http://web/1"
     assert result["images"][1] == {"id": "no-locations"}
     assert {key: result[key] for key in ("first", "next", "schema")} == {
@@ -138,19 +139,23 @@ def test_rewrite_list_page_keeps_links():
 
 def test_rewrite_location_list():
     body = json.dumps(FILE_THEN_HTTP["locations"]).encode()
-    assert [item["url"] for item in json.loads(rewrite_body(body, LOCATIONS, PREFER_HTTP))] == [
+    assert [item["url"] for item in json.loads(rewrite_body(body, LOCATIONS, PREFER_HTTP)[0])] == [
         "http://web/1", "file:///a/1",
     ]
 
 
 def test_rewrite_keeps_non_ascii():
     body = json.dumps({**FILE_THEN_HTTP, "name": "образ ☁"}, ensure_ascii=False).encode()
-    assert json.loads(rewrite_body(body, IMAGE, PREFER_HTTP))["name"] == "образ ☁"
+    assert json.loads(rewrite_body(body, IMAGE, PREFER_HTTP)[0])["name"] == "образ ☁"
 
 
 # -- JSON patch --------------------------------------------------------------
 
 UPSTREAM = [{"url": f"file:///{name}"} for name in "abcd"]
+
+
+def tokens(locations):
+    return [location_token(location) for location in locations]
 
 
 def view_of(*names):
@@ -217,7 +222,7 @@ def apply(operations, locations):
 )
 def test_translate_patch(view, operations, expected_paths):
     before = copy.deepcopy(operations)
-    translated = translate_patch(operations, UPSTREAM, view_of(*view))
+    translated = translate_patch(operations, tokens(UPSTREAM), tokens(view_of(*view)))
     assert [op["path"] for op in translated] == expected_paths
     assert operations == before
 
@@ -226,7 +231,7 @@ def test_translated_removes_hit_the_copies_the_client_saw():
     view = view_of(*"cadb")
     operations = [{"op": "remove", "path": "/locations/1"}, {"op": "remove", "path": "/locations/2"}]
     client_result = apply(operations, view)  # what the client expects to remain
-    upstream_result = apply(translate_patch(operations, UPSTREAM, view), UPSTREAM)
+    upstream_result = apply(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
     assert sorted(location["url"] for location in upstream_result) == sorted(
         location["url"] for location in client_result
     ) == ["file:///c", "file:///d"]
@@ -255,7 +260,7 @@ def test_translation_matches_client_intent(permutation, ops):
             operations.append({"op": name, "path": f"/locations/{index}", "value": {"url": f"file:///r{number}"}})
             size -= name == "remove"
     client = apply(operations, view)
-    upstream = apply(translate_patch(operations, UPSTREAM, view), UPSTREAM)
+    upstream = apply(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
     assert sorted(location["url"] for location in upstream) == sorted(location["url"] for location in client)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+import time
 
 import pytest
 
@@ -81,9 +83,58 @@ def test_successful_probe_clears_the_record(tracker):
     assert not tracker.demoted("b"), "the count starts again"
 
 
-def test_checksum_mismatch_demotes_at_once(tracker):
-    tracker.record_failure("b", corrupt=True)
+def test_checksum_mismatch_demotes_the_copy_at_once_not_the_backend(tracker):
+    backend, copy = tracker.record_corrupt("b", "b#1", "image-1")
+    assert tracker.demoted("b#1") and copy.demoted(tracker.clock_control.now)
+    assert not tracker.demoted("b") and not backend.demoted(tracker.clock_control.now)
+    assert tracker.demoted("b", "b#1"), "a candidate is demoted when its copy is"
+
+
+def test_one_image_with_a_wrong_hash_never_demotes_its_backend(tracker):
+    for _ in range(10):
+        tracker.record_corrupt("b", "b#1", "image-1")
+    assert not tracker.demoted("b")
+    assert tracker.stats()["b"].corrupt_images[-1][0] == "image-1"
+    assert len(tracker.stats()["b"].corrupt_images) == 1, "an image counts once"
+
+
+def test_several_corrupt_images_demote_the_backend(tracker):
+    clock = tracker.clock_control
+    for number in range(3):
+        assert not tracker.demoted("b"), f"{number} corrupt images are not enough"
+        tracker.record_corrupt("b", f"b#{number}", f"image-{number}")
+        clock.now += 1
     assert tracker.demoted("b")
+    assert tracker.stats()["b"].cooldown == 20, "the next demotion lasts twice as long"
+
+
+def test_corrupt_images_are_forgotten_after_the_window(tracker):
+    clock = tracker.clock_control
+    tracker.record_corrupt("b", "b#0", "image-0")
+    tracker.record_corrupt("b", "b#1", "image-1")
+    clock.now += tracker.rule.corrupt_window + 1
+    tracker.record_corrupt("b", "b#2", "image-2")
+    assert not tracker.demoted("b")
+
+
+def test_demotions_of_a_corrupt_copy_escalate(tracker):
+    """A copy that keeps mismatching is demoted for longer each time (a
+    mismatch is never learnt as a good transfer first)."""
+    clock = tracker.clock_control
+    tracker.record_corrupt("b", "b#1", "image-1")
+    clock.now += 10.1
+    assert not tracker.demoted("b#1"), "back after the first cool-down (10 s)"
+    tracker.record_corrupt("b", "b#1", "image-1")
+    clock.now += 19.9
+    assert tracker.demoted("b#1"), "demoted twice as long the second time"
+    clock.now += 0.2
+    tracker.record_success("b#1")
+    assert tracker.stats()["b#1"].cooldown == 0, "good bytes clear the copy's record"
+
+
+def test_success_of_an_unknown_copy_writes_nothing(tracker):
+    tracker.record_success("b#never-failed")
+    assert tracker.stats() == {}
 
 
 def _hammer(path: str, key: str, count: int) -> None:
@@ -120,3 +171,46 @@ def test_sqlite_keeps_what_was_learnt_across_restarts(tmp_path):
         assert second.estimate("b") == (None, pytest.approx(8 * MiB))
     finally:
         second.close()
+
+
+def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
+    """A lock held by another process (e.g. a stopped worker) costs one
+    short wait, then the file is left alone: updates go on in memory,
+    nothing raises, and the failure is reported and counted."""
+    path = str(tmp_path / "metrics.sqlite")
+    errors: list[str] = []
+    tracker = Tracker(path, on_error=errors.append)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        tracker.record_failure("b")
+        for _ in range(20):
+            tracker.record_failure("b")
+            tracker.record_transfer("c", MiB, 0.1)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, f"bookkeeping took {elapsed:.2f} s while the file was locked"
+        assert tracker.demoted("b"), "this process still applies the health rule"
+        assert tracker.stats()["c"].samples == 20
+        assert tracker.degraded and "locked" in tracker.degraded
+        assert errors == ["tracker"], "one failure, then the file is left alone"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        tracker.close()
+
+
+def test_read_only_tracker_never_writes(tmp_path):
+    path = tmp_path / "metrics.sqlite"
+    writer = Tracker(str(path))
+    writer.record_transfer("b", 4 * MiB, 0.5)
+    writer.close()
+    before = path.read_bytes()
+    reader = Tracker(str(path), read_only=True)
+    try:
+        assert reader.estimate("b") == (None, pytest.approx(8 * MiB))
+        with pytest.raises(PermissionError):
+            reader.record_failure("b")
+    finally:
+        reader.close()
+    assert path.read_bytes() == before
