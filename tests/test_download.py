@@ -9,9 +9,11 @@ start.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
 import time
@@ -23,9 +25,11 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
+from locproxy import observability
 from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
+from locproxy.tracker import Tracker
 from tests.faultserver import FaultServer, RefusingPort
 from tests.servers import run_gunicorn, sidecar_ini
 
@@ -432,6 +436,31 @@ def test_filter_in_pipeline_serves_and_falls_back(tmp_path: Path):
     assert app.get(f"/v2/images/{unreadable}/file").body == DATA
     assert api.calls["GET file"] == before + 1
     assert app.get(f"/v2/images/{served}/file", headers={"Range": "bytes=-5"}, status=206).body == DATA[-5:]
+
+
+class BrokenTracker(Tracker):
+    """Every bookkeeping call fails, as a bug or a broken store would."""
+
+    def _update(self, key: str, apply: Any) -> Any:
+        raise RuntimeError("bookkeeping is broken")
+
+
+def test_broken_bookkeeping_never_fails_a_download(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(observability, "_recorder_logged_at", float("-inf"))  # not logged by an earlier test
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "img").write_bytes(DATA)
+    api = DemoImageAPI()
+    settings = dataclasses.replace(load_filter_settings({}, {"file_roots": str(root)}), tracker=BrokenTracker())
+    app = TestApp(LocationFilter(api, settings), lint=True)
+    image_id = api.add_image(data=DATA, locations=[location(f"file://{root}/missing", "disk"),
+                                                   location(f"file://{root}/img", "disk")])
+    with caplog.at_level(logging.WARNING, logger="locproxy.observability"):
+        for _ in range(3):
+            assert app.get(f"/v2/images/{image_id}/file").body == DATA
+    warnings = [record for record in caplog.records if "bookkeeping failed" in record.getMessage()]
+    assert len(warnings) == 1, "logged once, not per event"
 
 
 @pytest.mark.parametrize(

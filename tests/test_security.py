@@ -755,6 +755,61 @@ def test_json_patch_junk_gets_the_upstreams_refusal(body: str) -> None:
     assert response.json == {"error": "bad patch"}
 
 
+# -- JSON-patch over real sockets: never the wrong copy ------------------------------------
+
+PATCH_HEADERS = {"Content-Type": "application/openstack-images-v2.1-json-patch", "X-Auth-Token": "patcher"}
+
+
+def three_copies(lab: SecurityLab) -> tuple[str, list[str]]:
+    """An image whose copies are, upstream, fs1, fs2, web."""
+    urls = [f"file://{lab.root}/image", f"file://{lab.root}/copy-{os.urandom(4).hex()}", lab.web.url("/image")]
+    image_id = lab.api.add_image(data=DATA, locations=[location(url, store) for url, store in
+                                                       zip(urls, ["fs1", "fs2", "web"])])
+    return image_id, urls
+
+
+def remove_location(port: int, image_id: str, index: int, query: str = "") -> Fetched:
+    return fetch(port, f"/v2/images/{image_id}{query}", "PATCH", headers=PATCH_HEADERS,
+                 body=json.dumps([{"op": "remove", "path": f"/locations/{index}"}]).encode())
+
+
+def test_json_patch_with_prefer_removes_the_copy_the_client_saw(lab: SecurityLab) -> None:
+    """The reported data loss, through the real sidecar: ?prefer=web showed
+    web at 0; removing /locations/0 must remove web, not fs1."""
+    image_id, urls = three_copies(lab)
+    shown = lab.get(f"/v2/images/{image_id}?prefer=web", headers={"X-Auth-Token": "patcher"}).json()
+    assert [item["url"] for item in shown["locations"]] == [urls[2], urls[0], urls[1]]
+    result = remove_location(lab.sidecar.port, image_id, 0, "?prefer=web")
+    assert result.status == 200, result.describe()
+    assert [item["url"] for item in lab.api.image(image_id)["locations"]] == urls[:2], "web is gone, fs1 kept"
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-metrics-file", "no-shared-file"])
+def test_json_patch_read_on_one_worker_applied_on_another(lab: SecurityLab, tmp_path: Path, shared: bool) -> None:
+    """Two sidecar processes of one node (gunicorn workers, or two masters):
+    with a shared metrics_file the second knows what the first showed; without
+    one it cannot know, and refuses with 409 rather than guess."""
+    options = {"location_strategy": "store_type", "store_type_preference": "http", "file_roots": str(lab.root),
+               "allowed_hosts": f"127.0.0.1:{lab.web.port}"}
+    inis = []
+    for name in ("one", "two"):
+        extra = {"metrics_file": tmp_path / "metrics.sqlite"} if shared else {}
+        inis.append(sidecar_ini(tmp_path / f"{name}.ini", lab.upstream_url, {**options, **extra}))
+    image_id, urls = three_copies(lab)
+    with run_gunicorn(inis[0]) as one, run_gunicorn(inis[1]) as two:
+        shown = fetch(one.port, f"/v2/images/{image_id}", headers={"X-Auth-Token": "patcher"}).json()
+        assert [item["url"] for item in shown["locations"]] == [urls[2], urls[0], urls[1]]
+        result = remove_location(two.port, image_id, 0)
+    remaining = [item["url"] for item in lab.api.image(image_id)["locations"]]
+    if shared:
+        assert result.status == 200, result.describe()
+        assert remaining == urls[:2], "web, shown at 0 by the other worker, is gone"
+    else:
+        assert result.status == 409, result.describe()
+        assert "Read the image again" in result.json()["error"]["message"]
+        assert remaining == urls, "nothing removed"
+
+
 @pytest.mark.parametrize("index", ["01", "001", "+1", " 1", "1" * 5000])
 def test_patch_index_glance_reads_as_a_number_hits_the_copy_the_client_saw(index: str) -> None:
     api = DemoImageAPI()
