@@ -30,10 +30,10 @@ import time
 import timeit
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from bench import apps, images, measure, servers
-from bench.images import GiB, MiB, ImageFile
+from bench.images import GiB, ImageFile, MiB
 from bench.measure import Stat
 
 ALL_ROWS = ("file", "http", "concurrent", "fallback", "show_sidecar", "show_filter", "rewrite", "rss", "failover")

@@ -1,9 +1,12 @@
 """The ``locproxy`` command.
 
-``locproxy order``  reorders image JSON read on stdin with the same functions
-                    the server uses (no server, no webob).
-``locproxy demo``   starts a demo image API on loopback with locproxy in
-                    front, and prints commands to try.
+``locproxy order``   reorders image JSON read on stdin with the same functions
+                     the server uses (no server, no webob).
+``locproxy stats``   prints what a node learnt about each backend.
+``locproxy config``  prints the sidecar's paste ini, to copy and edit.
+``locproxy serve``   runs the sidecar (gunicorn) in front of an image API.
+``locproxy demo``    starts a demo image API on loopback with locproxy in
+                     front, and prints commands to try.
 """
 
 from __future__ import annotations
@@ -44,6 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
     stats.set_defaults(run=_stats)
+
+    config = commands.add_parser(
+        "config",
+        help="print the sidecar's paste ini",
+        description="Print the paste ini the sidecar runs (locproxy filter + proxy app), "
+        "to copy, edit and run with gunicorn --paste.",
+    )
+    config.add_argument("--path", action="store_true", help="print where the packaged file is instead")
+    config.set_defaults(run=_config)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the sidecar in front of an image API (gunicorn)",
+        description="Run gunicorn with the packaged sidecar configuration. Options after -- go to gunicorn "
+        "(e.g. -- --bind 0.0.0.0:9393 --workers 4).",
+    )
+    serve.add_argument("--upstream", required=True, help="the image API, e.g. http://127.0.0.1:9292")
+    serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                       help="a filter option (as in the ini's [DEFAULT]), e.g. file_roots=/var/lib/glance/images")
+    serve.add_argument("--paste", help="another paste ini to run instead of the packaged one")
+    serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="-- then options for gunicorn")
+    serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
     demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
@@ -95,29 +120,44 @@ def _order(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     import os
-    import time
 
-    from locproxy.tracker import Tracker, iter_table
+    from locproxy.tracker import read_table
 
     if not os.path.isfile(args.metrics_file):
         print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
         return 2
-    tracker = Tracker(args.metrics_file, read_only=True)  # never writes: a read-only file is fine
-    try:
-        rows = list(iter_table(tracker.stats(), time.time()))
-    finally:
-        tracker.close()
-    header = ("backend", "first byte", "throughput", "downloads", "failures", "state")
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    if not rows:
-        print("(nothing learnt yet)")
+    print(read_table(args.metrics_file))  # read-only: a read-only file is fine
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from locproxy.sidecar import PASTE_INI
+
+    print(PASTE_INI if args.path else PASTE_INI.read_text(), end="\n" if args.path else "")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from locproxy.sidecar import PASTE_INI, sidecar_command
+
+    options = {"upstream": args.upstream}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            print(f"locproxy serve: --set {item!r}: expected OPTION=VALUE", file=sys.stderr)
+            return 2
+        options[name.strip()] = value.strip()
+    extra = args.gunicorn_args[1:] if args.gunicorn_args[:1] == ["--"] else args.gunicorn_args
+    command = sidecar_command(options, extra, Path(args.paste) if args.paste else PASTE_INI)
+    os.execv(command[0], command)  # gunicorn takes over this process: its signals, its exit status
+    return 0  # pragma: no cover - not reached
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from locproxy.demo_run import run_demo
+    from locproxy.demo.runner import run_demo
 
     return run_demo(port=args.port, workdir=args.workdir, check=args.check)
 

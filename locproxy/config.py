@@ -1,9 +1,12 @@
-"""Configuration: every paste option parsed and validated once, at load.
+"""The filter's configuration: every paste option parsed and validated once, at load.
 
-``load_filter_settings`` and ``load_proxy_settings`` turn the string options
-of a paste ini section into frozen settings objects. Errors are ``ConfigError``
-(a ``ValueError``) naming the option, the bad value and the valid choices, so a
-bad deployment fails when the server starts, never on a request.
+``load_filter_settings`` turns the string options of a paste ini section
+(plus a ``config_file``'s, on reloads) into a frozen ``FilterSettings``: a few
+nested groups that compare with ``==``, so the shell can tell what a reload
+changed. Errors are ``ConfigError`` (a ``ValueError``) naming the option, the
+bad value and the valid choices, so a bad deployment fails when the server
+starts, never on a request. (The sidecar proxy app has its own few options,
+in ``locproxy.proxy``.)
 """
 
 from __future__ import annotations
@@ -11,147 +14,111 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
-from urllib.parse import urlsplit
 
-from locproxy import strategies
+from locproxy import observability, strategies
+from locproxy.guards import AllowedHosts, FileRoots
 from locproxy.options import (
     ConfigError,
     MiB,
     parse_bool,
     parse_count,
     parse_list,
+    parse_readable_file,
     parse_seconds,
     parse_size,
+    reject_unknown,
 )
-from locproxy import observability
 from locproxy.shown import ShownOrders
 from locproxy.strategies import Selector
 from locproxy.tracker import HealthRule, Tracker
 
+__all__ = ["ConfigError", "FilterSettings", "load_filter_settings"]
+
 T = TypeVar("T")
-
-__all__ = ["ConfigError", "FilterSettings", "ProxySettings", "load_filter_settings", "load_proxy_settings"]
-
-
-# -- deployment parsers: (option, raw value) -> parsed value -------------------
-
-def parse_http_url(option: str, value: Any) -> str:
-    url = str(value).strip().rstrip("/")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # ValueError if not a number in 0-65535
-    except ValueError:
-        raise ConfigError(f"{option}: {value!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        raise ConfigError(f"{option}: expected an http:// or https:// URL with a host, got {value!r}")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError(f"{option}: must not carry credentials, a query or a fragment")
-    return url
-
-
-def parse_file_roots(option: str, value: Any) -> tuple[str, ...]:
-    roots = []
-    for item in parse_list(option, value):
-        if not os.path.isabs(item):
-            raise ConfigError(f"{option}: {item!r} is not an absolute path")
-        if not os.path.isdir(item):
-            raise ConfigError(f"{option}: {item!r} is not a directory")
-        # Resolved once here; backends compare resolved paths against these.
-        roots.append(os.path.realpath(item))
-    return tuple(roots)
-
-
-_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::\d{1,5})?$")
-
-
-def parse_hosts(option: str, value: Any) -> frozenset[str]:
-    """``host`` (any port) or ``host:port`` items; IPv6 literals in brackets."""
-    hosts = set()
-    for item in parse_list(option, value):
-        if not _HOST.match(item):
-            raise ConfigError(
-                f"{option}: {item!r} is not host, host:port or [ipv6]:port (no scheme, no path)"
-            )
-        hosts.add(item.lower())
-    return frozenset(hosts)
-
-
-def _one_of(option: str, value: Any, valid: tuple[str, ...]) -> str:
-    text = str(value).strip()
-    if text not in valid:
-        raise ConfigError(f"{option}: unknown value {text!r}; valid choices: {', '.join(valid)}")
-    return text
-
-
-def _choices(option: str, valid: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
-    def parse(option: str, value: Any) -> tuple[str, ...]:
-        items = parse_list(option, value)
-        bad = [item for item in items if item not in valid]
-        if bad:
-            raise ConfigError(f"{option}: unknown value {bad[0]!r}; valid choices: {', '.join(valid)}")
-        return items
-
-    return parse
 
 
 # -- settings -----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class FilterSettings:
-    """Settings of the ``locproxy`` filter: selection, rewriting and downloads."""
+class SelectionSettings:
+    """Which copy is best, and how image JSON shows it."""
 
     selector: Selector = field(default_factory=Selector)
-    # Rewriting.
     add_direct_url: bool = False
+    max_rewrite_size: int = 16 * MiB
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """What may be read, and what each client may see."""
+
+    file_roots: FileRoots = FileRoots()
+    allowed_hosts: AllowedHosts = AllowedHosts()
+    backend_ca_file: str = ""
+    download_authorization: str = "show"
     scrub_credentials: bool = False
     locations_visible_to_roles: tuple[str, ...] = ()
     hidden_fields: tuple[str, ...] = ("locations", "direct_url")
     roles_header: str = "X-Roles"
-    max_rewrite_size: int = 16 * MiB
-    # Downloads.
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """How backends are read."""
+
     serve_downloads: bool = True
-    file_roots: tuple[str, ...] = ()
-    allowed_hosts: frozenset[str] = frozenset()
     chunk_size: int = 1 * MiB
-    backend_connect_timeout: float = 5.0
-    backend_read_timeout: float = 30.0
-    backend_pool_maxsize: int = 32
-    backend_ca_file: str = ""
-    backend_first_byte_timeout: float = 10.0
-    backend_min_rate: int = 64 * 1024  # bytes per second; 0: no minimum
-    backend_rate_window: float = 10.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    first_byte_timeout: float = 10.0
+    min_rate: int = 64 * 1024  # bytes per second; 0: no minimum
+    rate_window: float = 10.0
+    pool_maxsize: int = 32
     verify_checksums: bool = True
-    download_authorization: str = "show"
-    # Learning and health (see locproxy.tracker).
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """What this node learns and remembers (see locproxy.tracker, locproxy.shown)."""
+
     metrics_file: str = ""
     failure_threshold: int = 3
     cooldown: float = 30.0
     max_cooldown: float = 600.0
     probe_interval: float = 0.0  # 0: no active probing
     probe_size: int = 64 * 1024
-    tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
-    # JSON-patch translation (see locproxy.shown).
     shown_order_ttl: float = 3600.0
-    shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
-    # Observability.
+
+    @property
+    def rule(self) -> HealthRule:
+        return HealthRule(failure_threshold=self.failure_threshold, cooldown=self.cooldown,
+                          max_cooldown=max(self.max_cooldown, self.cooldown))
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
     healthcheck_path: str = ""
     metrics_path: str = ""
 
-    @property
-    def hides_locations(self) -> bool:
-        return bool(self.locations_visible_to_roles)
 
+@dataclass(frozen=True)
+class FilterSettings:
+    """Settings of the ``locproxy`` filter, and the stores they opened."""
+
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    backends: BackendSettings = field(default_factory=BackendSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
+    shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
+
+
+# -- option parsers of the filter ------------------------------------------------
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
-
-
-def parse_readable_file(option: str, value: Any) -> str:
-    path = str(value).strip()
-    if not os.path.isabs(path) or not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ConfigError(f"{option}: {value!r} is not a readable file (absolute path)")
-    return path
 
 
 def parse_writable_file(option: str, value: Any) -> str:
@@ -188,83 +155,116 @@ def parse_header_name(option: str, value: Any) -> str:
     return name
 
 
-# Option name (= FilterSettings field) -> parser. Strategy options are handled
+def one_of(*valid: str) -> Callable[[str, Any], str]:
+    def parse(option: str, value: Any) -> str:
+        text = str(value).strip()
+        if text not in valid:
+            raise ConfigError(f"{option}: unknown value {text!r}; valid choices: {', '.join(valid)}")
+        return text
+
+    return parse
+
+
+def some_of(*valid: str) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(option: str, value: Any) -> tuple[str, ...]:
+        items = parse_list(option, value)
+        bad = [item for item in items if item not in valid]
+        if bad:
+            raise ConfigError(f"{option}: unknown value {bad[0]!r}; valid choices: {', '.join(valid)}")
+        return items
+
+    return parse
+
+
+def _seconds_or_off(option: str, value: Any) -> float:
+    return 0.0 if str(value).strip() == "0" else parse_seconds(option, value)
+
+
+# Option -> (settings group, field, parser). Strategy options are handled
 # separately: the Selector validates them.
-_FILTER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
-    "add_direct_url": parse_bool,
-    "scrub_credentials": parse_bool,
-    "locations_visible_to_roles": parse_list,
-    "hidden_fields": _choices("hidden_fields", ("locations", "direct_url")),
-    "roles_header": parse_header_name,
-    "max_rewrite_size": parse_size,
-    "serve_downloads": parse_bool,
-    "file_roots": parse_file_roots,
-    "allowed_hosts": parse_hosts,
-    "chunk_size": parse_size,
-    "backend_connect_timeout": parse_seconds,
-    "backend_read_timeout": parse_seconds,
-    "backend_pool_maxsize": parse_count,
-    "backend_ca_file": parse_readable_file,
-    "backend_first_byte_timeout": parse_seconds,
-    "backend_min_rate": lambda option, value: parse_size(option, value, minimum=0),
-    "backend_rate_window": parse_seconds,
-    "verify_checksums": parse_bool,
-    "download_authorization": lambda option, value: _one_of(option, value, ("show", "file")),
-    "metrics_file": parse_writable_file,
-    "failure_threshold": parse_count,
-    "cooldown": parse_seconds,
-    "max_cooldown": parse_seconds,
-    "probe_interval": lambda option, value: 0.0 if str(value).strip() == "0" else parse_seconds(option, value),
-    "probe_size": parse_size,
-    "shown_order_ttl": parse_seconds,
-    "healthcheck_path": parse_path,
-    "metrics_path": parse_path,
+_FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
+    "add_direct_url": ("selection", "add_direct_url", parse_bool),
+    "max_rewrite_size": ("selection", "max_rewrite_size", parse_size),
+    "file_roots": ("security", "file_roots", FileRoots.parse),
+    "allowed_hosts": ("security", "allowed_hosts", AllowedHosts.parse),
+    "backend_ca_file": ("security", "backend_ca_file", parse_readable_file),
+    "download_authorization": ("security", "download_authorization", one_of("show", "file")),
+    "scrub_credentials": ("security", "scrub_credentials", parse_bool),
+    "locations_visible_to_roles": ("security", "locations_visible_to_roles", parse_list),
+    "hidden_fields": ("security", "hidden_fields", some_of("locations", "direct_url")),
+    "roles_header": ("security", "roles_header", parse_header_name),
+    "serve_downloads": ("backends", "serve_downloads", parse_bool),
+    "chunk_size": ("backends", "chunk_size", parse_size),
+    "backend_connect_timeout": ("backends", "connect_timeout", parse_seconds),
+    "backend_read_timeout": ("backends", "read_timeout", parse_seconds),
+    "backend_first_byte_timeout": ("backends", "first_byte_timeout", parse_seconds),
+    "backend_min_rate": ("backends", "min_rate", lambda option, value: parse_size(option, value, minimum=0)),
+    "backend_rate_window": ("backends", "rate_window", parse_seconds),
+    "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
+    "verify_checksums": ("backends", "verify_checksums", parse_bool),
+    "metrics_file": ("health", "metrics_file", parse_writable_file),
+    "failure_threshold": ("health", "failure_threshold", parse_count),
+    "cooldown": ("health", "cooldown", parse_seconds),
+    "max_cooldown": ("health", "max_cooldown", parse_seconds),
+    "probe_interval": ("health", "probe_interval", _seconds_or_off),
+    "probe_size": ("health", "probe_size", parse_size),
+    "shown_order_ttl": ("health", "shown_order_ttl", parse_seconds),
+    "healthcheck_path": ("observability", "healthcheck_path", parse_path),
+    "metrics_path": ("observability", "metrics_path", parse_path),
 }
 
-_TRACKER_OPTIONS = ("metrics_file", "failure_threshold", "cooldown", "max_cooldown")
-_SHOWN_OPTIONS = ("metrics_file", "shown_order_ttl")
-
-# Keys paste puts in every section's configuration.
-_PASTE_KEYS = {"here", "__file__", "__name__"}
+_GROUPS = {"selection": SelectionSettings, "security": SecuritySettings, "backends": BackendSettings,
+           "health": HealthSettings, "observability": ObservabilitySettings}
 
 
-def _strategy_option_names() -> set[str]:
-    names = {"location_strategy"}
-    for name in strategies.strategy_names():
-        names |= strategies.strategy_options(name)
-    return names
-
+# -- loading --------------------------------------------------------------------
 
 def load_filter_settings(
     global_conf: Mapping[str, Any], local_conf: Mapping[str, Any], previous: FilterSettings | None = None
 ) -> FilterSettings:
     """Validate a paste filter section; unknown local options are errors (typos).
 
-    ``previous`` (on a reload): its tracker is kept while the tracker's
-    options are unchanged, so what was learnt in memory survives.
+    ``previous`` (on a reload): its tracker and shown orders are kept while
+    the options they were opened with are unchanged, so what was learnt in
+    memory survives.
     """
     strategy_keys = _strategy_option_names()
-    _reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
+    reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
     conf = {**global_conf, **local_conf}
-    values: dict[str, Any] = {}
-    for option, parse in _FILTER_OPTIONS.items():
+    values: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+    for option, (group, name, parse) in _FILTER_OPTIONS.items():
         if option in conf and str(conf[option]).strip() != "":
-            values[option] = parse(option, conf[option])
-    settings = FilterSettings(**values)
-    if previous is not None and _options(previous, _TRACKER_OPTIONS) == _options(settings, _TRACKER_OPTIONS):
-        tracker = previous.tracker
+            values[group][name] = parse(option, conf[option])
+    health = HealthSettings(**values["health"])
+    tracker, shown = _stores(health, previous)
+    return FilterSettings(
+        selection=SelectionSettings(selector=load_selector(conf, tracker), **values["selection"]),
+        security=SecuritySettings(**values["security"]),
+        backends=BackendSettings(**values["backends"]),
+        health=health,
+        observability=ObservabilitySettings(**values["observability"]),
+        tracker=tracker,
+        shown=shown,
+    )
+
+
+def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tracker, ShownOrders]:
+    """The tracker and the shown orders for ``health``: the previous ones
+    while their own options are unchanged, else opened anew (at load: a
+    metrics_file that cannot be used fails here, naming the option)."""
+    old = previous.health if previous is not None else None
+    if old is not None and (old.metrics_file, old.rule) == (health.metrics_file, health.rule):
+        tracker = previous.tracker  # type: ignore[union-attr]
     else:
-        rule = HealthRule(failure_threshold=settings.failure_threshold, cooldown=settings.cooldown,
-                          max_cooldown=max(settings.max_cooldown, settings.cooldown))
-        tracker = _open_metrics_file(lambda path: Tracker(path, rule, on_error=observability.bookkeeping_error),
-                                     settings.metrics_file)
-    if previous is not None and _options(previous, _SHOWN_OPTIONS) == _options(settings, _SHOWN_OPTIONS):
-        shown = previous.shown
+        tracker = _open_metrics_file(
+            lambda path: Tracker(path, health.rule, on_error=observability.bookkeeping_error), health.metrics_file)
+    if old is not None and (old.metrics_file, old.shown_order_ttl) == (health.metrics_file, health.shown_order_ttl):
+        shown = previous.shown  # type: ignore[union-attr]
     else:
         shown = _open_metrics_file(
-            lambda path: ShownOrders(path, settings.shown_order_ttl, on_error=observability.bookkeeping_error),
-            settings.metrics_file)
-    return replace(settings, tracker=tracker, shown=shown, selector=load_selector(conf, tracker))
+            lambda path: ShownOrders(path, health.shown_order_ttl, on_error=observability.bookkeeping_error),
+            health.metrics_file)
+    return tracker, shown
 
 
 def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:
@@ -274,8 +274,11 @@ def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:
         raise ConfigError(f"metrics_file: {path!r} cannot be used: {error}") from None
 
 
-def _options(settings: FilterSettings, names: tuple[str, ...]) -> tuple:
-    return tuple(getattr(settings, name) for name in names)
+def _strategy_option_names() -> set[str]:
+    names = {"location_strategy"}
+    for name in strategies.strategy_names():
+        names |= strategies.strategy_options(name)
+    return names
 
 
 def load_selector(conf: Mapping[str, Any], tracker: Tracker | None = None) -> Selector:
@@ -302,44 +305,3 @@ def _options_for(strategy: str, conf: Mapping[str, Any]) -> dict[str, Any]:
     """The options a strategy declares; all strategy options if it declares none."""
     declared = strategies.strategy_options(strategy) or _strategy_option_names() - {"location_strategy"}
     return {name: conf[name] for name in declared if name in conf}
-
-
-def _reject_unknown(local_conf: Mapping[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(local_conf) - known - _PASTE_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
-        )
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """Settings of the ``proxy`` app (the sidecar's upstream connection)."""
-
-    upstream: str
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    pool_maxsize: int = 32
-    chunk_size: int = 1 * MiB
-
-
-_PROXY_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
-    "upstream": parse_http_url,
-    "connect_timeout": parse_seconds,
-    "read_timeout": parse_seconds,
-    "pool_maxsize": parse_count,
-    "chunk_size": parse_size,
-}
-
-
-def load_proxy_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> ProxySettings:
-    _reject_unknown(local_conf, set(_PROXY_OPTIONS))
-    conf = {**global_conf, **local_conf}
-    if not str(conf.get("upstream") or "").strip():
-        raise ConfigError("upstream: required, e.g. upstream = http://127.0.0.1:9292")
-    values = {
-        option: parse(option, conf[option])
-        for option, parse in _PROXY_OPTIONS.items()
-        if option in conf and str(conf[option]).strip() != ""
-    }
-    return ProxySettings(**values)

@@ -20,7 +20,6 @@ carries that client's own credentials, so the upstream authorises it.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -36,31 +35,13 @@ from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
 from locproxy.shown import client_key
 from locproxy.strategies import strategy_names
+from locproxy.upstream import ImageRequests
 
 LOG = logging.getLogger(__name__)
 
 # SCRIPT_NAME + PATH_INFO of the image API paths locproxy handles. Inside
 # Glance's urlmap SCRIPT_NAME may already hold "/v2", hence the whole path.
 _IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images(?:/(?P<image_id>[^/]+)(?P<sub>/file|/locations)?)?/?$")
-
-# Headers a subrequest must not inherit from the client's request: its body,
-# conditions and ranges belong to the original request only.
-_SUBREQUEST_DROP = (
-    "CONTENT_TYPE",
-    "CONTENT_LENGTH",
-    "HTTP_TRANSFER_ENCODING",
-    "HTTP_EXPECT",
-    "HTTP_RANGE",
-    "HTTP_IF_RANGE",
-    "HTTP_IF_MATCH",
-    "HTTP_IF_NONE_MATCH",
-    "HTTP_IF_MODIFIED_SINCE",
-    "HTTP_IF_UNMODIFIED_SINCE",
-    "HTTP_ACCEPT_ENCODING",
-    "RAW_URI",
-    "REQUEST_URI",
-)
-
 
 class LocationFilter:
     """WSGI middleware. ``settings`` is fixed, or a ``Reloading`` source that
@@ -72,7 +53,7 @@ class LocationFilter:
         initial = self._reloading.current() if self._reloading else settings
         assert isinstance(initial, FilterSettings)
         self._state = _State(initial, DownloadHandler(initial))
-        observability.show_strategy(initial.selector.strategy, strategy_names())
+        observability.show_strategy(initial.selection.selector.strategy, strategy_names())
 
     @property
     def settings(self) -> FilterSettings:
@@ -85,7 +66,7 @@ class LocationFilter:
             settings = self._reloading.current()
             if settings is not state.settings:
                 state = self._state = _State(settings, state.downloads.for_settings(settings))
-                observability.show_strategy(settings.selector.strategy, strategy_names())
+                observability.show_strategy(settings.selection.selector.strategy, strategy_names())
         return state
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
@@ -94,9 +75,12 @@ class LocationFilter:
         match = _IMAGE_PATH.match(path)
         if match is None:
             if environ["REQUEST_METHOD"] == "GET" and path:
-                if path == state.settings.healthcheck_path:
-                    return observability.healthcheck_response(state.settings)(environ, start_response)
-                if path == state.settings.metrics_path:
+                settings = state.settings
+                if path == settings.observability.healthcheck_path:
+                    response = observability.healthcheck_response(
+                        settings.selection.selector.strategy, settings.tracker, settings.shown)
+                    return response(environ, start_response)
+                if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)
             return self.app(environ, start_response)  # not ours: no request object, no cost
         return self._image_request(Request(environ), state, match)(environ, start_response)
@@ -110,7 +94,7 @@ class LocationFilter:
         except UnicodeDecodeError:
             return json_error(400, "The query string is not valid UTF-8.")
         if sub == "/file":
-            if state.settings.serve_downloads and method in ("GET", "HEAD"):
+            if state.settings.backends.serve_downloads and method in ("GET", "HEAD"):
                 observability.request("download")
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
                 response = state.downloads(req, image, state.settings, prefer)
@@ -146,11 +130,11 @@ class LocationFilter:
             observability.rewrite("passed_through")
             return resp
         try:
-            body = bodies.read_bounded(resp, settings.max_rewrite_size)
+            body = bodies.read_bounded(resp, settings.selection.max_rewrite_size)
         except bodies.BodyBroken as error:
             LOG.warning("upstream response for %s broke off while being read: %s", req.path, error)
             return json_error(502, "The image API's response ended before it was complete.")
-        plain = None if body is None else bodies.plain_body(resp, body, settings.max_rewrite_size)
+        plain = None if body is None else bodies.plain_body(resp, body, settings.selection.max_rewrite_size)
         new, document = (None, None) if plain is None else rewrite.rewrite_body(plain, kind, policy)
         # What this client now sees, so its JSON-patch indexes can be translated.
         settings.shown.remember(client_key(req.headers), rewrite.shown_orders(document, kind, image_id))
@@ -158,7 +142,7 @@ class LocationFilter:
             observability.rewrite("unchanged" if plain is not None else "passed_through")
             return resp
         observability.rewrite("rewritten")
-        LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selector.strategy)
+        LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selection.selector.strategy)
         resp.content_encoding = None
         resp.etag = None
         resp.content_md5 = None
@@ -172,7 +156,7 @@ class LocationFilter:
         response to send instead of forwarding, or None to go on."""
         if req.content_type not in rewrite.JSON_PATCH_TYPES:
             return None
-        limit = settings.max_rewrite_size
+        limit = settings.selection.max_rewrite_size
         if req.content_length is not None and req.content_length > limit:
             return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
         raw = req.body_file.read(limit + 1)
@@ -221,57 +205,19 @@ class _State(NamedTuple):
 
 def rewrite_policy(req: Request, settings: FilterSettings, prefer: tuple[str, ...]) -> rewrite.RewritePolicy:
     """How to rewrite this client's responses: its ``prefer``, what it may see."""
+    security = settings.security
     hide: tuple[str, ...] = ()
-    if settings.hides_locations:
-        roles = {role.strip().lower() for role in req.headers.get(settings.roles_header, "").split(",")}
-        if not roles & {role.lower() for role in settings.locations_visible_to_roles}:
-            hide = settings.hidden_fields
+    if security.locations_visible_to_roles:
+        roles = {role.strip().lower() for role in req.headers.get(security.roles_header, "").split(",")}
+        if not roles & {role.lower() for role in security.locations_visible_to_roles}:
+            hide = security.hidden_fields
     return rewrite.RewritePolicy(
-        selector=settings.selector,
+        selector=settings.selection.selector,
         prefer=prefer,
-        add_direct_url=settings.add_direct_url,
-        scrub_credentials=settings.scrub_credentials,
+        add_direct_url=settings.selection.add_direct_url,
+        scrub_credentials=security.scrub_credentials,
         hide=hide,
     )
-
-
-class ImageRequests:
-    """Subrequests about one image, made to the wrapped app as the client:
-    the same environ (credentials, auth context) with its own method and path,
-    no body and no conditions, so the upstream authorises each one."""
-
-    def __init__(self, app: Callable, req: Request, base: str, image_id: str) -> None:
-        self.app = app
-        self.req = req
-        self.image_id = image_id
-        self.path = f"{base}/v2/images/{image_id}"
-
-    def show(self) -> Response:
-        """``GET /v2/images/{id}``, as JSON whatever the original request accepted."""
-        return self._call("GET", self.path, {"Accept": "application/json"})
-
-    def download(self, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
-        """``GET /v2/images/{id}/file`` (with e.g. a ``Range``), streamed."""
-        return self._call(method, self.path + "/file", headers)
-
-    def _call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
-        original = self.req.environ
-        script_name = original.get("SCRIPT_NAME", "")
-        # webob caches the parsed request under "webob.*" keys: stale for a
-        # subrequest, except the ad-hoc attributes, where apps keep state such
-        # as Glance's request context (req.context), which must carry over.
-        environ = {
-            key: value
-            for key, value in original.items()
-            if key not in _SUBREQUEST_DROP and not key.startswith("webob.")
-        }
-        if "webob.adhoc_attrs" in original:
-            environ["webob.adhoc_attrs"] = dict(original["webob.adhoc_attrs"])
-        environ.update(REQUEST_METHOD=method, PATH_INFO=path[len(script_name):], QUERY_STRING="")
-        environ["wsgi.input"] = io.BytesIO(b"")
-        for name, value in (headers or {}).items():
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
-        return Request(environ).get_response(self.app)
 
 
 def request_prefer(req: Request) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 Metric labels are bounded: backends are named by ``backend_label`` (scheme and
 allowed host, or ``file``: never a path, never credentials) and failure
-reasons by a small fixed set of categories.
+reasons by ``locproxy.transport.Failure``, a small fixed set of kinds.
 
 Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an
 empty directory before starting it, and use ``etc/gunicorn.conf.py`` (its
@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from webob import Response
 
+from locproxy.failures import Failure
+
 if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.config import FilterSettings
+    from locproxy.shown import ShownOrders
     from locproxy.tracker import Tracker
 
 LOG = logging.getLogger(__name__)
@@ -41,26 +43,6 @@ BOOKKEEPING_ERRORS = Counter("locproxy_bookkeeping_errors", "Failures of the met
                              "without it)", ["what"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
-
-# Reason text (locproxy.backends) -> a bounded label value.
-_REASONS = (
-    ("refused", "refused"),
-    ("timeout", "timeout"),
-    ("HTTP ", "http_status"),
-    ("redirect", "http_status"),
-    ("not found", "missing"),
-    ("size", "size_mismatch"),
-    ("mismatch", "size_mismatch"),
-    ("ended early", "truncated"),
-    ("reset", "reset"),
-    ("closed", "closed"),
-    ("pool", "pool_exhausted"),
-    ("checksum", "checksum_mismatch"),
-    ("no response within", "timeout"),
-    ("slower than", "too_slow"),
-    ("content-coded", "bad_response"),
-)
-
 
 _children: dict[tuple[Any, str], Any] = {}
 
@@ -83,13 +65,6 @@ def rewrite(result: str) -> None:
 
 def bookkeeping_error(what: str) -> None:
     _child(BOOKKEEPING_ERRORS, what).inc()
-
-
-def reason_category(reason: str) -> str:
-    for fragment, category in _REASONS:
-        if fragment in reason:
-            return category
-    return "other"
 
 
 def _never_raises(method: Callable[..., None]) -> Callable[..., None]:
@@ -129,15 +104,15 @@ class Recorder:
         self.tracker.record_first_byte(key, seconds)
 
     @_never_raises
-    def failed(self, key: str, label: str, reason: str) -> None:
-        BACKEND_FAILURES.labels(label, reason_category(reason)).inc()
+    def failed(self, key: str, label: str, kind: Failure) -> None:
+        BACKEND_FAILURES.labels(label, kind.value).inc()
         if self.tracker.record_failure(key).demoted(time.time()):
             DEMOTED.labels(label).set(1)
 
     @_never_raises
     def corrupt(self, key: str, copy_key: str, label: str, image_id: str) -> None:
         """Bytes from this copy did not match the image's digest."""
-        BACKEND_FAILURES.labels(label, "checksum_mismatch").inc()
+        BACKEND_FAILURES.labels(label, Failure.CHECKSUM_MISMATCH.value).inc()
         backend, _copy = self.tracker.record_corrupt(key, copy_key, image_id)
         if backend.demoted(time.time()):
             DEMOTED.labels(label).set(1)
@@ -172,17 +147,17 @@ def metrics_response() -> Response:
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
 
 
-def healthcheck_response(settings: FilterSettings) -> Response:
+def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders) -> Response:
     """Cheap and local: no upstream call. Counts what the health rule demotes
     (``locproxy stats`` names them) and says when the metrics_file fails
     (downloads go on: still 200). This endpoint may be reachable by anyone:
     no names, paths or error texts."""
     now = time.time()
-    demoted = [key for key, stats in settings.tracker.stats().items() if stats.demoted(now)]
+    demoted = [key for key, stats in tracker.stats().items() if stats.demoted(now)]
     copies = sum(1 for key in demoted if "#" in key)
-    body: dict[str, Any] = {"status": "ok", "strategy": settings.selector.strategy,
+    body: dict[str, Any] = {"status": "ok", "strategy": strategy,
                             "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
-    if settings.tracker.degraded or settings.shown.degraded:
+    if tracker.degraded or shown.degraded:
         body["status"] = "degraded"
         body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,

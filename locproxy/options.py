@@ -1,4 +1,4 @@
-"""Option value parsers shared by the selection library and the config loader.
+"""Option value parsers shared by the selection library, the filter's and the proxy's configuration.
 
 Each parser takes the option's name (for the message) and a raw value (a
 string from an ini file, or a Python value from a caller) and returns the
@@ -8,8 +8,10 @@ Standard library only.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -127,3 +129,36 @@ def parse_count(option: str, value: Any, minimum: int = 1) -> int:
     if count < minimum:
         raise ConfigError(f"{option}: expected an integer >= {minimum}, got {value!r}")
     return count
+
+
+def parse_readable_file(option: str, value: Any) -> str:
+    path = str(value).strip()
+    if not os.path.isabs(path) or not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{option}: {value!r} is not a readable file (absolute path)")
+    return path
+
+
+def parse_http_url(option: str, value: Any) -> str:
+    """An ``http(s)://host[:port][/path]`` URL without credentials, query or fragment."""
+    url = str(value).strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError if not a number in 0-65535
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"{option}: expected an http:// or https:// URL with a host, got {value!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{option}: must not carry credentials, a query or a fragment")
+    return url
+
+
+#: Keys paste puts in every section's configuration.
+PASTE_KEYS = frozenset({"here", "__file__", "__name__"})
+
+
+def reject_unknown(local_conf: Mapping[str, Any], known: set[str]) -> None:
+    """Unknown options in a section of our own are typos: fail, naming them."""
+    unknown = sorted(set(local_conf) - known - PASTE_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}")

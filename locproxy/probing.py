@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Iterable
 
-from locproxy.backends import BackendError, Backends
+from locproxy.download.backends import BackendError, Backends
 
 LOG = logging.getLogger(__name__)
 

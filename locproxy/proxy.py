@@ -30,90 +30,67 @@ Trust caveats:
 from __future__ import annotations
 
 import logging
-import re
-import socket
-from http import HTTPStatus
+from dataclasses import dataclass
 from http.client import HTTPException
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
-from urllib.parse import quote, unquote_to_bytes, urlsplit
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    EmptyPoolError,
-    HTTPError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
-from urllib3.util import SKIP_HEADER
+from urllib3.exceptions import HTTPError
 
-from locproxy.config import ProxySettings, load_proxy_settings
-from locproxy.pools import LazyPoolManager, caused_by
+from locproxy.failures import Failure
+from locproxy.forwarding import (
+    NO_BODY_STATUSES,
+    ClientBodyError,
+    Environ,
+    forward_headers,
+    request_body,
+    request_target,
+    response_headers,
+    status_line,
+)
+from locproxy.options import ConfigError, MiB, parse_count, parse_http_url, parse_seconds, parse_size, reject_unknown
 from locproxy.responses import json_error
+from locproxy.transport import LazyPoolManager, classify, urlopen_retrying
+from locproxy.urls import netloc_label
 
 LOG = logging.getLogger(__name__)
 
-Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
-Headers = List[Tuple[str, str]]
 
-# RFC 9110 §7.6.1: Connection and the fields it names are meant for the
-# immediate connection only and must not be forwarded. The others are the
-# hop-by-hop fields in common use: Keep-Alive (RFC 9112 §9.3, historical),
-# Proxy-Connection (non-standard, still sent by old clients), TE and Trailer
-# (RFC 9110 §10.1.4, §6.6.2), Transfer-Encoding (RFC 9112 §6.1: framing of one
-# connection; we frame our own), Upgrade (RFC 9110 §7.8), and the proxy
-# authentication pair (RFC 9110 §11.7), which is addressed to this proxy.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Settings of the ``proxy`` app (the sidecar's upstream connection)."""
+
+    upstream: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    pool_maxsize: int = 32
+    chunk_size: int = 1 * MiB
+
+
+_PROXY_OPTIONS = {
+    "upstream": parse_http_url,
+    "connect_timeout": parse_seconds,
+    "read_timeout": parse_seconds,
+    "pool_maxsize": parse_count,
+    "chunk_size": parse_size,
+}
+
+
+def load_proxy_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> ProxySettings:
+    """Validate a paste app section once, at load (``ConfigError`` names the option)."""
+    reject_unknown(local_conf, set(_PROXY_OPTIONS))
+    conf = {**global_conf, **local_conf}
+    if not str(conf.get("upstream") or "").strip():
+        raise ConfigError("upstream: required, e.g. upstream = http://127.0.0.1:9292")
+    values = {
+        option: parse(option, conf[option])
+        for option, parse in _PROXY_OPTIONS.items()
+        if option in conf and str(conf[option]).strip() != ""
     }
-)
-
-# Request fields we set ourselves, whatever the client sent: framing is
-# decided from the WSGI environ, Host from configuration, and the
-# X-Forwarded-* fields describe this hop.
-_REPLACED_REQUEST_FIELDS = frozenset(
-    {"host", "content-length", "x-forwarded-proto", "x-forwarded-host"}
-)
-
-# RFC 9110 §9.3.2, §15.3.5, §15.4.5: no content in HEAD responses, 204, 304.
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-# RFC 3986 §3.3: pchar = unreserved / pct-encoded / sub-delims / ":" / "@".
-# quote() already leaves the unreserved characters alone.
-_PATH_SAFE = "/!$&'()*+,;=:@"
-
-# RFC 9112 §3.2.2: absolute-form request-target ("GET http://host/path").
-_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
-
-# RFC 9112 §5.2: a proxy replaces obs-fold (CRLF + whitespace) with a space.
-_OBS_FOLD = re.compile(r"\s*\r?\n[ \t]*")
-
-
-class ClientBodyError(Exception):
-    """The client's request body is invalid, ended early or could not be read.
-
-    Deliberately not an ``OSError``: urllib3 would report those as an upstream
-    fault ("Connection aborted") and we would answer 502 for the client's own
-    failure.
-    """
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    return ProxySettings(**values)
 
 
 class UpstreamBodyError(Exception):
@@ -123,6 +100,8 @@ class UpstreamBodyError(Exception):
     connection instead of finishing the response as if it were complete.
     """
 
+
+# Safe methods without a body (RFC 9110 section 9.2.1) may be sent again.
 
 # Safe methods without a body (RFC 9110 section 9.2.1) may be sent again.
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -192,32 +171,11 @@ class Proxy:
         # The pool's own urlopen with an origin-form target: PoolManager.urlopen
         # would re-parse the URL and remove dot segments, changing the path.
         pool = self._pools.get().connection_from_url(self._origin)
-        for attempt in (1, 2):
-            try:
-                return pool.urlopen(
-                    method,
-                    target,
-                    body=body,
-                    headers=headers,
-                    chunked=chunked,
-                    redirect=False,
-                    assert_same_host=False,
-                    preload_content=False,
-                    decode_content=False,
-                    release_conn=False,
-                    pool_timeout=self.settings.connect_timeout,
-                )
-            except ProtocolError:
-                # The connection broke before any status line: typically a
-                # pooled keep-alive connection the upstream closed just as it
-                # was reused (urllib3 discarded it). A bodiless safe request
-                # may go once more, on a new connection (RFC 9110 section 9.2.2).
-                # Timeouts are not retried.
-                if attempt == 2 or body is not None or method not in _RETRYABLE_METHODS:
-                    raise
-                LOG.debug("%s %s: upstream connection closed before answering; retrying once",
-                          method, _log_path(target))
-        raise AssertionError("unreachable")
+        return urlopen_retrying(
+            pool, method, target, body=body, headers=headers, chunked=chunked,
+            pool_timeout=self.settings.connect_timeout, label=_log_path(target),
+            replayable=lambda: body is None and method in _RETRYABLE_METHODS,
+        )
 
     def _respond(
         self,
@@ -226,7 +184,7 @@ class Proxy:
         target: str,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        has_body = method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
+        has_body = method != "HEAD" and upstream.status not in NO_BODY_STATUSES
         body = UpstreamResponseBody(upstream, self.settings.chunk_size, has_body, self._label, method, target)
         try:
             start_response(status_line(upstream), response_headers(upstream))
@@ -239,188 +197,6 @@ class Proxy:
 def app_factory(global_conf: dict[str, Any], **local_conf: Any) -> Proxy:
     """``paste.app_factory``: ``use = egg:locproxy#proxy`` with ``upstream = ...``."""
     return Proxy(load_proxy_settings(global_conf, local_conf))
-
-
-# -- request ------------------------------------------------------------------
-
-def request_target(environ: Environ) -> str:
-    """The origin-form target to send upstream: ``/path[?query]``.
-
-    The raw target the server received (gunicorn's ``RAW_URI``, else
-    ``REQUEST_URI``) keeps escapes such as ``%2F`` that PATH_INFO has lost, so
-    it is preferred, but only while it still names the same path: middleware
-    and subrequests change SCRIPT_NAME/PATH_INFO and leave it stale. The query
-    always comes from QUERY_STRING (already raw in WSGI), which middleware may
-    have edited too.
-    """
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    raw_path = _raw_path(environ)
-    if raw_path is None or _wsgi_unquote(raw_path) != path:
-        raw_path = _quote_wsgi_path(path)
-    query = environ.get("QUERY_STRING", "")
-    return f"{raw_path}?{query}" if query else raw_path
-
-
-def _raw_path(environ: Environ) -> str | None:
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if not raw:
-        return None
-    raw = _ABSOLUTE_FORM.sub("", raw).split("#", 1)[0].split("?", 1)[0]
-    # Only origin-form ("/...") is forwarded as is; "*" and the like are rebuilt.
-    return raw if raw.startswith("/") else None
-
-
-def _wsgi_unquote(raw_path: str) -> str:
-    # WSGI (PEP 3333) strings carry bytes decoded as latin-1.
-    return unquote_to_bytes(raw_path).decode("latin-1")
-
-
-def _quote_wsgi_path(path: str) -> str:
-    try:
-        data = path.encode("latin-1")
-    except UnicodeEncodeError:  # not a proper WSGI string; UTF-8 is the best guess
-        data = path.encode("utf-8")
-    quoted = quote(data, safe=_PATH_SAFE)
-    return quoted if quoted.startswith("/") else "/" + quoted
-
-
-def connection_tokens(value: str | None) -> set[str]:
-    """Lower-cased field names listed in a Connection header (RFC 9110 §7.6.1)."""
-    return {token.strip().lower() for token in (value or "").split(",") if token.strip()}
-
-
-def forward_headers(environ: Environ, upstream_host: str) -> dict[str, str]:
-    """Request headers for the upstream: the client's end-to-end fields plus
-    Host, X-Forwarded-For/-Proto/-Host. Framing fields are added by
-    ``request_body``."""
-    dropped = HOP_BY_HOP | _REPLACED_REQUEST_FIELDS | connection_tokens(environ.get("HTTP_CONNECTION"))
-    headers: dict[str, str] = {"Host": upstream_host}
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                continue  # some servers duplicate these; CONTENT_* are authoritative
-            name = key[5:].replace("_", "-").title()
-        elif key == "CONTENT_TYPE" and value:
-            name = "Content-Type"
-        else:
-            continue
-        if name.lower() not in dropped:
-            headers[name] = value
-    # Don't let urllib3 add headers the client did not send (RFC 9110 §7.6:
-    # an intermediary forwards the request, it does not author one).
-    headers.setdefault("User-Agent", SKIP_HEADER)
-    headers.setdefault("Accept-Encoding", SKIP_HEADER)
-    client = environ.get("REMOTE_ADDR")
-    if client:
-        previous = headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{previous}, {client}" if previous else client
-    headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
-    headers["X-Forwarded-Host"] = environ.get("HTTP_HOST") or _server_host(environ)
-    return headers
-
-
-def _server_host(environ: Environ) -> str:
-    name, port = environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", "")
-    default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
-    return f"{name}:{port}" if port and port != default else name
-
-
-def request_body(environ: Environ, chunk_size: int) -> tuple[Any, dict[str, str], bool]:
-    """``(body, framing headers, chunked)`` for urllib3, streaming.
-
-    With a Content-Length the body is a reader limited to it (WSGI forbids
-    reading past it); without one, a chunked upload (RFC 9112 §7.1) that the
-    server has already de-chunked (``wsgi.input_terminated``) is re-sent
-    chunked. Anything else has no body.
-    """
-    stream = environ.get("wsgi.input")
-    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
-    if length_text:
-        if not length_text.isdigit():
-            raise ClientBodyError(f"invalid Content-Length {length_text[:40]!r}")
-        length = int(length_text)
-        body = LimitedReader(stream, length) if length and stream is not None else None
-        return body, {"Content-Length": str(length)}, False
-    codings = connection_tokens(environ.get("HTTP_TRANSFER_ENCODING"))
-    if "chunked" in codings and stream is not None:
-        if not environ.get("wsgi.input_terminated"):
-            # The server hands us the raw stream with no end marker; reading
-            # it could swallow the next request or block forever.
-            # RFC 9110 §15.5.12: 411 asks for a Content-Length instead.
-            raise ClientBodyError("chunked request bodies are not supported by this server", 411)
-        return _input_chunks(stream, chunk_size), {}, True
-    return None, {}, False
-
-
-class LimitedReader:
-    """File-like view of ``wsgi.input`` that stops at ``length`` bytes and
-    raises ``ClientBodyError`` if the client sends fewer."""
-
-    def __init__(self, stream: Any, length: int) -> None:
-        self._stream = stream
-        self._remaining = length
-        self._length = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        wanted = self._remaining if size is None or size < 0 else min(size, self._remaining)
-        try:
-            data = self._stream.read(wanted)
-        except Exception as error:  # a reset client surfaces as OSError or a server error
-            raise ClientBodyError(f"reading the request body failed: {error}") from error
-        if not data:
-            raise ClientBodyError(
-                f"request body ended after {self._length - self._remaining} of {self._length} bytes"
-            )
-        self._remaining -= len(data)
-        return data
-
-
-def _input_chunks(stream: Any, chunk_size: int) -> Iterator[bytes]:
-    while True:
-        try:
-            data = stream.read(chunk_size)
-        except Exception as error:
-            raise ClientBodyError(f"reading the chunked request body failed: {error}") from error
-        if not data:
-            return
-        yield data
-
-
-# -- response -----------------------------------------------------------------
-
-def status_line(upstream: urllib3.BaseHTTPResponse) -> str:
-    """``"200 OK"``: the upstream's code and reason (a known phrase if empty)."""
-    reason = "".join(ch for ch in (upstream.reason or "") if ch == "\t" or " " <= ch != "\x7f").strip()
-    if not reason:
-        try:
-            reason = HTTPStatus(upstream.status).phrase
-        except ValueError:
-            reason = "Unknown"
-    return f"{upstream.status} {reason}"
-
-
-def response_headers(upstream: urllib3.BaseHTTPResponse) -> Headers:
-    """The upstream's header fields minus hop-by-hop ones.
-
-    Repeated fields (several Set-Cookie) stay separate and in their relative
-    order, which is the order that matters (RFC 9110 §5.3).
-    """
-    dropped = HOP_BY_HOP | connection_tokens(upstream.headers.get("Connection"))
-    if upstream.headers.get("Transfer-Encoding"):
-        # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored and
-        # must not be forwarded; the server re-frames the body itself.
-        dropped = dropped | {"content-length"}
-    elif upstream.status == 204:
-        # RFC 9110 §8.6: never a Content-Length on 204; some upstreams send
-        # one anyway and not every server strips it.
-        dropped = dropped | {"content-length"}
-    return [
-        (name, _OBS_FOLD.sub(" ", value))
-        for name, value in upstream.headers.iteritems()
-        if name.lower() not in dropped
-    ]
 
 
 class UpstreamResponseBody:
@@ -504,41 +280,30 @@ class UpstreamResponseBody:
 def upstream_label(url: str) -> str:
     """``host:port`` of the upstream, for logs and client-visible errors."""
     parts = urlsplit(url)
-    host = parts.hostname or "upstream"
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{host}:{port}"
+    return netloc_label(parts.hostname or "upstream", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+# Failure kind -> (status, message template): what a client is told when the
+# upstream fails before a response.
+_UPSTREAM_ERRORS = {
+    Failure.NAME_RESOLUTION: (502, "upstream {label} could not be resolved"),
+    Failure.REFUSED: (502, "upstream {label} refused the connection"),
+    Failure.UNREACHABLE: (502, "upstream {label} could not be reached"),
+    Failure.CONNECT_TIMEOUT: (504, "upstream {label} did not accept the connection within {connect:g}s"),
+    Failure.TIMEOUT: (504, "upstream {label} did not answer within {read:g}s"),
+    Failure.POOL_EXHAUSTED: (503, "no free connection to upstream {label} within {connect:g}s (pool_maxsize={pool})"),
+    Failure.TLS: (502, "TLS with upstream {label} failed"),
+    Failure.SEND_TIMEOUT: (504, "upstream {label} stopped reading the request"),
+    Failure.CLOSED: (502, "upstream {label} closed the connection without a valid response"),
+    Failure.RESET: (502, "upstream {label} closed the connection without a valid response"),
+}
 
 
 def describe_upstream_error(error: BaseException, label: str, settings: ProxySettings) -> tuple[int, str]:
     """``(status, client-safe message)`` for a failure before the response."""
-    if isinstance(error, MaxRetryError) and error.reason is not None:
-        error = error.reason
-    # Order matters: NewConnectionError subclasses ConnectTimeoutError.
-    if isinstance(error, NameResolutionError):
-        return 502, f"upstream {label} could not be resolved"
-    if isinstance(error, NewConnectionError):
-        if caused_by(error, ConnectionRefusedError):
-            return 502, f"upstream {label} refused the connection"
-        return 502, f"upstream {label} could not be reached"
-    if isinstance(error, ConnectTimeoutError):
-        return 504, f"upstream {label} did not accept the connection within {settings.connect_timeout:g}s"
-    if isinstance(error, ReadTimeoutError):
-        return 504, f"upstream {label} did not answer within {settings.read_timeout:g}s"
-    if isinstance(error, EmptyPoolError):
-        return 503, (
-            f"no free connection to upstream {label} within {settings.connect_timeout:g}s "
-            f"(pool_maxsize={settings.pool_maxsize})"
-        )
-    if isinstance(error, SSLError):
-        return 502, f"TLS with upstream {label} failed"
-    if isinstance(error, ProtocolError):
-        if caused_by(error, (TimeoutError, socket.timeout)):
-            # Sending the request body stalls under the connect timeout.
-            return 504, f"upstream {label} stopped reading the request"
-        return 502, f"upstream {label} closed the connection without a valid response"
-    return 502, f"request to upstream {label} failed"
+    status, template = _UPSTREAM_ERRORS.get(classify(error), (502, "request to upstream {label} failed"))
+    return status, template.format(label=label, connect=settings.connect_timeout, read=settings.read_timeout,
+                                   pool=settings.pool_maxsize)
 
 
 def _log_path(target: str) -> str:

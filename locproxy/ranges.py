@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-_BYTE_RANGE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*(\d+))\s*$", re.IGNORECASE)
+# RFC 9110 section 14.1.1: DIGIT is ASCII only (re.ASCII: \d would match any Unicode digit).
+_BYTE_RANGE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*(\d+))\s*$", re.IGNORECASE | re.ASCII)
 _HUGE = 10**20  # beyond any image; stands for longer numbers (int() refuses thousands of digits)
 
 

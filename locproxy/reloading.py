@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import configparser
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Generic, Mapping, Optional, TypeVar

@@ -322,6 +322,24 @@ class _ReadOnlyStore(_Store):
         raise PermissionError("this tracker was opened read-only")
 
 
+def format_table(stats: dict[str, BackendStats], now: float) -> str:
+    """What ``locproxy stats`` prints: one aligned row per backend (and copy)."""
+    header = ("backend", "first byte", "throughput", "downloads", "failures", "state")
+    rows = [header, *iter_table(stats, now)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + ([] if stats else ["(nothing learnt yet)"]))
+
+
+def read_table(path: str, now: float | None = None) -> str:
+    """``format_table`` of a metrics_file, opened read-only."""
+    tracker = Tracker(path, read_only=True)
+    try:
+        return format_table(tracker.stats(), time.time() if now is None else now)
+    finally:
+        tracker.close()
+
+
 def iter_table(stats: dict[str, BackendStats], now: float) -> Iterator[tuple[str, ...]]:
     """Rows for ``locproxy stats``: backend, ttfb, throughput, samples, failures, state."""
     for key in sorted(stats):

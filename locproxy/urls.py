@@ -31,6 +31,11 @@ def backend_label(url: str) -> str:
     scheme = parts.scheme.lower() or "unknown"
     if scheme == "file" or not host:
         return scheme
+    return f"{scheme}://{netloc_label(host, port)}"
+
+
+def netloc_label(host: str, port: int | None) -> str:
+    """``host[:port]``, an IPv6 literal in brackets (RFC 3986 section 3.2.2)."""
     if ":" in host:
         host = f"[{host}]"
-    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
+    return f"{host}:{port}" if port else host

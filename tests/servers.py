@@ -4,10 +4,8 @@
 * ``run_gunicorn(app)``: gunicorn in a subprocess (``--paste x.ini`` or a
   ``module:callable`` spec), yields a ``GunicornServer`` (``.url``, ``.port``,
   ``.pid``, ``.log()``).
-* ``serve_wsgi_in_thread(app)``: a threaded wsgiref server in this process,
-  yields its base URL. Unlike plain wsgiref it accepts chunked request bodies
-  (``wsgi.input`` is de-chunked, ``wsgi.input_terminated`` is set) and puts the
-  request-target as received in ``environ["RAW_URI"]``, like gunicorn.
+* WSGI apps in this process: ``locproxy.demo.serve_wsgi`` (chunked request
+  bodies and ``RAW_URI``, like gunicorn).
 * ``serve_raw_http_in_thread(respond)``: for responses no WSGI server will
   send (hop-by-hop headers, truncated bodies, interim responses, keep-alive
   accounting): ``respond(head, sock)`` gets each request's header block and
@@ -20,19 +18,19 @@ manager stops what it started (processes, threads, sockets) on exit.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import socketserver
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+
+from locproxy.demo.serving import LocalServer, TrackedThreads
+from locproxy.sidecar import gunicorn_args, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,7 +140,7 @@ def run_gunicorn(
             "--timeout", "30",
             "--log-level", "info",
             "--error-logfile", "-",
-            *_no_control_socket(),
+            *gunicorn_args(),
             *extra_args,
             *target,
         ]
@@ -161,16 +159,7 @@ def run_gunicorn(
             _wait_for_gunicorn(server, workers, start_timeout)
             yield server
         finally:
-            _stop_process_group(process)
-
-
-def _no_control_socket() -> list[str]:
-    # gunicorn >= 25 opens a control socket under ~/.gunicorn by default:
-    # a shared path across concurrent test servers, outside the test's files.
-    from gunicorn.config import KNOWN_SETTINGS
-
-    known = any("--no-control-socket" in (setting.cli or ()) for setting in KNOWN_SETTINGS)
-    return ["--no-control-socket"] if known else []
+            stop_process(process, group=True)
 
 
 def _wait_for_gunicorn(server: GunicornServer, workers: int, timeout: float) -> None:
@@ -195,152 +184,10 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _stop_process_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    # Workers that outlived their master (or a master that ignored SIGTERM).
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(timeout=STOP_TIMEOUT)
+# -- raw HTTP servers in this process ---------------------------------------------
 
-
-# -- threaded servers in this process ----------------------------------------
-
-class _ThreadTracking(socketserver.ThreadingMixIn):
-    """Handler threads are daemons (a stuck one cannot hang the test run) but
-    are tracked, so ``join_handlers`` can wait for them with a bound."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), daemon=True
-        )
-        with self._handlers_lock:
-            self._handlers = [t for t in self._handlers if t.is_alive()] + [thread]
-        thread.start()
-
-    def join_handlers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._handlers_lock:
-            handlers = list(self._handlers)
-        for thread in handlers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [thread for thread in handlers if thread.is_alive()]
-        if alive:
-            raise RuntimeError(f"{len(alive)} request handler thread(s) still running after {timeout:g}s")
-
-
-class _ThreadingWSGIServer(_ThreadTracking, WSGIServer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._handlers: list[threading.Thread] = []
-        self._handlers_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-
-class _ChunkedInput:
-    """``wsgi.input`` for a chunked request body (RFC 9112 §7.1), de-chunked."""
-
-    def __init__(self, rfile: Any) -> None:
-        self._rfile = rfile
-        self._left = 0
-        self._done = False
-
-    def read(self, size: int = -1) -> bytes:
-        parts: list[bytes] = []
-        wanted = None if size is None or size < 0 else size
-        while not self._done and (wanted is None or wanted > 0):
-            if self._left == 0 and not self._next_chunk():
-                break
-            count = self._left if wanted is None else min(wanted, self._left)
-            data = self._rfile.read(count)
-            if not data:
-                raise ConnectionError("chunked request body ended inside a chunk")
-            parts.append(data)
-            self._left -= len(data)
-            if wanted is not None:
-                wanted -= len(data)
-            if self._left == 0 and self._rfile.readline(3) not in (b"\r\n", b"\n"):
-                raise ValueError("chunk data not followed by CRLF")
-        return b"".join(parts)
-
-    def _next_chunk(self) -> bool:
-        line = self._rfile.readline(1024)
-        if not line:
-            raise ConnectionError("chunked request body ended before its last chunk")
-        self._left = int(line.split(b";", 1)[0].strip(), 16)
-        if self._left:
-            return True
-        while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-            pass  # trailer fields
-        self._done = True
-        return False
-
-
-class _WSGIRequestHandler(WSGIRequestHandler):
-    """wsgiref's handler, quiet, with RAW_URI and chunked request bodies."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        # Same steps as WSGIRequestHandler.handle, with our wsgi.input.
-        self.raw_requestline = self.rfile.readline(65537)
-        if len(self.raw_requestline) > 65536:
-            self.send_error(414)
-            return
-        if not self.parse_request():
-            return
-        environ = self.get_environ()
-        environ["RAW_URI"] = self.path
-        stdin: Any = self.rfile
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() and not environ.get("CONTENT_LENGTH"):
-            stdin = _ChunkedInput(self.rfile)
-            environ["wsgi.input_terminated"] = True
-        handler = ServerHandler(stdin, self.wfile, self.get_stderr(), environ, multithread=True)
-        handler.request_handler = self  # type: ignore[attr-defined]
-        handler.run(self.server.get_app())  # type: ignore[attr-defined]
-
-
-@contextmanager
-def serve_wsgi_in_thread(app: Callable) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (one thread per connection, HTTP/1.0
-    responses: one request per connection). Yields ``http://127.0.0.1:PORT``.
-
-    On exit the server stops accepting, its socket closes, and running
-    handlers get ``STOP_TIMEOUT`` seconds to finish (apps that wait on
-    something must be released by then).
-    """
-    server = _ThreadingWSGIServer(("127.0.0.1", 0), _WSGIRequestHandler)
-    server.set_app(app)
-    yield from _serving(server)
-
-
-def _serving(server: Any) -> Iterator[str]:
-    """Run ``server`` in a thread, yield its URL, then stop it and join its
-    handler threads (each wait bounded)."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join(STOP_TIMEOUT)
-        server.server_close()
-        server.join_handlers(STOP_TIMEOUT)
-
-
-class _RawServer(_ThreadTracking, socketserver.TCPServer):
+class _RawServer(TrackedThreads, socketserver.TCPServer):
     def __init__(self, respond: Callable[[bytes, socket.socket], bool | None]) -> None:
-        self._handlers: list[threading.Thread] = []
-        self._handlers_lock = threading.Lock()
         self.respond = respond
         super().__init__(("127.0.0.1", 0), _RawHandler)
 
@@ -371,5 +218,5 @@ def serve_raw_http_in_thread(respond: Callable[[bytes, socket.socket], bool | No
     writes raw bytes (and reads a request body itself, if there is one). The
     connection is closed when ``respond`` returns a false value, or kept for
     the next request when it returns True. Yields ``http://127.0.0.1:PORT``."""
-    server = _RawServer(respond)
-    yield from _serving(server)
+    with LocalServer(_RawServer(respond)) as server:
+        yield server.url

@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 import pytest
 
+from locproxy.config import load_filter_settings
+from locproxy.download.backends import BackendError, Backends, BackendStream
 from tests.faultserver import EXTRA, FaultServer, RefusingPort, StalledListener
-from locproxy.backends import BackendError, Backends, BackendStream
-from locproxy.config import FilterSettings
 
 # 10 000 bytes that never repeat at a chunk boundary, so an off-by-one shows.
 DATA = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(313))[:10_000]
@@ -663,18 +663,18 @@ def test_a_leaked_stream_exhausts_the_pool_quickly(make_backends: Callable[..., 
 
 
 def test_from_settings(tree: dict, server: FaultServer) -> None:
-    settings = FilterSettings(
-        file_roots=(str(tree["root"]),),
-        allowed_hosts=frozenset({"127.0.0.1"}),
-        chunk_size=4096,
-        backend_connect_timeout=0.5,
-        backend_read_timeout=0.5,
-        backend_pool_maxsize=1,
-    )
+    settings = load_filter_settings({}, {
+        "file_roots": str(tree["root"]),
+        "allowed_hosts": "127.0.0.1",
+        "chunk_size": 4096,
+        "backend_connect_timeout": 0.5,
+        "backend_read_timeout": 0.5,
+        "backend_pool_maxsize": 1,
+    })
     backends = Backends.from_settings(settings)
     try:
-        assert backends.chunk_size == 4096
-        assert backends.file_roots == (str(tree["root"]),)
+        assert backends.file.chunk_size == backends.http.chunk_size == 4096
+        assert backends.file.roots.roots == (str(tree["root"]),)
         assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
         with backends.open(f"file://{tree['root']}/img", 0, SIZE, SIZE) as stream:
             assert [len(chunk) for chunk in stream][:2] == [4096, 4096]

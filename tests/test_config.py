@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from locproxy.config import ConfigError, FilterSettings, SelectionSettings, load_filter_settings
+from locproxy.guards import AllowedHosts
+from locproxy.options import parse_size
 from locproxy.tracker import Tracker
 from tests.unprivileged import make_read_only, run_unprivileged, shared_dir
-
-from locproxy.config import (
-    ConfigError,
-    FilterSettings,
-    load_filter_settings,
-    load_proxy_settings,
-    parse_size,
-)
 
 
 def test_defaults():
     settings = load_filter_settings({}, {})
-    assert settings == FilterSettings(selector=settings.selector)
-    assert settings.selector.strategy == "location_order"
+    assert settings == FilterSettings(selection=SelectionSettings(selector=settings.selection.selector))
+    assert settings.selection.selector.strategy == "location_order"
 
 
 def test_full_filter_section(tmp_path):
@@ -43,16 +38,18 @@ def test_full_filter_section(tmp_path):
             "verify_checksums": "off",
         },
     )
-    assert settings.selector.strategy == "weight"
-    assert settings.selector.options == {"store_weights": "fast:100, slow:10"}
-    assert settings.add_direct_url and settings.scrub_credentials and not settings.verify_checksums
-    assert settings.locations_visible_to_roles == ("admin", "service")
-    assert settings.hidden_fields == ("locations",)
-    assert settings.max_rewrite_size == 4 * 1024 * 1024
-    assert settings.file_roots == (str(tmp_path), str(tmp_path))
-    assert settings.allowed_hosts == frozenset({"127.0.0.1:8080", "store.example", "[::1]:9000"})
-    assert settings.chunk_size == 256 * 1024
-    assert settings.backend_connect_timeout == 0.5
+    selection, security, backends = settings.selection, settings.security, settings.backends
+    assert selection.selector.strategy == "weight"
+    assert selection.selector.options == {"store_weights": "fast:100, slow:10"}
+    assert selection.add_direct_url and security.scrub_credentials and not backends.verify_checksums
+    assert security.locations_visible_to_roles == ("admin", "service")
+    assert security.hidden_fields == ("locations",)
+    assert selection.max_rewrite_size == 4 * 1024 * 1024
+    assert security.file_roots.roots == (str(tmp_path), str(tmp_path))
+    assert security.allowed_hosts == AllowedHosts(frozenset({("127.0.0.1", 8080), ("store.example", None),
+                                                             ("::1", 9000)}))
+    assert backends.chunk_size == 256 * 1024
+    assert backends.connect_timeout == 0.5
 
 
 @pytest.mark.parametrize(
@@ -99,30 +96,7 @@ def test_bad_filter_options(local_conf, message):
 
 def test_unknown_global_options_are_ignored():
     """Glance's own [DEFAULT] options reach every section's global_conf."""
-    assert load_filter_settings({"bind_port": "9292"}, {}).selector.strategy == "location_order"
-
-
-@pytest.mark.parametrize(
-    "local_conf, message",
-    [
-        pytest.param({}, "upstream: required", id="missing-upstream"),
-        pytest.param({"upstream": "ftp://x"}, "upstream: expected an http:// or https:// URL", id="bad-scheme"),
-        pytest.param({"upstream": "http://u:p@x"}, "upstream: must not carry credentials", id="credentials"),
-        pytest.param({"upstream": "http://x", "pool_maxsize": "0"}, "pool_maxsize: expected an integer >= 1",
-                     id="bad-pool"),
-        pytest.param({"upstream": "http://x", "timeout": "1"}, "timeout: unknown option", id="unknown"),
-    ],
-)
-def test_bad_proxy_options(local_conf, message):
-    with pytest.raises(ConfigError) as error:
-        load_proxy_settings({}, local_conf)
-    assert message in str(error.value)
-
-
-def test_proxy_settings():
-    settings = load_proxy_settings({}, {"upstream": "http://127.0.0.1:9292/", "read_timeout": "2"})
-    assert settings.upstream == "http://127.0.0.1:9292"
-    assert settings.read_timeout == 2.0
+    assert load_filter_settings({"bind_port": "9292"}, {}).selection.selector.strategy == "location_order"
 
 
 @pytest.mark.parametrize("text, expected", [("1", 1), ("64k", 65536), ("1MiB", 1 << 20), ("2 GB", 2 << 30)])

@@ -13,21 +13,20 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
+from locproxy.rewrite import JSON_PATCH_TYPES
 from locproxy.demo import (
     DEMO_IMAGE_IDS,
-    PATCH_MEDIA_TYPES,
     DemoImageAPI,
     DemoSetup,
     build_demo,
     demo_bytes,
     location,
-    parse_byte_range,
     serve_static,
     serve_wsgi,
     web_dir_of,
 )
 
-PATCH_TYPE = PATCH_MEDIA_TYPES[0]
+PATCH_TYPE = JSON_PATCH_TYPES[0]
 CIRROS = DEMO_IMAGE_IDS["cirros-demo"]
 UBUNTU = DEMO_IMAGE_IDS["ubuntu-demo"]
 MOTD = DEMO_IMAGE_IDS["motd-text"]
@@ -414,7 +413,7 @@ def test_patch_accepts_v20_media_type_with_parameters(app: TestApp) -> None:
 ])
 def test_patch_unsupported_media_type_is_415(app: TestApp, content_type: str) -> None:
     response = app.patch(f"/v2/images/{CIRROS}", "[]", content_type=content_type, status=415)
-    assert response.headers["Accept-Patch"] == ", ".join(PATCH_MEDIA_TYPES)
+    assert response.headers["Accept-Patch"] == ", ".join(JSON_PATCH_TYPES)
     assert content_type in response.text
 
 
@@ -744,35 +743,6 @@ def test_upload_without_store_keeps_bytes_in_memory() -> None:
 def test_upload_refusals(app: TestApp, image_id: str, content_type: str, status: int, message: str) -> None:
     response = app.put(f"/v2/images/{image_id}/file", b"x", content_type=content_type, status=status)
     assert message in response.text
-
-
-# -- parse_byte_range ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("header", "size", "expected"), [
-    pytest.param("bytes=0-0", 10, (0, 1), id="one-byte"),
-    pytest.param("bytes=2-5", 10, (2, 6), id="closed"),
-    pytest.param("bytes=9-", 10, (9, 10), id="last-byte-open"),
-    pytest.param("bytes=-3", 10, (7, 10), id="suffix"),
-    pytest.param("bytes=-30", 10, (0, 10), id="suffix-too-long"),
-    pytest.param("bytes=3-30", 10, (3, 10), id="clamped"),
-    pytest.param(" Bytes = 1 - 2 ", 10, (1, 3), id="spaces-and-case"),
-])
-def test_parse_byte_range(header: str, size: int, expected: tuple[int, int]) -> None:
-    assert parse_byte_range(header, size) == expected
-
-
-@pytest.mark.parametrize(("header", "size", "message"), [
-    pytest.param("bytes=10-", 10, "not satisfiable", id="start-at-size"),
-    pytest.param("bytes=-1", 0, "not satisfiable", id="empty-body"),
-    pytest.param("bytes=-0", 10, "not satisfiable", id="zero-suffix"),
-    pytest.param("bytes=5-4", 10, "ends before it starts", id="reversed"),
-    pytest.param("bytes=0-1,3-4", 10, "expected one 'bytes=' range", id="multiple"),
-    pytest.param("bytes=١-٢", 10, "expected one 'bytes=' range", id="non-ascii-digits"),
-    pytest.param("bytes=-", 10, "neither start nor suffix", id="bare-dash"),
-])
-def test_parse_byte_range_rejects(header: str, size: int, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_byte_range(header, size)
 
 
 # -- real sockets: serve_static and http locations ------------------------------------------------------

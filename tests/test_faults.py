@@ -41,7 +41,8 @@ import pytest
 from locproxy.demo import DemoImageAPI, demo_bytes, location
 from locproxy.tracker import Tracker
 from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn, serve_wsgi_in_thread, sidecar_ini
+from locproxy.demo import serve_wsgi
+from tests.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("fault-table", 1024 * 1024 + 17)  # 1 MiB + 17: "slow:1000000" takes about a second
 SHA512 = hashlib.sha512(DATA).hexdigest()
@@ -242,7 +243,7 @@ class FaultLab:
         self.api = DemoImageAPI()  # no readable locations of its own: its /file serves its memory copy
         self.release = threading.Event()
         self.upstream_app = FaultyUpstream(self.api, self.release)
-        self.upstream_url = stack.enter_context(serve_wsgi_in_thread(self.upstream_app))
+        self.upstream_url = stack.enter_context(serve_wsgi(self.upstream_app)).url
         stack.callback(self.release.set)  # runs before the upstream server is stopped (LIFO)
         self.upstream_port = int(self.upstream_url.rsplit(":", 1)[1])
         self.refusing = stack.enter_context(RefusingPort())
@@ -1026,7 +1027,7 @@ def test_sidecar_survived_every_fault(lab: FaultLab) -> None:
 
 
 # Raised on purpose to abort a transfer that cannot be completed correctly.
-DELIBERATE_ABORTS = {"locproxy.download.ChecksumMismatch", "locproxy.backends.BackendError"}
+DELIBERATE_ABORTS = {"locproxy.download.body.ChecksumMismatch", "locproxy.download.backends.base.BackendError"}
 # Chained causes printed with the tracebacks of KNOWN_BUGS (remove with the fix).
 KNOWN_BUG_EXCEPTIONS: set[str] = set()
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from locproxy.config import ConfigError, load_filter_settings, load_proxy_settings
+from locproxy.config import ConfigError, load_filter_settings
 from locproxy.middleware import LocationFilter
-from locproxy.proxy import Proxy
+from locproxy.proxy import Proxy, load_proxy_settings
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.rewrite import (
     IMAGE,

@@ -34,16 +34,18 @@ from urllib3.exceptions import (
 )
 from webtest import TestApp
 
-from locproxy.config import ProxySettings
+from locproxy.forwarding import forward_headers, request_target
+from locproxy.options import ConfigError
 from locproxy.proxy import (
     Proxy,
+    ProxySettings,
     app_factory,
     describe_upstream_error,
-    forward_headers,
-    request_target,
+    load_proxy_settings,
     upstream_label,
 )
-from tests.servers import run_gunicorn, serve_raw_http_in_thread, serve_wsgi_in_thread
+from locproxy.demo import serve_wsgi
+from tests.servers import run_gunicorn, serve_raw_http_in_thread
 
 MiB = 1024 * 1024
 TIMEOUT = 10.0  # seconds: the bound on every single wait in this module
@@ -354,7 +356,8 @@ def upstream_app() -> Iterator[Upstream]:
 
 @pytest.fixture(scope="module")
 def upstream_url(upstream_app: Upstream) -> Iterator[str]:
-    with serve_wsgi_in_thread(upstream_app) as url:
+    with serve_wsgi(upstream_app) as upstream:
+        url = upstream.url
         yield url
         upstream_app.release.set()  # nothing may stay parked in /hang
         upstream_app.gate.set()
@@ -916,3 +919,28 @@ def test_stale_keepalive_connection_is_retried_once_for_safe_requests():
             assert "closed the connection" in refused.json["error"]["message"]
         finally:
             proxy.close()
+
+
+# -- settings -------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "local_conf, message",
+    [
+        pytest.param({}, "upstream: required", id="missing-upstream"),
+        pytest.param({"upstream": "ftp://x"}, "upstream: expected an http:// or https:// URL", id="bad-scheme"),
+        pytest.param({"upstream": "http://u:p@x"}, "upstream: must not carry credentials", id="credentials"),
+        pytest.param({"upstream": "http://x", "pool_maxsize": "0"}, "pool_maxsize: expected an integer >= 1",
+                     id="bad-pool"),
+        pytest.param({"upstream": "http://x", "timeout": "1"}, "timeout: unknown option", id="unknown"),
+    ],
+)
+def test_bad_proxy_options(local_conf, message):
+    with pytest.raises(ConfigError) as error:
+        load_proxy_settings({}, local_conf)
+    assert message in str(error.value)
+
+
+def test_proxy_settings():
+    settings = load_proxy_settings({}, {"upstream": "http://127.0.0.1:9292/", "read_timeout": "2"})
+    assert settings.upstream == "http://127.0.0.1:9292"
+    assert settings.read_timeout == 2.0

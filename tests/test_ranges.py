@@ -37,6 +37,8 @@ def test_parse_range(header, size, expected):
         pytest.param("bytes=a-b", 10, "one 'bytes=' range only", id="garbage"),
         pytest.param("bytes=-", 10, "one 'bytes=' range only", id="no-numbers"),
         pytest.param("bytes=0-", 0, "beyond the image size", id="empty-image"),
+        pytest.param("bytes=-5", 0, "empty suffix", id="suffix-of-empty-image"),
+        pytest.param("bytes=١-٢", 10, "one 'bytes=' range only", id="non-ascii-digits"),
     ],
 )
 def test_unsatisfiable(header, size, message):

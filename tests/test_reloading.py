@@ -105,7 +105,7 @@ def test_factory_config_file_overrides_paste_options(tmp_path, upstream):
     write(config, "[locproxy]\nlocation_strategy = store_type\n")
     make = filter_factory({}, config_file=str(config), store_type_preference="http")
     app = TestApp(make(upstream), lint=True)
-    assert app.app.settings.selector.strategy == "store_type"
+    assert app.app.settings.selection.selector.strategy == "store_type"
     assert stores_seen(app) == ["web", "disk", "ceph"]
 
 

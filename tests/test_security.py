@@ -44,7 +44,8 @@ from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location
 from locproxy.middleware import LocationFilter
 from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, serve_wsgi_in_thread, sidecar_ini
+from locproxy.demo import serve_wsgi
+from tests.servers import run_gunicorn, sidecar_ini
 from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch
 
 SECRET = demo_bytes("secret-outside-the-roots", len(DATA))
@@ -99,7 +100,7 @@ class SecurityLab:
         self.api = DemoImageAPI()
         release = threading.Event()
         self.upstream_app = FaultyUpstream(self.api, release)
-        self.upstream_url = stack.enter_context(serve_wsgi_in_thread(self.upstream_app))
+        self.upstream_url = stack.enter_context(serve_wsgi(self.upstream_app)).url
         stack.callback(release.set)
         self.web = stack.enter_context(FaultServer(DATA))
         self.trap = stack.enter_context(FaultServer(SECRET))  # not allowed

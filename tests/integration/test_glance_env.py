@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import glance_env
+import pytest
 
 pytestmark = pytest.mark.integration
 

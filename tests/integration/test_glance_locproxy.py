@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import glance_env
 import pytest
 
-import glance_env
 from tests.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
 pytestmark = pytest.mark.integration

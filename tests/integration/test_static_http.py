@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from glance_env import http_request
 from static_http import StaticHTTPServer, parse_range
 

@@ -1,16 +1,17 @@
 """``locproxy demo``: the demo image API with a real locproxy sidecar in front.
 
 Starts, on loopback: a static http server (store "web"), the demo image API
-(``locproxy.demo``) whose images live in two file stores and the web store,
-and ``gunicorn --paste etc/paste.ini`` pointed at it with a live-reloaded
-``config_file``. Prints commands to try; ``--check`` runs them instead.
+whose images live in two file stores and the web store, and the sidecar
+(``gunicorn --paste`` of the packaged ``paste.ini``, as ``locproxy serve``
+runs it) pointed at it with a live-reloaded ``config_file``. Prints commands
+to try; ``--check`` runs them instead. Works from any directory, from a
+checkout or an installed package.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,15 +20,13 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from locproxy.demo import build_demo, serve_static, serve_wsgi, web_dir_of
-
-PASTE_INI = Path(__file__).resolve().parent.parent / "etc" / "paste.ini"
+from locproxy.demo.data import DemoSetup, build_demo, web_dir_of
+from locproxy.demo.serving import serve_static, serve_wsgi
+from locproxy.sidecar import sidecar_command, stop_process
+from locproxy.tracker import read_table
 
 
 def run_demo(port: int, workdir: str | None, check: bool) -> int:
-    if not PASTE_INI.is_file():
-        print(f"locproxy demo: {PASTE_INI} not found; run it from a source checkout", file=sys.stderr)
-        return 2
     with ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="locproxy-demo-"))
@@ -43,46 +42,25 @@ def run_demo(port: int, workdir: str | None, check: bool) -> int:
             "# location_strategy = weight\n"
             "# store_weights = fast-disk:100, web:50, slow-disk:10\n"
         )
-        server = subprocess.Popen([
-            sys.executable, "-m", "gunicorn", "--paste", str(PASTE_INI),
-            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
-            "--paste-global", f"upstream={upstream.url}",
-            "--paste-global", f"file_roots={setup.store_a}, {setup.store_b}",
-            "--paste-global", f"allowed_hosts={web.url.split('//', 1)[1]}",
-            "--paste-global", f"config_file={config_file}",
-            "--paste-global", f"metrics_file={Path(workdir) / 'metrics.sqlite'}",
-            *_no_control_socket(),
-        ])
-        stack.callback(_stop, server)
+        metrics_file = Path(workdir) / "metrics.sqlite"
+        server = subprocess.Popen(sidecar_command(
+            {"upstream": upstream.url, "file_roots": f"{setup.store_a}, {setup.store_b}",
+             "allowed_hosts": web.url.split("//", 1)[1], "config_file": str(config_file),
+             "metrics_file": str(metrics_file)},
+            ["--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"],
+        ))
+        stack.callback(stop_process, server)
         proxy = f"http://127.0.0.1:{port}"
         if not _wait_until_up(proxy, server):
             print("locproxy demo: the sidecar did not start (see its log above)", file=sys.stderr)
             return 1
         if check:
-            return _check(proxy, upstream.url, setup, Path(workdir) / "metrics.sqlite")
-        _print_guide(proxy, upstream.url, setup.image_ids["cirros-demo"], config_file, Path(workdir))
+            return _check(proxy, upstream.url, setup, metrics_file)
+        _print_guide(proxy, upstream.url, setup.image_ids["cirros-demo"], config_file, metrics_file)
         try:
             return server.wait()
         except KeyboardInterrupt:
             return 0
-
-
-def _no_control_socket() -> list[str]:
-    """gunicorn >= 25 opens a control socket in ~/.gunicorn by default; the demo needs none."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    known = any("--no-control-socket" in (setting.cli or ()) for setting in KNOWN_SETTINGS)
-    return ["--no-control-socket"] if known else []
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30.0) -> bool:
@@ -102,7 +80,7 @@ def _get(url: str) -> tuple[bytes, dict]:
         return response.read(), dict(response.headers)
 
 
-def _check(proxy: str, upstream: str, setup, metrics_file: Path) -> int:
+def _check(proxy: str, upstream: str, setup: DemoSetup, metrics_file: Path) -> int:
     """Show reordering and a verified download; 0 if everything is as expected."""
     image_id = setup.image_ids["cirros-demo"]
     original = json.loads(_get(f"{upstream}/v2/images/{image_id}")[0])
@@ -112,20 +90,18 @@ def _check(proxy: str, upstream: str, setup, metrics_file: Path) -> int:
     print(f"upstream order:  {', '.join(stores)}")
     print(f"locproxy order:  {', '.join(reordered)}   (store_type: file, http)")
     print(f"direct_url:      {through['direct_url']}")
-    body, headers = _get(f"{proxy}/v2/images/{image_id}/file")
+    body, _headers = _get(f"{proxy}/v2/images/{image_id}/file")
     digest = hashlib.sha512(body).hexdigest()
     verified = digest == original["os_hash_value"] and len(body) == original["size"]
     print(f"download:        {len(body)} bytes, sha512 {'matches' if verified else 'DOES NOT match'} os_hash_value")
     good = reordered == ["slow-disk", "fast-disk", "web"] and through["direct_url"].startswith("file://") and verified
     print("what locproxy learnt (locproxy stats):")
-    from locproxy.cli import main as cli
-
-    cli(["stats", str(metrics_file)])
+    print(read_table(str(metrics_file)))
     print("demo check: " + ("OK" if good else "FAILED"))
     return 0 if good else 1
 
 
-def _print_guide(proxy: str, upstream: str, image_id: str, config_file: Path, workdir: Path) -> None:
+def _print_guide(proxy: str, upstream: str, image_id: str, config_file: Path, metrics_file: Path) -> None:
     print(f"""
 locproxy demo is running (Ctrl-C to stop).
   image API (demo upstream): {upstream}
@@ -144,6 +120,6 @@ Put another store first for one request, or ask for a range:
   curl -s -H 'Range: bytes=-16' {proxy}/v2/images/{image_id}/file | xxd
 
 Switch the strategy live: edit {config_file}
-What this node learnt about each backend: ./run locproxy stats {workdir / "metrics.sqlite"}
+What this node learnt about each backend: locproxy stats {metrics_file}
 Health and metrics: curl -s {proxy}/healthcheck; curl -s {proxy}/metrics | grep ^locproxy_
 """, flush=True)

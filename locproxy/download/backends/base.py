@@ -1,0 +1,74 @@
+"""What every backend reader gives the download path: a stream of exactly the
+bytes asked for, or a ``BackendError`` that says why not."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Iterator
+
+from locproxy.failures import Failure
+
+
+class BackendError(Exception):
+    """A location could not be read.
+
+    ``label`` is a credential-free backend label (``backend_label``);
+    ``reason`` is short text safe for logs and clients: no paths, no URLs, no
+    credentials; ``kind`` is what metrics count it as.
+    """
+
+    def __init__(self, label: str, reason: str, kind: Failure = Failure.OTHER):
+        # All in args so the exception pickles and copies.
+        super().__init__(label, reason, kind)
+        self.label = label
+        self.reason = reason
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.reason}"
+
+
+class BackendStream:
+    """An opened location: iterate once for exactly ``length`` bytes, then close().
+
+    Iterating raises ``BackendError`` if the source fails mid-stream: the
+    caller must then abort or resume, never end the body as if complete.
+    ``fileobj`` is the open file (file:// only), positioned at ``start``: a
+    caller may hand it to ``wsgi.file_wrapper`` (sendfile) instead of
+    iterating, and must then not iterate.
+    """
+
+    label: str
+    fileobj: BinaryIO | None = None
+
+    def __init__(self, label: str, start: int, length: int, chunk_size: int) -> None:
+        self.label = label
+        self.start = start
+        self.length = length
+        self._chunk_size = chunk_size
+        self._sent = 0
+        self._closed = False
+
+    @property
+    def position(self) -> int:
+        """Absolute offset (in the image) of the next byte to yield."""
+        return self.start + self._sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._closed:
+            raise BackendError(self.label, "stream closed")
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> BackendStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label} bytes {self.start}+{self.length}>"

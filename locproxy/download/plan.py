@@ -1,0 +1,133 @@
+"""What a download will be, decided before any byte moves (pure).
+
+``plan_download`` turns the image the upstream showed this client, the
+request's method and ``Range``, and the order of the copies locproxy may
+read into a ``DownloadPlan``: status, headers, byte span, the digest to
+verify, the sources in order, and whether the server may ``sendfile``.
+The shell (``handler.py``) renders the plan; nothing here does I/O.
+
+Returned instead of a plan: ``None`` (the upstream's own ``/file`` decides:
+not an active image with data, or not understood) or a ``Refusal`` (answered
+by locproxy, e.g. 416 for an unsatisfiable Range).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from locproxy.ranges import Unsatisfiable, parse_range
+from locproxy.strategies import Selector, backend_key, copy_key, is_active
+from locproxy.urls import backend_label
+
+Digest = tuple[str, str]  # (hashlib name, expected hex value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A location locproxy may read: its url, the tracker keys of its backend
+    and of this copy, and the backend's public label."""
+
+    url: str
+    key: str
+    copy: str
+    label: str
+
+
+#: The upstream's own ``/file``: the last resort of every download.
+UPSTREAM = Candidate("", "upstream", "upstream", "upstream")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    image_id: str
+    status: int  # 200 or 206
+    start: int
+    end: int  # exclusive
+    size: int
+    headers: tuple[tuple[str, str], ...]
+    digest: Digest | None  # None: not verifiable (a range) or not asked for
+    candidates: tuple[Candidate, ...]  # best first; demoted ones last
+    head_only: bool
+
+    @property
+    def whole(self) -> bool:
+        """The body runs to the end of the image: a file wrapper, which may
+        send to the end of the file whatever Content-Length says, is safe."""
+        return self.end == self.size
+
+
+def plan_download(
+    image: Any,
+    *,
+    method: str,
+    range_header: str | None,
+    selector: Selector,
+    prefer: Sequence[str],
+    readable: Callable[[str], bool],
+    demoted: Callable[[str, str], bool],
+    verify_checksums: bool,
+) -> DownloadPlan | Refusal | None:
+    """The plan for this client's download of ``image`` (the upstream's JSON)."""
+    size = image.get("size") if isinstance(image, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or image.get("status") != "active":
+        return None  # not an active image with data, or not understood: the upstream decides
+    try:
+        span = parse_range(range_header, size)
+    except Unsatisfiable as error:
+        return Refusal(416, str(error), {"Content-Range": f"bytes */{size}"})
+    start, end = span or (0, size)
+    headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
+               ("Accept-Ranges", "bytes")]
+    if span:
+        headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+    elif image.get("checksum"):
+        headers.append(("Content-MD5", str(image["checksum"])))
+    return DownloadPlan(
+        image_id=str(image.get("id")),
+        status=206 if span else 200,
+        start=start,
+        end=end,
+        size=size,
+        headers=tuple(headers),
+        digest=None if span or not verify_checksums else expected_digest(image),
+        candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
+        head_only=method == "HEAD",
+    )
+
+
+def candidates(image: dict, selector: Selector, prefer: Sequence[str], readable: Callable[[str], bool],
+               demoted: Callable[[str, str], bool]) -> list[Candidate]:
+    """The image's active locations locproxy may read, best first; those the
+    health rule demotes (backend or copy) after all the others."""
+    locations = image.get("locations")
+    if isinstance(locations, list) and all(isinstance(item, dict) for item in locations):
+        ordered = [item for item in selector.order(locations, prefer) if is_active(item)]
+    else:  # the upstream shows only direct_url
+        ordered = [{"url": image.get("direct_url")}]
+    found = [
+        Candidate(location["url"], backend_key(location), copy_key(location), backend_label(location["url"]))
+        for location in ordered
+        if isinstance(location.get("url"), str) and readable(location["url"])
+    ]
+    return sorted(found, key=lambda candidate: demoted(candidate.key, candidate.copy))
+
+
+def expected_digest(image: dict) -> Digest | None:
+    """``(hashlib name, hex)``: the image's ``os_hash`` if usable, else md5 ``checksum``."""
+    algorithm, value = image.get("os_hash_algo"), image.get("os_hash_value")
+    if (isinstance(algorithm, str) and isinstance(value, str) and algorithm.lower() in hashlib.algorithms_available
+            and value and len(value) % 2 == 0):
+        return algorithm.lower(), value
+    checksum = image.get("checksum")
+    if isinstance(checksum, str) and checksum:
+        return "md5", checksum
+    return None

@@ -1,0 +1,127 @@
+"""Where one download's bytes come from: its candidates in order, then the
+upstream's own ``/file``.
+
+Every attempt is reported to the ``Recorder`` (learning, health, metrics),
+which never raises; failures are logged one by one for the first few only,
+so an image with thousands of broken locations cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+from locproxy import bodies
+from locproxy.download.backends import BackendError, Backends, BackendStream
+from locproxy.download.plan import UPSTREAM, Candidate
+from locproxy.failures import Failure
+from locproxy.observability import Recorder
+from locproxy.upstream import ImageRequests
+
+LOG = logging.getLogger(__package__)  # one logger for the whole download path
+
+Opened = tuple[Candidate, "BackendStream | UpstreamStream"]
+
+
+class Sources:
+    """The candidates of one download, consumed in order as they are tried,
+    then the upstream's own ``/file``."""
+
+    #: Failures logged one by one per download; the rest are summed up.
+    LOGGED_FAILURES = 3
+
+    def __init__(self, candidates: tuple[Candidate, ...], backends: Backends, recorder: Recorder,
+                 image_requests: ImageRequests, image_id: str, size: int, end: int) -> None:
+        self.remaining = list(candidates)
+        self.backends = backends
+        self.recorder = recorder
+        self.image_requests = image_requests
+        self.image_id = image_id
+        self.size = size
+        self.end = end
+        self.failures = 0
+        self.unlogged = 0
+        self.upstream_tried = False
+
+    def open_next(self, offset: int) -> Opened | None:
+        """The next candidate that opens at ``offset``, or None when none is left."""
+        try:
+            while self.remaining:
+                candidate = self.remaining.pop(0)
+                started = time.monotonic()
+                try:
+                    stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
+                except BackendError as error:
+                    self.failed(candidate, error, offset, before_first_byte=True)
+                    continue
+                self.recorder.opened(candidate.key, time.monotonic() - started)  # never raises
+                return candidate, stream
+            return None
+        finally:
+            self._log_unlogged()
+
+    def resume(self, offset: int) -> Opened:
+        """A source for the rest from ``offset``: a location, else the
+        upstream's ``/file`` (once: if that fails too, the download fails)."""
+        opened = self.open_next(offset)
+        if opened is not None:
+            return opened
+        if self.upstream_tried:
+            raise BackendError("all", f"no source could resume at byte {offset}")
+        self.upstream_tried = True
+        return UPSTREAM, UpstreamStream(self.image_requests, offset, self.end)
+
+    def failed(self, candidate: Candidate, error: BackendError, offset: int, before_first_byte: bool = False) -> None:
+        self.failures += 1
+        if candidate is not UPSTREAM:
+            self.recorder.failed(candidate.key, candidate.label, error.kind)
+        if self.failures > self.LOGGED_FAILURES:
+            self.unlogged += 1
+            return
+        LOG.warning(
+            "image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,
+            "before the first byte" if before_first_byte else f"at byte {offset}", error.reason,
+        )
+
+    def _log_unlogged(self) -> None:
+        if self.unlogged:
+            LOG.warning("image %s: %d more locations failed (not logged one by one)", self.image_id, self.unlogged)
+            self.unlogged = 0
+
+
+class UpstreamStream:
+    """The upstream's own ``/file`` as a last-resort source, from ``offset``.
+
+    Requested as the client (same credentials), with a Range, so it needs no
+    more authority than the client's own download.
+    """
+
+    fileobj = None
+
+    def __init__(self, image_requests: ImageRequests, offset: int, end: int) -> None:
+        self.response = image_requests.download(headers={"Range": f"bytes={offset}-{end - 1}"})
+        self.length = end - offset
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.response.status_code != 206 or self.response.content_length != self.length:
+            raise BackendError("upstream", f"HTTP {self.response.status_code} to a resume Range", Failure.HTTP_STATUS)
+        sent = 0
+        try:
+            for chunk in self.response.app_iter:
+                chunk = chunk[: self.length - sent]
+                sent += len(chunk)
+                yield chunk
+        except BackendError:
+            raise
+        except Exception as error:  # whatever the upstream app raised: a broken source
+            raise BackendError("upstream", f"ended early at byte {sent}: {type(error).__name__}",
+                               Failure.TRUNCATED) from error
+        if sent < self.length:
+            raise BackendError("upstream", f"ended early at byte {sent}", Failure.TRUNCATED)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            bodies.close_iterable(self.response.app_iter)
