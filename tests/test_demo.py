@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
-from locproxy.rewrite import JSON_PATCH_TYPES
 from locproxy.demo import (
     DEMO_IMAGE_IDS,
     DemoImageAPI,
@@ -25,6 +24,7 @@ from locproxy.demo import (
     serve_wsgi,
     web_dir_of,
 )
+from locproxy.rewrite import JSON_PATCH_TYPES
 
 PATCH_TYPE = JSON_PATCH_TYPES[0]
 CIRROS = DEMO_IMAGE_IDS["cirros-demo"]

@@ -38,10 +38,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
-from locproxy.demo import DemoImageAPI, demo_bytes, location
+from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.tracker import Tracker
 from tests.faultserver import FaultServer, RefusingPort
-from locproxy.demo import serve_wsgi
 from tests.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("fault-table", 1024 * 1024 + 17)  # 1 MiB + 17: "slow:1000000" takes about a second

@@ -34,6 +34,7 @@ from urllib3.exceptions import (
 )
 from webtest import TestApp
 
+from locproxy.demo import serve_wsgi
 from locproxy.forwarding import forward_headers, request_target
 from locproxy.options import ConfigError
 from locproxy.proxy import (
@@ -44,7 +45,6 @@ from locproxy.proxy import (
     load_proxy_settings,
     upstream_label,
 )
-from locproxy.demo import serve_wsgi
 from tests.servers import run_gunicorn, serve_raw_http_in_thread
 
 MiB = 1024 * 1024

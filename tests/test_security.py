@@ -41,10 +41,9 @@ from webob import Request, Response
 from webtest import TestApp
 
 from locproxy.config import load_filter_settings
-from locproxy.demo import DemoImageAPI, demo_bytes, location
+from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
 from tests.faultserver import FaultServer
-from locproxy.demo import serve_wsgi
 from tests.servers import run_gunicorn, sidecar_ini
 from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch
 

@@ -18,13 +18,10 @@ import webob.exc
 from webob import Request, Response
 
 from locproxy.demo.model import (
-    Caller,
     CORE,
-    READ_ONLY,
     ApiError,
+    Caller,
     DemoImage,
-    PatchOp,
-    location_position,
     parse_patch,
     render_image,
     utc_now,
@@ -36,7 +33,6 @@ from locproxy.demo.patching import Patcher
 from locproxy.demo.stores import CHUNK_SIZE, MAX_IMAGE_DATA, DemoStores
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.rewrite import JSON_PATCH_TYPES
-from locproxy.urls import scrub_credentials
 
 MAX_JSON_BODY = 1024 * 1024
 
