@@ -23,6 +23,11 @@ class Unsatisfiable(ValueError):
     """The Range cannot be served: answer 416 with ``Content-Range: bytes */size``."""
 
 
+class Malformed(Unsatisfiable):
+    """Not one ``bytes=`` range at all (several ranges, another unit, garbage).
+    locproxy and Glance answer 416; RFC 9110 also lets a server ignore it."""
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, end)`` with ``end`` exclusive, or None for the whole image.
 
@@ -33,7 +38,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     match = _BYTE_RANGE.match(header)
     if match is None:
-        raise Unsatisfiable(f"unsupported Range {header[:64]!r}: one 'bytes=' range only")
+        raise Malformed(f"unsupported Range {header[:64]!r}: one 'bytes=' range only")
     first, last, suffix = match.groups()
     if suffix is not None:
         length = _number(suffix)
