@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from locproxy import rewrite
 from locproxy.options import parse_list
@@ -24,7 +24,13 @@ from locproxy.strategies import Selector, strategy_names
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_demo):
+        add(commands)
+    args = parser.parse_args(argv)
+    return args.run(args)
 
+
+def _add_order(commands: Any) -> None:
     order = commands.add_parser(
         "order",
         help="reorder image JSON from stdin",
@@ -40,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--scrub-credentials", action="store_true", help="remove user:password@ from urls")
     order.set_defaults(run=_order)
 
+
+def _add_stats(commands: Any) -> None:
     stats = commands.add_parser(
         "stats",
         help="what this node learnt about each backend",
@@ -48,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
     stats.set_defaults(run=_stats)
 
+
+def _add_config(commands: Any) -> None:
     config = commands.add_parser(
         "config",
         help="print the sidecar's paste ini",
@@ -57,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.add_argument("--path", action="store_true", help="print where the packaged file is instead")
     config.set_defaults(run=_config)
 
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the sidecar in front of an image API (gunicorn)",
@@ -70,15 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="-- then options for gunicorn")
     serve.set_defaults(run=_serve)
 
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
     demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
     demo.add_argument("--workdir", help="where to put the demo images (default: a temporary directory)")
     demo.add_argument("--check", action="store_true",
                       help="run the demo requests, print what they show, and exit (0 if all as expected)")
     demo.set_defaults(run=_demo)
-
-    args = parser.parse_args(argv)
-    return args.run(args)
 
 
 def _order(args: argparse.Namespace) -> int:

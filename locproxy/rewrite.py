@@ -261,40 +261,39 @@ def translate_patch(operations: list, upstream_tokens: Sequence[str], view_token
     view: list[object] = list(view_tokens)
     if len(set(upstream)) != len(upstream):
         raise Untranslatable("two locations of the image cannot be told apart")
-    translated = []
-    for op in operations:
-        path = op.get("path") if isinstance(op, dict) else None
-        match = _LOCATION_INDEX.match(path) if isinstance(path, str) else None
-        name = op.get("op") if isinstance(op, dict) else None
-        if isinstance(op, dict) and path == "/locations" and name in ("add", "replace"):
-            # A whole new list, in the order the client wrote it: both views agree again.
-            value = op.get("value")
-            upstream = [object() for _ in (value if isinstance(value, list) else ())]
-            view = list(upstream)
-        if match is None or name not in ("add", "remove", "replace", "test"):
-            translated.append(op)
-            continue
-        index, rest = match.group(1), match.group(2) or ""
-        if index == "-":
-            if name == "add":
-                new = object()
-                upstream.append(new)
-                view.append(new)
-            translated.append(op)
-            continue
-        position = int(index)
-        if name == "add" and position == len(view):
-            target = len(upstream)
-        elif position < len(view):
-            if view[position] not in upstream:
-                raise Untranslatable(f"the location you saw at {position} is no longer there")
-            target = upstream.index(view[position])
-        else:
-            translated.append(op)  # out of range: the upstream refuses it
-            continue
-        translated.append({**op, "path": f"/locations/{target}{rest}"})
-        if rest:
-            continue  # a member of a location: the list itself is unchanged
+    return [_translate_operation(op, upstream, view) for op in operations]
+
+
+def _translate_operation(op: Any, upstream: list[object], view: list[object]) -> Any:
+    """One operation, translated; ``upstream`` and ``view`` (tokens) are
+    updated in place as the operation changes the list."""
+    path = op.get("path") if isinstance(op, dict) else None
+    match = _LOCATION_INDEX.match(path) if isinstance(path, str) else None
+    name = op.get("op") if isinstance(op, dict) else None
+    if path == "/locations" and name in ("add", "replace"):
+        # A whole new list, in the order the client wrote it: both views agree again.
+        value = op.get("value")
+        upstream[:] = [object() for _ in (value if isinstance(value, list) else ())]
+        view[:] = upstream
+    if match is None or name not in ("add", "remove", "replace", "test"):
+        return op
+    index, rest = match.group(1), match.group(2) or ""
+    if index == "-":
+        if name == "add":
+            new = object()
+            upstream.append(new)
+            view.append(new)
+        return op
+    position = int(index)
+    if name == "add" and position == len(view):
+        target = len(upstream)
+    elif position < len(view):
+        if view[position] not in upstream:
+            raise Untranslatable(f"the location you saw at {position} is no longer there")
+        target = upstream.index(view[position])
+    else:
+        return op  # out of range: the upstream refuses it
+    if not rest:  # the list itself changes (a member of a location leaves it as it is)
         if name == "add":
             new = object()
             upstream.insert(target, new)
@@ -302,4 +301,4 @@ def translate_patch(operations: list, upstream_tokens: Sequence[str], view_token
         elif name == "remove":
             del upstream[target]
             del view[position]
-    return translated
+    return {**op, "path": f"/locations/{target}{rest}"}

@@ -1,4 +1,5 @@
-"""gunicorn settings for the locproxy sidecar: gunicorn -c etc/gunicorn.conf.py --paste etc/paste.ini
+"""gunicorn settings for the locproxy sidecar (``locproxy serve`` uses them):
+gunicorn -c gunicorn.conf.py --paste paste.ini
 
 Downloads are long blocking streams: the threaded worker gives each one a
 thread. Keep the proxy's pool_maxsize and backend_pool_maxsize >= threads.

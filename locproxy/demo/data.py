@@ -85,61 +85,74 @@ def build_demo(workdir: str, http_base_url: str | None = None) -> DemoSetup:
     unreadable ``rbd://`` and ``swift+https://`` locations. Every call
     restores missing or altered store files (unchanged ones are not rewritten).
     """
-    store_a, store_b = os.path.join(workdir, "store-a"), os.path.join(workdir, "store-b")
-    web = web_dir_of(workdir)
-    for directory in (store_a, store_b, web):
-        os.makedirs(directory, exist_ok=True)
-    data = dict(_demo_data())
-    ids = dict(DEMO_IMAGE_IDS)
+    stores = _Stores(workdir, http_base_url)
+    api = DemoImageAPI(
+        file_roots=(stores.store_a, stores.store_b),
+        http_prefixes=(http_base_url,) if http_base_url else (),
+        upload_store=("fast-disk", stores.store_a),
+    )
+    for number, spec in enumerate(_image_specs(stores), start=1):
+        name = spec["name"]
+        api.add_image(id=DEMO_IMAGE_IDS[name], data=stores.data.get(name), owner=DEMO_OWNER,
+                      container_format="bare", created_at=f"2024-01-0{number}T12:00:00Z", **spec)
+    return DemoSetup(api=api, workdir=workdir, store_a=stores.store_a, store_b=stores.store_b, web_dir=stores.web,
+                     http_base_url=http_base_url, image_ids=dict(DEMO_IMAGE_IDS), data=stores.data)
 
-    def copy_to(directory: str, store: str, name: str, **metadata: Any) -> dict[str, Any]:
-        path = Path(directory, ids[name])
-        _write_if_changed(path, data[name])
+
+class _Stores:
+    """The demo's store directories, and copies of the demo images in them."""
+
+    def __init__(self, workdir: str, http_base_url: str | None) -> None:
+        self.store_a, self.store_b = os.path.join(workdir, "store-a"), os.path.join(workdir, "store-b")
+        self.web = web_dir_of(workdir)
+        self.http_base_url = http_base_url
+        for directory in (self.store_a, self.store_b, self.web):
+            os.makedirs(directory, exist_ok=True)
+        self.data = dict(_demo_data())
+
+    def copy_to(self, directory: str, store: str, name: str, **metadata: Any) -> dict[str, Any]:
+        path = Path(directory, DEMO_IMAGE_IDS[name])
+        _write_if_changed(path, self.data[name])
         return location(path.resolve().as_uri(), store, **metadata)
 
-    def on_web(name: str, **metadata: Any) -> list[dict[str, Any]]:
-        _write_if_changed(Path(web, ids[name]), data[name])
-        if http_base_url is None:
-            return []
-        return [location(f"{http_base_url.rstrip('/')}/{ids[name]}", "web", **metadata)]
+    def fast(self, name: str, **metadata: Any) -> dict[str, Any]:
+        return self.copy_to(self.store_a, "fast-disk", name, **metadata)
 
-    specs: list[dict[str, Any]] = [
+    def slow(self, name: str, **metadata: Any) -> dict[str, Any]:
+        return self.copy_to(self.store_b, "slow-disk", name, **metadata)
+
+    def on_web(self, name: str, **metadata: Any) -> list[dict[str, Any]]:
+        """The web copy (written always, listed only when it is served)."""
+        _write_if_changed(Path(self.web, DEMO_IMAGE_IDS[name]), self.data[name])
+        if self.http_base_url is None:
+            return []
+        return [location(f"{self.http_base_url.rstrip('/')}/{DEMO_IMAGE_IDS[name]}", "web", **metadata)]
+
+
+def _image_specs(stores: _Stores) -> list[dict[str, Any]]:
+    ids = DEMO_IMAGE_IDS
+    return [
         # Upstream order puts the slow copy first; weights say fast-disk is best.
         dict(name="cirros-demo", disk_format="qcow2", locations=[
-            copy_to(store_b, "slow-disk", "cirros-demo", weight=10),
-            *on_web("cirros-demo", weight=50),
-            copy_to(store_a, "fast-disk", "cirros-demo", weight=100),
+            stores.slow("cirros-demo", weight=10),
+            *stores.on_web("cirros-demo", weight=50),
+            stores.fast("cirros-demo", weight=100),
         ]),
         # First copy is in Ceph, which locproxy cannot read.
         dict(name="ubuntu-demo", disk_format="raw", locations=[
             location(f"rbd://b5a4c2e0-demo-fsid/images/{ids['ubuntu-demo']}/snap", "ceph", weight=200),
-            copy_to(store_a, "fast-disk", "ubuntu-demo", weight=100),
-            *on_web("ubuntu-demo", weight=50),
+            stores.fast("ubuntu-demo", weight=100),
+            *stores.on_web("ubuntu-demo", weight=50),
         ]),
-        dict(name="motd-text", disk_format="raw", locations=[
-            copy_to(store_b, "slow-disk", "motd-text"),
-            copy_to(store_a, "fast-disk", "motd-text"),
-        ]),
+        dict(name="motd-text", disk_format="raw", locations=[stores.slow("motd-text"), stores.fast("motd-text")]),
         dict(name="queued-empty"),
         dict(name="retired-demo", status="deactivated", locations=[
-            copy_to(store_a, "fast-disk", "retired-demo"),
-            copy_to(store_b, "slow-disk", "retired-demo"),
+            stores.fast("retired-demo"), stores.slow("retired-demo"),
         ]),
         # Private, and its first URL carries credentials (never to be logged).
         dict(name="private-demo", visibility="private", locations=[
             location(f"swift+https://demo:s3cret@swift.invalid/v1/AUTH_demo/glance/{ids['private-demo']}",
                      "swift"),
-            copy_to(store_a, "fast-disk", "private-demo"),
+            stores.fast("private-demo"),
         ]),
     ]
-    api = DemoImageAPI(
-        file_roots=(store_a, store_b),
-        http_prefixes=(http_base_url,) if http_base_url else (),
-        upload_store=("fast-disk", store_a),
-    )
-    for number, spec in enumerate(specs, start=1):
-        name = spec["name"]
-        api.add_image(id=ids[name], data=data.get(name), owner=DEMO_OWNER,
-                      container_format="bare", created_at=f"2024-01-0{number}T12:00:00Z", **spec)
-    return DemoSetup(api=api, workdir=workdir, store_a=store_a, store_b=store_b, web_dir=web,
-                     http_base_url=http_base_url, image_ids=ids, data=data)
