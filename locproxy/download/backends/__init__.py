@@ -97,7 +97,7 @@ class Backends:
             self.file.check(url, parts, label)
             return self.file, parts
         if scheme in ("http", "https"):
-            self.http.check(parts, label)
+            self.http.check(url, parts, label)
             return self.http, parts
         raise BackendError(label, "unsupported scheme", Failure.NOT_ALLOWED)
 

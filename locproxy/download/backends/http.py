@@ -159,7 +159,7 @@ class HTTPBackend:
         """Close pooled connections (idle ones; in-flight ones when released)."""
         self._pools.clear()
 
-    def check(self, parts: SplitResult, label: str) -> None:
+    def check(self, url: str, parts: SplitResult, label: str) -> None:
         """Refuse, without I/O, what may never be fetched."""
         try:
             host, port = parts.hostname, parts.port
