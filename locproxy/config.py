@@ -33,6 +33,7 @@ from locproxy.options import (
 from locproxy.shown import ShownOrders
 from locproxy.strategies import Selector
 from locproxy.tracker import HealthRule, Tracker
+from locproxy.verified import VerifiedCopies
 
 __all__ = ["ConfigError", "FilterSettings", "load_filter_settings"]
 
@@ -76,7 +77,7 @@ class BackendSettings:
     min_rate: int = 64 * 1024  # bytes per second; 0: no minimum
     rate_window: float = 10.0
     pool_maxsize: int = 32
-    verify_checksums: bool = True
+    verify_checksums: str = "on"  # on, off or background (see locproxy.download.body)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class FilterSettings:
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
     shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
+    verified: VerifiedCopies = field(default_factory=VerifiedCopies, compare=False, repr=False)
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -176,6 +178,16 @@ def some_of(*valid: str) -> Callable[[str, Any], tuple[str, ...]]:
     return parse
 
 
+def _verification(option: str, value: Any) -> str:
+    """``background``, or a boolean: on / off."""
+    if str(value).strip().lower() == "background":
+        return "background"
+    try:
+        return "on" if parse_bool(option, value) else "off"
+    except ConfigError:
+        raise ConfigError(f"{option}: expected true, false or background, got {value!r}") from None
+
+
 def _seconds_or_off(option: str, value: Any) -> float:
     return 0.0 if str(value).strip() == "0" else parse_seconds(option, value)
 
@@ -201,7 +213,7 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_min_rate": ("backends", "min_rate", lambda option, value: parse_size(option, value, minimum=0)),
     "backend_rate_window": ("backends", "rate_window", parse_seconds),
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
-    "verify_checksums": ("backends", "verify_checksums", parse_bool),
+    "verify_checksums": ("backends", "verify_checksums", _verification),
     "metrics_file": ("health", "metrics_file", parse_writable_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),
@@ -236,7 +248,7 @@ def load_filter_settings(
         if option in conf and str(conf[option]).strip() != "":
             values[group][name] = parse(option, conf[option])
     health = HealthSettings(**values["health"])
-    tracker, shown = _stores(health, previous)
+    tracker, shown, verified = _stores(health, previous)
     return FilterSettings(
         selection=SelectionSettings(selector=load_selector(conf, tracker), **values["selection"]),
         security=SecuritySettings(**values["security"]),
@@ -245,13 +257,15 @@ def load_filter_settings(
         observability=ObservabilitySettings(**values["observability"]),
         tracker=tracker,
         shown=shown,
+        verified=verified,
     )
 
 
-def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tracker, ShownOrders]:
-    """The tracker and the shown orders for ``health``: the previous ones
-    while their own options are unchanged, else opened anew (at load: a
-    metrics_file that cannot be used fails here, naming the option)."""
+def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tracker, ShownOrders, VerifiedCopies]:
+    """The tracker, the shown orders and the verified copies for ``health``:
+    the previous ones while their own options are unchanged, else opened
+    anew (at load: a metrics_file that cannot be used fails here, naming the
+    option)."""
     old = previous.health if previous is not None else None
     if old is not None and (old.metrics_file, old.rule) == (health.metrics_file, health.rule):
         tracker = previous.tracker  # type: ignore[union-attr]
@@ -264,7 +278,12 @@ def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tr
         shown = _open_metrics_file(
             lambda path: ShownOrders(path, health.shown_order_ttl, on_error=observability.bookkeeping_error),
             health.metrics_file)
-    return tracker, shown
+    if old is not None and old.metrics_file == health.metrics_file:
+        verified = previous.verified  # type: ignore[union-attr]
+    else:
+        verified = _open_metrics_file(lambda path: VerifiedCopies(path, on_error=observability.bookkeeping_error),
+                                      health.metrics_file)
+    return tracker, shown, verified
 
 
 def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:

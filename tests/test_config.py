@@ -41,7 +41,7 @@ def test_full_filter_section(tmp_path):
     selection, security, backends = settings.selection, settings.security, settings.backends
     assert selection.selector.strategy == "weight"
     assert selection.selector.options == {"store_weights": "fast:100, slow:10"}
-    assert selection.add_direct_url and security.scrub_credentials and not backends.verify_checksums
+    assert selection.add_direct_url and security.scrub_credentials and backends.verify_checksums == "off"
     assert security.locations_visible_to_roles == ("admin", "service")
     assert security.hidden_fields == ("locations",)
     assert selection.max_rewrite_size == 4 * 1024 * 1024

@@ -1,73 +1,97 @@
 """The body of one download: streams from its sources, resumes, verifies.
 
-When a digest is given the final chunk is held back until the whole body
-matches it; a mismatch raises, so the server aborts the connection and the
-client sees a truncated body rather than a complete bad one. Transfers are
-learnt (``Recorder.transferred``) only once their bytes verified: corrupt
-bytes teach nothing good, and are recorded against the copies that sent them.
+How much checking a body gets (``Check``):
+
+* ``VERIFY``: every byte is hashed (beside the transfer: ``PipelinedHash``)
+  and the final chunk is held back until the whole body matches the image's
+  digest; a mismatch raises, so the server aborts the connection and the
+  client sees a truncated body, never a complete bad one.
+* ``TRUST``: the first source is a copy verified before (``locproxy.verified``):
+  nothing is hashed. If it fails mid-stream, the copy that takes over is not
+  known to be good, so it is read and hashed *whole* from its first byte
+  (the bytes already sent are skipped, not sent twice) and checked as in
+  ``VERIFY``.
+* ``BACKGROUND``: every byte is hashed, nothing is held back (for clients
+  that verify themselves); a mismatch is logged, demotes and forgets the
+  copy, but the body has been sent.
+* ``NONE``: a range (no digest covers it) or ``verify_checksums = off``.
+
+Transfers are learnt (``Recorder.transferred``) only once their bytes
+verified: corrupt bytes teach nothing good, and are recorded against the
+copies that sent them. A copy that alone produced a good body is remembered
+as verified.
 """
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import logging
-import os
-import threading
 import time
-from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 from locproxy.download.backends import BackendError
-from locproxy.download.plan import UPSTREAM, Candidate, Digest
+from locproxy.download.digests import Digest, PipelinedHash
+from locproxy.download.plan import UPSTREAM, Candidate
 from locproxy.download.sources import Opened, Sources
+from locproxy.verified import VerifiedCopies
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
+
+
+class Check(enum.Enum):
+    NONE = "none"
+    VERIFY = "verify"
+    TRUST = "trust"
+    BACKGROUND = "background"
 
 
 class ChecksumMismatch(Exception):
     """The delivered image does not match its recorded digest."""
 
 
-def digest_matches(hasher: Any, expected: str) -> bool:
-    """Whether the hash equals ``expected`` (hex). Extendable-output hashes
-    (``shake_128``, ``shake_256``) are read to the expected length."""
-    if hasher.name.startswith("shake_"):
-        return hasher.hexdigest(len(expected) // 2) == expected.lower()
-    return hasher.hexdigest() == expected.lower()
-
-
 class ImageBody:
     """The WSGI iterable of one download (``close()`` closes its current source)."""
 
     def __init__(self, sources: Sources, first: Opened, start: int, end: int, digest: Digest | None,
-                 on_verified: Callable[[], None] | None) -> None:
+                 check: Check, verified: VerifiedCopies) -> None:
         self.sources = sources
         self.current = first
         self.start = start
         self.offset = start
         self.end = end
         self.digest = digest
-        self.on_verified = on_verified
+        self.check = check if digest is not None else Check.NONE
+        self.verified = verified
+        self.used: list[tuple[Candidate, tuple | None]] = []
 
     def __iter__(self) -> Iterator[bytes]:
-        sources, digest = self.sources, self.digest
-        hasher = hashlib.new(digest[0]) if digest else None
+        sources = self.sources
+        hasher = PipelinedHash(self.digest[0]) if self.digest and self.check in (Check.VERIFY, Check.BACKGROUND) \
+            else None
+        hold = self.check is Check.VERIFY
+        skip = 0  # bytes of the current source to hash but not send again
         held = b""
-        used: list[Candidate] = []
         first_label = self.current[0].label
         failures_before = sources.failures
         try:
             while True:
                 candidate, stream = self.current
-                used.append(candidate)
-                segment_start, started = self.offset, time.monotonic()
+                self.used.append((candidate, stream.identity))
+                read, started = 0, time.monotonic()
                 try:
                     for chunk in stream:
+                        read += len(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            skip, chunk = skip - cut, chunk[cut:]
+                            if not chunk:
+                                continue
                         self.offset += len(chunk)
-                        if hasher is None:
+                        if not hold:
                             yield chunk
                             continue
-                        hasher.update(chunk)
                         if held:
                             yield held
                         held = chunk
@@ -77,65 +101,61 @@ class ImageBody:
                     stream.close()
                 if self.offset >= self.end:
                     break
-                self.current = sources.resume(self.offset)
-            if hasher is not None and digest is not None and not digest_matches(hasher, digest[1]):
-                self._mismatch(used, first_label)
-            if candidate is not UPSTREAM:
-                sources.recorder.transferred(candidate.key, candidate.copy, candidate.label,
-                                             self.offset - segment_start, time.monotonic() - started)
-            if len(used) == 1 and hasher is not None and self.on_verified is not None:
-                self.on_verified()  # the first source alone produced a good body
+                if self.check is Check.TRUST and hasher is None:
+                    # The rest comes from a copy not known to be good: check it whole.
+                    hasher, hold, skip = PipelinedHash(self.digest[0]), True, self.offset  # type: ignore[index]
+                    self.current = sources.resume(0)
+                else:
+                    self.current = sources.resume(self.offset)
+            good = self._finish(hasher, candidate, read, time.monotonic() - started, first_label)
             if held:
                 yield held
         except BackendError:  # the upstream's /file failed too: abort
             sources.recorder.outcome(first_label, "failed")
             raise
-        outcome = "resumed" if len(used) > 1 else "served" if failures_before == 0 else "fell_back"
-        sources.recorder.outcome(first_label, outcome)
+        if good:
+            outcome = "resumed" if len(self.used) > 1 else "served" if failures_before == 0 else "fell_back"
+            sources.recorder.outcome(first_label, outcome)
         LOG.info("image %s: bytes %d-%d sent from %s%s", sources.image_id, self.start, self.end - 1,
-                 ", ".join(candidate.label for candidate in used), f" ({digest[0]} verified)" if digest else "")
+                 ", ".join(candidate.label for candidate, _ in self.used), self._checked())
 
-    def _mismatch(self, used: list[Candidate], first_label: str) -> None:
+    def _finish(self, hasher: PipelinedHash | None, last: Candidate, read: int, seconds: float,
+                first_label: str) -> bool:
+        """Judge the body before its last chunk goes: learn and remember, or
+        abort (raises; in ``BACKGROUND``, only reports: False)."""
+        if hasher is not None and self.digest is not None and not hasher.matches(self.digest[1]):
+            self._mismatch(first_label)
+            return False
+        if last is not UPSTREAM:
+            self.sources.recorder.transferred(last.key, last.copy, last.label, read, seconds)
+        hashed = self.used if self.check is not Check.TRUST else self.used[1:]
+        if hasher is not None and len(hashed) == 1 and self.digest is not None:
+            self.verified.add(hashed[0][1], self.digest)  # this copy alone produced the good body
+        return True
+
+    def _mismatch(self, first_label: str) -> None:
         sources, digest = self.sources, self.digest
         assert digest is not None
-        for source in used:
-            if source is not UPSTREAM:
-                sources.recorder.corrupt(source.key, source.copy, source.label, sources.image_id)
+        hashed = self.used if self.check is not Check.TRUST else self.used[1:]
+        for candidate, identity in hashed:
+            self.verified.forget(identity)
+            if candidate is not UPSTREAM:
+                sources.recorder.corrupt(candidate.key, candidate.copy, candidate.label, sources.image_id)
         sources.recorder.outcome(first_label, "checksum_mismatch")
-        LOG.error("image %s: %s digest mismatch from %s; aborting the download",
-                  sources.image_id, digest[0], ", ".join(c.label for c in used))
+        labels = ", ".join(candidate.label for candidate, _ in hashed)
+        if self.check is Check.BACKGROUND:
+            LOG.error("image %s: %s digest mismatch from %s; the body was sent (verify_checksums = background), "
+                      "the copy is demoted", sources.image_id, digest[0], labels)
+            return
+        LOG.error("image %s: %s digest mismatch from %s; aborting the download", sources.image_id, digest[0], labels)
         raise ChecksumMismatch(f"image {sources.image_id}: {digest[0]} mismatch")
+
+    def _checked(self) -> str:
+        if self.digest is None or self.check is Check.NONE:
+            return ""
+        if self.check is Check.TRUST and len(self.used) == 1:
+            return f" ({self.digest[0]} verified before)"
+        return f" ({self.digest[0]} {'checked after sending' if self.check is Check.BACKGROUND else 'verified'})"
 
     def close(self) -> None:
         self.current[1].close()
-
-
-class VerifiedFiles:
-    """Local files whose content matched their image digest, by identity.
-
-    A file is the same file while its device, inode, size, modification and
-    change times are (a copy rewritten in place with its mtime restored has a
-    new ctime: utime() cannot set that). Keeps the most recent ``capacity``
-    entries, per process.
-    """
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple, Digest] = OrderedDict()
-
-    @staticmethod
-    def identity(fileobj: Any) -> tuple:
-        stat = os.fstat(fileobj.fileno())
-        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-
-    def contains(self, fileobj: Any, digest: Digest) -> bool:
-        with self._lock:
-            return self._entries.get(self.identity(fileobj)) == digest
-
-    def add(self, identity: tuple, digest: Digest) -> None:
-        with self._lock:
-            self._entries[identity] = digest
-            self._entries.move_to_end(identity)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)

@@ -12,28 +12,34 @@ The order of events, and why:
 3. The planned sources are opened in turn until one answers; if none opens,
    the request goes to the upstream's ``/file`` unchanged (rbd, cinder,
    swift... still work).
-4. A local file that verified before (``VerifiedFiles``) is handed to the
-   server's ``wsgi.file_wrapper`` (sendfile); anything else streams through
-   ``ImageBody``, which resumes and verifies.
+4. A copy verified before (``locproxy.verified``: by any worker, before a
+   restart) is sent without hashing: a local file through the server's
+   ``wsgi.file_wrapper`` (sendfile, the socket corked), an http copy with
+   plain reads. Anything else streams through ``ImageBody``, which hashes
+   beside the transfer, resumes and verifies (``body.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import os
+import socket
+from typing import Any, Sequence
 
 from webob import Request, Response
 
 from locproxy import bodies
 from locproxy.config import FilterSettings
 from locproxy.download.backends import Backends
-from locproxy.download.body import ImageBody, VerifiedFiles
-from locproxy.download.plan import DownloadPlan, Refusal, plan_download
+from locproxy.download.body import Check, ImageBody
+from locproxy.download.digests import Digest, file_digest_matches, submit
+from locproxy.download.plan import Candidate, DownloadPlan, Refusal, plan_download
 from locproxy.download.sources import Opened, Sources
 from locproxy.observability import Recorder
 from locproxy.probing import Prober
 from locproxy.responses import json_error
 from locproxy.upstream import ImageRequests
+from locproxy.verified import VerifiedCopies
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
 
@@ -41,14 +47,13 @@ LOG = logging.getLogger(__package__)  # one logger for the whole download path
 class DownloadHandler:
     """Serves ``/file`` for the filter; returns None to let the upstream answer.
 
-    Holds what outlives a settings reload: the backend connection pools (kept
-    while the backend settings are unchanged) and the verified-file memory.
+    Holds what outlives a settings reload: the backend connection pools, kept
+    while the backend settings are unchanged.
     """
 
-    def __init__(self, settings: FilterSettings, verified_files: VerifiedFiles | None = None) -> None:
+    def __init__(self, settings: FilterSettings) -> None:
         self.settings = settings
         self.backends = Backends.from_settings(settings)
-        self.verified_files = verified_files or VerifiedFiles()
         self.prober = None
         if settings.health.probe_interval:
             self.prober = Prober(self.backends, settings.tracker, settings.health.probe_interval,
@@ -60,7 +65,7 @@ class DownloadHandler:
             return self
         if self.prober is not None:
             self.prober.stop()
-        return DownloadHandler(settings, self.verified_files)
+        return DownloadHandler(settings)
 
     def __call__(self, req: Request, image_requests: ImageRequests, settings: FilterSettings,
                  prefer: Sequence[str] = ()) -> Response | None:
@@ -77,7 +82,7 @@ class DownloadHandler:
         plan = plan_download(
             image, method=req.method, range_header=req.headers.get("Range"), selector=settings.selection.selector,
             prefer=prefer, readable=self.backends.readable, demoted=settings.tracker.demoted,
-            verify_checksums=settings.backends.verify_checksums,
+            verify_checksums=settings.backends.verify_checksums != "off",
         )
         if plan is None:
             return None
@@ -87,10 +92,10 @@ class DownloadHandler:
             refusal = _download_refused(image_requests)
             if refusal is not None:
                 return refusal
-        return self.render(plan, req, image_requests, Recorder(settings.tracker), settings.backends.chunk_size)
+        return self.render(plan, req, image_requests, Recorder(settings.tracker), settings)
 
     def render(self, plan: DownloadPlan, req: Request, image_requests: ImageRequests, recorder: Recorder,
-               chunk_size: int) -> Response | None:
+               settings: FilterSettings) -> Response | None:
         """The response for ``plan``: headers only, sendfile, or a streamed body."""
         if self.prober is not None:
             self.prober.remember(plan.candidates, plan.size)
@@ -107,24 +112,86 @@ class DownloadHandler:
             recorder.outcome(plan.candidates[0].label, "upstream")
             return None
         return Response(status=plan.status, headerlist=list(plan.headers),
-                        app_iter=self._body(plan, first, sources, req.environ.get("wsgi.file_wrapper"), chunk_size))
+                        app_iter=self._body(plan, first, sources, req.environ, settings))
 
-    def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, file_wrapper: object,
-              chunk_size: int) -> object:
+    def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, environ: dict[str, Any],
+              settings: FilterSettings) -> Any:
         candidate, stream = first
-        fileobj = stream.fileobj
-        if fileobj is not None and file_wrapper is not None and plan.whole and (
-                plan.digest is None or self.verified_files.contains(fileobj, plan.digest)):
-            # Checked before (or a range, which cannot be): let the server sendfile it.
-            LOG.info("image %s: bytes %d-%d sent from %s (sendfile)", plan.image_id, plan.start, plan.end - 1,
-                     candidate.label)
-            sources.recorder.outcome(candidate.label, "served" if sources.failures == 0 else "fell_back")
-            return file_wrapper(fileobj, chunk_size)  # type: ignore[operator]
-        on_verified = None
-        if fileobj is not None and plan.digest is not None:
-            identity, digest = self.verified_files.identity(fileobj), plan.digest
-            on_verified = lambda: self.verified_files.add(identity, digest)  # noqa: E731
-        return ImageBody(sources, first, plan.start, plan.end, plan.digest, on_verified)
+        check = _check(plan.digest, stream.identity, settings.backends.verify_checksums, settings.verified)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        # A file wrapper may send to the end of the file, whatever Content-Length says: whole bodies only.
+        if stream.fileobj is None or file_wrapper is None or not plan.whole or check is Check.VERIFY:
+            return ImageBody(sources, first, plan.start, plan.end, plan.digest, check, settings.verified)
+        if check is Check.BACKGROUND:
+            assert plan.digest is not None
+            _verify_later(stream.fileobj, plan.digest, stream.identity, candidate, plan.image_id, sources.recorder,
+                          settings.verified)
+        LOG.info("image %s: bytes %d-%d sent from %s (sendfile%s)", plan.image_id, plan.start, plan.end - 1,
+                 candidate.label, {Check.TRUST: f", {plan.digest and plan.digest[0]} verified before",
+                                   Check.BACKGROUND: ", checked beside"}.get(check, ""))
+        sources.recorder.outcome(candidate.label, "served" if sources.failures == 0 else "fell_back")
+        return corked(file_wrapper(stream.fileobj, settings.backends.chunk_size), environ)
+
+
+def _check(digest: Digest | None, identity: tuple | None, mode: str, verified: VerifiedCopies) -> Check:
+    """How much checking this body needs: none without a digest, none for a
+    copy verified before, else what ``verify_checksums`` asks."""
+    if digest is None:
+        return Check.NONE
+    if verified.contains(identity, digest):
+        return Check.TRUST
+    return Check.BACKGROUND if mode == "background" else Check.VERIFY
+
+
+def _verify_later(fileobj: Any, digest: Digest, identity: tuple | None, candidate: Candidate, image_id: str,
+                  recorder: Recorder, verified: VerifiedCopies) -> None:
+    """Hash a file being sent with sendfile, on a digest thread, from a
+    descriptor of its own (the response closes the other one whenever it
+    ends). A mismatch demotes and forgets the copy; the body is the client's
+    to check (``verify_checksums = background``)."""
+    fd = os.dup(fileobj.fileno())
+
+    def verify() -> None:
+        with os.fdopen(fd, "rb", buffering=0) as copy:
+            good = file_digest_matches(copy, digest)
+        if good:
+            verified.add(identity, digest)
+            return
+        verified.forget(identity)
+        recorder.corrupt(candidate.key, candidate.copy, candidate.label, image_id)
+        recorder.outcome(candidate.label, "checksum_mismatch")
+        LOG.error("image %s: %s digest mismatch from %s; the body was sent (verify_checksums = background), "
+                  "the copy is demoted", image_id, digest[0], candidate.label)
+
+    submit(verify)
+
+
+def corked(wrapper: Any, environ: dict[str, Any]) -> Any:
+    """Cork the client socket while the server sendfile()s ``wrapper``.
+
+    Under gunicorn (``gunicorn.socket``, Linux ``TCP_CORK``) the kernel then
+    sends only full segments, as nginx does with ``tcp_nopush on``. The
+    wrapper's ``close()`` (always called by the server) uncorks, which
+    flushes the last partial segment at once.
+    """
+    sock, cork = environ.get("gunicorn.socket"), getattr(socket, "TCP_CORK", None)
+    if sock is None or cork is None or not hasattr(wrapper, "close"):
+        return wrapper
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except (OSError, AttributeError):
+        return wrapper
+    close = wrapper.close
+
+    def uncork_and_close() -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+        except OSError:
+            pass  # the client is gone
+        close()
+
+    wrapper.close = uncork_and_close  # the server checks isinstance(): keep the object
+    return wrapper
 
 
 def _download_refused(image_requests: ImageRequests) -> Response | None:

@@ -98,6 +98,7 @@ class UpstreamStream:
     """
 
     fileobj = None
+    identity = None  # never trusted as a verified copy
 
     def __init__(self, image_requests: ImageRequests, offset: int, end: int) -> None:
         self.response = image_requests.download(headers={"Range": f"bytes={offset}-{end - 1}"})

@@ -196,7 +196,9 @@ class HTTPBackend:
             response.close()
             response.release_conn()
             raise
-        return HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
+        stream = HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
+        stream.identity = _identity(parts, response, total_size)
+        return stream
 
     def _send(self, pool: urllib3.HTTPConnectionPool, target: str, headers: dict[str, str], label: str,
               watch: Watch) -> urllib3.BaseHTTPResponse:
@@ -216,6 +218,21 @@ class HTTPBackend:
             raise BackendError(label, reason, kind) from None
         finally:
             watch.disarm()
+
+
+def _identity(parts: SplitResult, response: urllib3.BaseHTTPResponse, total_size: int | None) -> tuple | None:
+    """The copy behind this URL, as the backend describes it: a strong ETag,
+    else Last-Modified (RFC 9110 section 8.8), and the whole length; None
+    without a validator (nothing tells a later answer is the same bytes)."""
+    etag, modified = response.headers.get("ETag", "").strip(), response.headers.get("Last-Modified", "").strip()
+    if etag and not etag.startswith("W/"):
+        validator = ("etag", etag)
+    elif modified:
+        validator = ("last-modified", modified)
+    else:
+        return None
+    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # credentials are not part of it
+    return ("http", url, *validator, total_size)
 
 
 def _request_headers(parts: SplitResult, start: int, length: int, whole: bool) -> dict[str, str]:
