@@ -78,6 +78,7 @@ class BackendSettings:
     rate_window: float = 10.0
     pool_maxsize: int = 32
     verify_checksums: str = "on"  # on, off or background (see locproxy.download.body)
+    verify_ahead: bool = False  # verify file copies while idle (locproxy.download.ahead)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_rate_window": ("backends", "rate_window", parse_seconds),
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
     "verify_checksums": ("backends", "verify_checksums", _verification),
+    "verify_ahead": ("backends", "verify_ahead", parse_bool),
     "metrics_file": ("health", "metrics_file", parse_writable_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),

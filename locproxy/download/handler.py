@@ -30,6 +30,7 @@ from webob import Request, Response
 
 from locproxy import bodies
 from locproxy.config import FilterSettings
+from locproxy.download.ahead import ACTIVITY, VerifyAhead
 from locproxy.download.backends import Backends
 from locproxy.download.body import Check, ImageBody
 from locproxy.download.digests import Digest, file_digest_matches, submit
@@ -54,6 +55,9 @@ class DownloadHandler:
     def __init__(self, settings: FilterSettings) -> None:
         self.settings = settings
         self.backends = Backends.from_settings(settings)
+        self.ahead = None
+        if settings.backends.verify_ahead:
+            self.ahead = VerifyAhead(self.backends, settings.verified, Recorder(settings.tracker), ACTIVITY)
         self.prober = None
         if settings.health.probe_interval:
             self.prober = Prober(self.backends, settings.tracker, settings.health.probe_interval,
@@ -63,8 +67,9 @@ class DownloadHandler:
         """This handler if ``settings`` read the same backends the same way, else a new one."""
         if _same_backends(settings, self.settings):
             return self
-        if self.prober is not None:
-            self.prober.stop()
+        for worker in (self.prober, self.ahead):
+            if worker is not None:
+                worker.stop()
         return DownloadHandler(settings)
 
     def __call__(self, req: Request, image_requests: ImageRequests, settings: FilterSettings,
@@ -99,6 +104,8 @@ class DownloadHandler:
         """The response for ``plan``: headers only, sendfile, or a streamed body."""
         if self.prober is not None:
             self.prober.remember(plan.candidates, plan.size)
+        if self.ahead is not None:
+            self.ahead.note(plan)
         if not plan.candidates:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             recorder.outcome("upstream", "upstream")
@@ -111,8 +118,8 @@ class DownloadHandler:
         if first is None:
             recorder.outcome(plan.candidates[0].label, "upstream")
             return None
-        return Response(status=plan.status, headerlist=list(plan.headers),
-                        app_iter=self._body(plan, first, sources, req.environ, settings))
+        body = self._body(plan, first, sources, req.environ, settings)
+        return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(body))
 
     def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, environ: dict[str, Any],
               settings: FilterSettings) -> Any:
