@@ -12,7 +12,8 @@ writes ``{"event": "ready"}``, waits for ``start_file`` (so every node starts
 together), then downloads each image in turn and writes one
 ``{"event": "download", ...}`` line per download: its number, start, first
 byte and end times (epoch seconds), bytes, status, and whether length and
-sha512 were exact. With ``hold``, download ``n`` stops reading after ``at``
+sha512 were exact. At the end it saves the sidecar's ``/metrics`` to
+``metrics_file`` if the plan names one. With ``hold``, download ``n`` stops reading after ``at``
 bytes, writes ``{"event": "held"}`` and waits for ``release_file``: the
 bench cuts a backend's links at that moment, so the cut lands mid-transfer
 whatever the timing (the bytes already in socket buffers are far fewer than
@@ -138,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             emit({"n": number, **record})
             if plan.get("pause"):
                 time.sleep(plan["pause"])
+        if plan.get("metrics_file"):
+            # What this node's Prometheus endpoint exposes after the workload (series count).
+            connection = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                connection.request("GET", "/metrics")
+                Path(plan["metrics_file"]).write_bytes(connection.getresponse().read())
+            finally:
+                connection.close()
     return 0
 
 

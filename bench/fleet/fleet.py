@@ -20,6 +20,7 @@ metrics files, and the backends' request logs:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -71,8 +72,6 @@ class ImageFile:
 def make_images(directory: Path, count: int, size: int, tag: str = "fleet") -> list[ImageFile]:
     """``count`` images of ``size`` random bytes (deterministic per name),
     kept in ``directory`` with their digests so later runs reuse them."""
-    import hashlib
-
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / "digests.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
@@ -157,6 +156,7 @@ class RunResult:
     downloads: list[Download]
     probe_bytes: dict[int, int]  # node -> bytes of probe responses, all backends
     probe_requests: dict[int, int]
+    metric_series: dict[int, int]  # node -> locproxy_* series its /metrics showed at the end
     fault: Fault | None = None
     cut_at: float | None = None
     restored_at: float | None = None
@@ -265,7 +265,7 @@ class Fleet:
         if self.upstream is None:
             self.start_upstream()
         topo = self.topology
-        rundir = self.workdir / name
+        rundir = self.run_dir(name)
         rundir.mkdir(parents=True, exist_ok=False)
         started_procs: list[Proc] = []
         try:
@@ -291,6 +291,10 @@ class Fleet:
             for proc in reversed(started_procs):
                 self.lab.stop(proc)
         return self._result(name, options, rundir, begin, end, sequence, fault, cut_at, restored_at, health)
+
+    def run_dir(self, name: str) -> Path:
+        """Where run ``name`` keeps its logs, event and metrics files."""
+        return self.workdir / (re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-") or "run")
 
     def _start_sidecar(self, rundir: Path, node: int, options: Mapping[str, Any]) -> Proc:
         topo = self.topology
@@ -324,6 +328,7 @@ class Fleet:
         plan.write_text(json.dumps({
             "downloads": [{"id": i.id, "size": i.size, "sha512": i.sha512} for i in sequence],
             "pause": pause, "start_file": str(rundir / "start"), "hold": hold,
+            "metrics_file": str(nodedir / "metrics.txt"),
         }))
         return self.lab.start(f"client {node}", self.topology.node_ns(node), [
             self.python, "-m", "bench.fleet.client", "--base", f"http://127.0.0.1:{SIDECAR_PORT}",
@@ -396,8 +401,13 @@ class Fleet:
                 if record["range"] == f"bytes=0-{probe_size - 1}" and node is not None:
                     probe_bytes[node] = probe_bytes.get(node, 0) + record["bytes"]
                     probe_requests[node] = probe_requests.get(node, 0) + 1
+        metric_series = {}
+        for node in range(topo.nodes):
+            metrics = rundir / f"n{node}" / "metrics.txt"
+            if metrics.exists():
+                metric_series[node] = sum(line.startswith("locproxy_") for line in metrics.read_text().splitlines())
         return RunResult(name, str(options.get("location_strategy")), dict(options), topo, begin, end, downloads,
-                         probe_bytes, probe_requests, fault, cut_at, restored_at, health)
+                         probe_bytes, probe_requests, metric_series, fault, cut_at, restored_at, health)
 
 
 def _events(path: Path) -> Iterator[dict[str, Any]]:
