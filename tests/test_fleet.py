@@ -13,13 +13,12 @@ Needs root (network namespaces): skipped otherwise, with the reason.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 
 from bench.fleet import netlab
 from bench.fleet.fleet import Fault, Fleet, RunResult, make_images
-
-REASON = netlab.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"fleet test: {REASON}")
 
 MiB = 1024 * 1024
 FAILURE_THRESHOLD = 3
@@ -39,7 +38,12 @@ OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunResult]:
+    # Checked here rather than at collection, so that collecting the suite
+    # never creates a namespace.
+    reason = netlab.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"fleet test: {reason}")
     # Rates 4x apart, so the ranking does not hinge on Python's overhead
     # per request on a busy 2-core machine. A different prefix from the
     # bench's, so the test never removes a running bench's network.
@@ -47,7 +51,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     base = tmp_path_factory.mktemp("fleet")
     small = make_images(base / "images", CONVERGE, 4 * MiB, tag="small")
     big = make_images(base / "images", 1, 32 * MiB, tag="big")
-    sequence = small + big + small * 2
+    sequence = small + big + (small * 3)[:AFTER]
     with netlab.Lab(topology) as lab:
         fleet = Fleet(lab, base / "work", small + big, sidecar_threads=4)
         # Node 0's fastest backend is 0: hold its big download after 2 MiB,
@@ -81,9 +85,14 @@ def test_the_cut_download_resumes_from_another_backend(run: RunResult):
 
 def test_the_dead_backend_costs_each_node_at_most_the_threshold(run: RunResult):
     for node, health in run.health.items():
-        failures = health.total_at(run.restored_at) - health.total_at(run.cut_at)
-        assert failures <= FAILURE_THRESHOLD, (
-            f"node {node}: {failures} failures of backend 0 during the outage (threshold {FAILURE_THRESHOLD})"
+        failures = health.failed_attempts(run.cut_at, run.restored_at, run.attempt_slack())
+        # One more than the threshold is possible today: the prober and the
+        # node's download may both be trying the backend when the threshold
+        # is reached, and the second failure lands just after the demotion
+        # (see bench/fleet/README.md). Never more: one worker, one download
+        # at a time per node.
+        assert failures <= FAILURE_THRESHOLD + 1, (
+            f"node {node}: {failures} failed attempts on backend 0 before its demotion (threshold {FAILURE_THRESHOLD})"
         )
         # Nodes that only probe it may fail fewer times than the threshold
         # within the outage; node 0, which downloads from it, must demote it.

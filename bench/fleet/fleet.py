@@ -49,7 +49,6 @@ SENT_LINE = re.compile(_STAMP + r"INFO \S+: image (?P<id>\S+): bytes \d+-\d+ sen
                        r"(?: \(\w+ verified\)| \(sendfile\))?$")
 FAILED_LINE = re.compile(_STAMP + r"WARNING \S+: image (?P<id>\S+): backend (?P<label>\S+) failed "
                          r"(?P<where>before the first byte|at byte \d+): (?P<reason>.*); trying the next location$")
-PROBE_FAILED_LINE = re.compile(_STAMP + r"WARNING \S+: probe of backend (?P<label>\S+) failed: (?P<reason>.*)$")
 
 UPSTREAM_SOURCE = -1
 
@@ -117,12 +116,24 @@ class NodeHealth:
         before = [poll for poll in self.polls if poll[0] <= when]
         return before[-1][2] if before else 0
 
-    def first_demotion(self) -> tuple[float, int] | None:
-        """(time seen, total failures then) at the first poll showing it demoted."""
+    def first_demotion(self) -> tuple[float, int, float] | None:
+        """(time seen, total failures then, demoted until) at the first poll
+        showing the backend demoted."""
         for t, _failures, total, demoted_until in self.polls:
             if demoted_until > t:
-                return t, total
+                return t, total, demoted_until
         return None
+
+    def failed_attempts(self, cut_at: float, restored_at: float, slack: float) -> int:
+        """Failures of the backend from the cut on, of every attempt that
+        started while it was not demoted: until its first cool-down ended
+        (no attempt starts while it is demoted; one in flight when the
+        demotion comes fails just after it), or, if it was never demoted,
+        until ``slack`` seconds (the longest an attempt can take to fail)
+        after the links came back."""
+        demotion = self.first_demotion()
+        until = restored_at + slack if demotion is None else demotion[2]
+        return self.total_at(until) - self.total_at(cut_at)
 
     def healthy_again(self, after: float) -> float | None:
         """The first poll after ``after`` with no failures and no demotion."""
@@ -183,6 +194,11 @@ class RunResult:
             else:
                 first = None
         return first
+
+    def attempt_slack(self) -> float:
+        """Seconds an attempt on a dead backend can take to fail."""
+        return float(self.options.get("backend_connect_timeout", 5)) + float(
+            self.options.get("backend_read_timeout", 30))
 
     def probe_rate(self, node: int) -> float:
         """Bytes per second of probe responses this node received."""
@@ -290,7 +306,13 @@ class Fleet:
         finally:
             for proc in reversed(started_procs):
                 self.lab.stop(proc)
-        return self._result(name, options, rundir, begin, end, sequence, fault, cut_at, restored_at, health)
+        (rundir / "run.json").write_text(json.dumps({
+            "name": name, "options": dict(options), "started": begin, "ended": end,
+            "sequence": [image.id for image in sequence], "cut_at": cut_at, "restored_at": restored_at,
+            "fault": None if fault is None else fault.__dict__,
+            "health": {str(node): record.polls for node, record in health.items()},
+        }, default=str))
+        return read_result(rundir, topo)
 
     def run_dir(self, name: str) -> Path:
         """Where run ``name`` keeps its logs, event and metrics files."""
@@ -375,39 +397,42 @@ class Fleet:
             restored_at = time.time()
         return cut_at, restored_at, health
 
-    # -- reading what happened ----------------------------------------------------
-
-    def _result(self, name: str, options: Mapping[str, Any], rundir: Path, begin: float, end: float,
-                sequence: Sequence[ImageFile], fault: Fault | None, cut_at: float | None,
-                restored_at: float | None, health: dict[int, NodeHealth]) -> RunResult:
-        topo = self.topology
-        downloads = []
-        for node in range(topo.nodes):
-            nodedir = rundir / f"n{node}"
-            records = [e for e in _events(nodedir / "events.jsonl") if e.get("event") == "download"]
-            node_downloads = [Download(node, e["n"], e["image"], e["started"], e["seconds"], e["bytes"],
-                                       e["ok"], e["error"]) for e in records]
-            _attach_sources(node_downloads, (nodedir / "sidecar.log").read_text(errors="replace"), topo)
-            downloads += node_downloads
-            if len(node_downloads) != len(sequence):
-                raise LabError(f"node {node}: {len(node_downloads)} of {len(sequence)} downloads recorded; "
-                               f"see {nodedir}")
-        probe_size = _size(options.get("probe_size", "64K"))
-        probe_bytes: dict[int, int] = {}
-        probe_requests: dict[int, int] = {}
-        for backend in range(topo.backends):
-            for record in _events(rundir / f"b{backend}.jsonl"):
-                node = _node_of(record["peer"])
-                if record["range"] == f"bytes=0-{probe_size - 1}" and node is not None:
-                    probe_bytes[node] = probe_bytes.get(node, 0) + record["bytes"]
-                    probe_requests[node] = probe_requests.get(node, 0) + 1
-        metric_series = {}
-        for node in range(topo.nodes):
-            metrics = rundir / f"n{node}" / "metrics.txt"
-            if metrics.exists():
-                metric_series[node] = sum(line.startswith("locproxy_") for line in metrics.read_text().splitlines())
-        return RunResult(name, str(options.get("location_strategy")), dict(options), topo, begin, end, downloads,
-                         probe_bytes, probe_requests, metric_series, fault, cut_at, restored_at, health)
+def read_result(rundir: Path, topo: Topology) -> RunResult:
+    """A finished run, read back from its directory: ``run.json`` (what the
+    supervisor saw), the clients' event files, the sidecars' logs and
+    ``/metrics``, the backends' request logs."""
+    run = json.loads((rundir / "run.json").read_text())
+    options = run["options"]
+    downloads = []
+    for node in range(topo.nodes):
+        nodedir = rundir / f"n{node}"
+        records = [e for e in _events(nodedir / "events.jsonl") if e.get("event") == "download"]
+        node_downloads = [Download(node, e["n"], e["image"], e["started"], e["seconds"], e["bytes"],
+                                   e["ok"], e["error"]) for e in records]
+        _attach_sources(node_downloads, (nodedir / "sidecar.log").read_text(errors="replace"), topo)
+        downloads += node_downloads
+        if len(node_downloads) != len(run["sequence"]):
+            raise LabError(f"node {node}: {len(node_downloads)} of {len(run['sequence'])} downloads recorded; "
+                           f"see {nodedir}")
+    probe_size = _size(options.get("probe_size", "64K"))
+    probe_bytes: dict[int, int] = {}
+    probe_requests: dict[int, int] = {}
+    for backend in range(topo.backends):
+        for record in _events(rundir / f"b{backend}.jsonl"):
+            node = _node_of(record["peer"])
+            if record["range"] == f"bytes=0-{probe_size - 1}" and node is not None:
+                probe_bytes[node] = probe_bytes.get(node, 0) + record["bytes"]
+                probe_requests[node] = probe_requests.get(node, 0) + 1
+    metric_series = {}
+    for node in range(topo.nodes):
+        metrics = rundir / f"n{node}" / "metrics.txt"
+        if metrics.exists():
+            metric_series[node] = sum(line.startswith("locproxy_") for line in metrics.read_text().splitlines())
+    fault = None if run["fault"] is None else Fault(**run["fault"])
+    health = {int(node): NodeHealth([tuple(poll) for poll in polls]) for node, polls in run["health"].items()}
+    return RunResult(run["name"], str(options.get("location_strategy")), options, topo, run["started"],
+                     run["ended"], downloads, probe_bytes, probe_requests, metric_series, fault, run["cut_at"],
+                     run["restored_at"], health)
 
 
 def _events(path: Path) -> Iterator[dict[str, Any]]:
@@ -451,11 +476,6 @@ def _size(value: Any) -> int:
     return int(text.rstrip("KMG")) * factor
 
 
-def _stamp(text: str) -> float:
-    seconds = time.mktime(time.strptime(text[:19], "%Y-%m-%d %H:%M:%S"))
-    return seconds + int(text[20:23]) / 1000
-
-
 def _attach_sources(downloads: list[Download], log: str, topo: Topology) -> None:
     """Sources and failures of each download, from its sidecar's log. A node
     downloads one image at a time, so the n-th "sent from" line for an image
@@ -478,14 +498,3 @@ def _attach_sources(downloads: list[Download], log: str, topo: Topology) -> None
             download.sources, download.failures = queue.pop(0)
         else:
             download.failures = tuple(pending.pop(download.image, []))
-
-
-def probe_failures(log: str, topo: Topology) -> list[tuple[float, int, str]]:
-    """(time, backend, reason) of every failed probe in a sidecar's log."""
-    failures = []
-    for line in log.splitlines():
-        if match := PROBE_FAILED_LINE.match(line):
-            backend = topo.backend_of(match["label"])
-            failures.append((_stamp(match["stamp"]), UPSTREAM_SOURCE if backend is None else backend,
-                             match["reason"]))
-    return failures

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleet import netlab
-from bench.fleet.fleet import UPSTREAM_SOURCE, Fault, Fleet, RunResult, make_images, probe_failures
+from bench.fleet.fleet import UPSTREAM_SOURCE, Fault, Fleet, RunResult, make_images, read_result
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -106,8 +108,8 @@ def strategy_table(results: list[RunResult]) -> str:
 def fault_table(result: RunResult) -> str:
     assert result.fault is not None and result.cut_at is not None and result.restored_at is not None
     fault, topo = result.fault, result.topology
-    head = ["node", "downloads cut mid-transfer", "failed attempts on b%d before demotion" % fault.backend,
-            "demoted after cut", "failures during outage", "back on it"]
+    head = ["node", "downloads cut mid-transfer", f"failed attempts on b{fault.backend} before demotion",
+            "of which counted by then", "demoted after the cut", "back on it"]
     rows = []
     for node in range(topo.nodes):
         health = result.health[node]
@@ -116,11 +118,10 @@ def fault_table(result: RunResult) -> str:
         cut = [d for d in result.of_node(node) if len(d.sources) > 1]
         cut_text = ", ".join(f"#{d.n} {source_names(d.sources)} ({'exact' if d.ok else 'NOT exact'})"
                              for d in cut) or "none"
-        before = "—" if demotion is None else str(demotion[1] - baseline)
+        attempts = health.failed_attempts(result.cut_at, result.restored_at, result.attempt_slack())
+        counted = "—" if demotion is None else str(demotion[1] - baseline)
         demoted = "not demoted" if demotion is None else f"{demotion[0] - result.cut_at:.1f} s"
-        during = health.total_at(result.restored_at) - baseline
-        back = _back_on(result, node)
-        rows.append([f"node {node}", cut_text, before, demoted, str(during), back])
+        rows.append([f"node {node}", cut_text, str(attempts), counted, demoted, _back_on(result, node)])
     return markdown(head, rows)
 
 
@@ -222,11 +223,8 @@ def targets(results: list[RunResult]) -> str:
                      f"{'exact' if all(d.ok for d in r.downloads) else 'NOT all exact'}",
                      "yes" if cut and all(d.ok for d in r.downloads) else "no"])
         threshold = int(r.options["failure_threshold"])
-        costs = []
-        for node in range(r.topology.nodes):
-            demotion = r.health[node].first_demotion()
-            baseline = r.health[node].total_at(r.cut_at)
-            costs.append(demotion[1] - baseline if demotion else r.health[node].total_at(r.restored_at) - baseline)
+        costs = [r.health[node].failed_attempts(r.cut_at, r.restored_at, r.attempt_slack())
+                 for node in range(r.topology.nodes)]
         rows.append([f"{r.name}: at most failure_threshold ({threshold}) failed attempts per node before demotion",
                      ", ".join(str(c) for c in costs) + " (node 0, 1, ...)",
                      "yes" if max(costs) <= threshold else "no"])
@@ -256,34 +254,22 @@ def report(results: list[RunResult], settings: dict[str, Any]) -> str:
             parts += [f"Links of b{r.fault.backend} down at {r.cut_at - r.started:.1f} s into the run, back at "
                       f"{r.restored_at - r.started:.1f} s; cool-down {r.options['cooldown']} s, failure threshold "
                       f"{r.options['failure_threshold']}. Failures are read from each node's metrics file "
-                      f"every {0.1:g} s.", ""]
+                      f"every {0.1:g} s. *Failed attempts before demotion*: every failure from the cut until "
+                      f"the first cool-down ended (or, never demoted, until the links were back and any "
+                      f"attempt still running had failed), i.e. of every attempt started while the backend "
+                      f"was not demoted; *counted by then*: the tracker's count at the first poll "
+                      f"showing the demotion (the difference: attempts in flight when it came).", ""]
     return "\n".join(parts)
 
 
 # -- main ----------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=20, help="images per sequence (default 20)")
-    parser.add_argument("--size", type=int, default=64, help="MiB per image (default 64)")
-    parser.add_argument("--rates", default="800,200,50", help="Mbit/s per backend, rotated per node")
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--no-fault", action="store_true", help="skip the backend-cut run")
-    parser.add_argument("--outage", type=float, default=15.0, help="seconds backend 0 stays cut")
-    parser.add_argument("--cut-at", type=int, default=6, help="node 0's download during which backend 0 is cut")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of the machinery, not of the targets: 8 images of 16 MiB, the cut "
-                             "during download 3 for 4 s, results in a temporary --out")
-    parser.add_argument("--out", type=Path, default=None, help="where results go (default bench/fleet)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.images, args.size, args.cut_at, args.outage = 8, 16, 3, 4.0
-    out = args.out or (Path(tempfile.mkdtemp(prefix="locproxy-fleet-")) if args.quick else HERE)
-    reason = netlab.unavailable_reason()
-    if reason is not None:
-        print(f"bench/fleet: {reason}", file=sys.stderr)
-        return 2
+# Logs, event files, metrics files and run records of the last run stay here
+# (the image files in it are hard links to the cache): --from-logs re-reads them.
+LAST_RUN = IMAGE_CACHE / "last-run"
+
+
+def run_bench(args: argparse.Namespace) -> tuple[list[RunResult], dict[str, Any]]:
     rates = tuple(int(rate) for rate in args.rates.split(","))
     topology = netlab.Topology(prefix="lpf", nodes=args.nodes, backends=len(rates), rates=rates)
     size = args.size * MiB
@@ -303,15 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         "weight": f"store_weights = {global_weights(topology)}",
     }
     results: list[RunResult] = []
-    # Logs, event files and metrics files of the last run stay here (the
-    # image files in it are hard links to the cache).
-    workdir = IMAGE_CACHE / "last-run"
     with netlab.Lab(topology) as lab:
         if lab.stale_removed:
             print(f"removed stale namespaces: {', '.join(lab.stale_removed)}", file=sys.stderr)
-        if workdir.exists():
-            shutil.rmtree(workdir)
-        fleet = Fleet(lab, workdir, images)
+        if LAST_RUN.exists():
+            shutil.rmtree(LAST_RUN)
+        fleet = Fleet(lab, LAST_RUN, images)
         fleet.start_upstream()
         for strategy in args.strategies.split(","):
             began = time.monotonic()
@@ -321,14 +304,51 @@ def main(argv: list[str] | None = None) -> int:
                   f"(wall {time.monotonic() - began:.0f} s)", file=sys.stderr, flush=True)
         if not args.no_fault:
             fault = Fault(backend=0, node=0, download=min(args.cut_at, args.images), at=8 * MiB, outage=args.outage)
-            result = fleet.run("measured, b0 cut", strategy_options("measured", topology), images, fault=fault,
-                               timeout=3 * worst + 300)
-            results.append(result)
-            for node in range(topology.nodes):
-                log = (fleet.run_dir(result.name) / f"n{node}" / "sidecar.log").read_text(errors="replace")
-                failed = probe_failures(log, topology)
-                print(f"node {node}: {len(failed)} failed probes", file=sys.stderr)
+            results.append(fleet.run("measured, b0 cut", strategy_options("measured", topology), images,
+                                     fault=fault, timeout=3 * worst + 300))
     settings["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    (LAST_RUN / "bench.json").write_text(json.dumps({
+        "settings": settings, "topology": dataclasses.asdict(topology),
+        "runs": [fleet.run_dir(r.name).name for r in results],
+    }))
+    return results, settings
+
+
+def read_last_run() -> tuple[list[RunResult], dict[str, Any]]:
+    """The results of the last run, from its files in LAST_RUN."""
+    bench = json.loads((LAST_RUN / "bench.json").read_text())
+    topology = netlab.Topology(**{**bench["topology"], "rates": tuple(bench["topology"]["rates"])})
+    return [read_result(LAST_RUN / name, topology) for name in bench["runs"]], bench["settings"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20, help="images per sequence (default 20)")
+    parser.add_argument("--size", type=int, default=64, help="MiB per image (default 64)")
+    parser.add_argument("--rates", default="800,200,50", help="Mbit/s per backend, rotated per node")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--no-fault", action="store_true", help="skip the backend-cut run")
+    parser.add_argument("--outage", type=float, default=15.0, help="seconds backend 0 stays cut")
+    parser.add_argument("--cut-at", type=int, default=6, help="node 0's download during which backend 0 is cut")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of the machinery, not of the targets: 8 images of 16 MiB, the cut "
+                             "during download 3 for 4 s, results in a temporary --out")
+    parser.add_argument("--from-logs", action="store_true",
+                        help=f"run nothing: write the outputs again from the last run's files ({LAST_RUN})")
+    parser.add_argument("--out", type=Path, default=None, help="where results go (default bench/fleet)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.size, args.cut_at, args.outage = 8, 16, 3, 4.0
+    out = args.out or (Path(tempfile.mkdtemp(prefix="locproxy-fleet-")) if args.quick else HERE)
+    if args.from_logs:
+        results, settings = read_last_run()
+    else:
+        reason = netlab.unavailable_reason()
+        if reason is not None:
+            print(f"bench/fleet: {reason}", file=sys.stderr)
+            return 2
+        results, settings = run_bench(args)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", results)
     text = report(results, settings)
@@ -338,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("bench/fleet: matplotlib missing, no plot (bench/fleet/run installs it)", file=sys.stderr)
     print(text)
-    print(f"\nwritten to {out}; logs of every process in {workdir}", file=sys.stderr)
+    print(f"\nwritten to {out}; logs of every process in {LAST_RUN}", file=sys.stderr)
     return 0
 
 
