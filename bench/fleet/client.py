@@ -64,7 +64,8 @@ def wait_until_ready(host: str, port: int, image_id: str) -> None:
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            if get_status(host, port, "/healthcheck") == 200 and get_status(host, port, f"/v2/images/{image_id}") == 200:
+            if (get_status(host, port, "/healthcheck") == 200
+                    and get_status(host, port, f"/v2/images/{image_id}") == 200):
                 return
             last = "not 200"
         except OSError as error:

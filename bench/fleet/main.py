@@ -172,7 +172,7 @@ def plot(path: Path, results: list[RunResult]) -> None:
     left.set_xlabel("download number")
     left.set_ylabel("download time (s, log scale)")
     left.set_title("every node, every strategy")
-    left.legend(fontsize=7, ncol=2)
+    left.legend(fontsize=7, ncol=2, loc="center right")
     for ax, r in zip(axes[0][1:], faulted):
         fault = r.fault
         assert fault is not None
@@ -184,10 +184,18 @@ def plot(path: Path, results: list[RunResult]) -> None:
                 if len(d.sources) > 1:
                     ax.annotate(f"resumed {source_names(d.sources)}", (d.n, d.seconds), fontsize=7,
                                 textcoords="offset points", xytext=(5, 5))
-        outage = [d.n for d in r.of_node(fault.node) if r.cut_at <= d.started + d.seconds and d.started <= r.restored_at]
+        outage = [d.n for d in r.of_node(fault.node)
+                  if r.cut_at <= d.started + d.seconds and d.started <= r.restored_at]
         if outage:
-            ax.axvspan(min(outage) - 0.5, max(outage) + 0.5, color="grey", alpha=0.2,
+            ax.axvspan(min(outage) - 0.5, max(outage) + 0.5, color="grey", alpha=0.25,
                        label=f"node {fault.node}'s downloads during the cut of b{fault.backend}")
+        demotion = r.health[fault.node].first_demotion() if fault.node in r.health else None
+        if demotion is not None and outage:
+            cooling = [d.n for d in r.of_node(fault.node)
+                       if d.n > max(outage) and d.started <= demotion[2]]
+            if cooling:
+                ax.axvspan(max(outage) + 0.5, max(cooling) + 0.5, color="grey", alpha=0.1,
+                           label=f"b{fault.backend} back, node {fault.node} still in its cool-down")
         ax.set_yscale("log")
         ax.set_xlabel("download number")
         ax.set_title(f"{r.strategy}: b{fault.backend} cut for {fault.outage:g} s")
