@@ -92,7 +92,8 @@ def test_the_dead_backend_costs_each_node_at_most_the_threshold(run: RunResult):
         # (see bench/fleet/README.md). Never more: one worker, one download
         # at a time per node.
         assert failures <= FAILURE_THRESHOLD + 1, (
-            f"node {node}: {failures} failed attempts on backend 0 before its demotion (threshold {FAILURE_THRESHOLD})"
+            f"node {node}: {failures} failed attempts on backend 0 before its demotion "
+            f"(threshold {FAILURE_THRESHOLD})"
         )
         # Nodes that only probe it may fail fewer times than the threshold
         # within the outage; node 0, which downloads from it, must demote it.
