@@ -26,7 +26,10 @@ Health rule (a circuit breaker per backend, and per copy):
   demote a backend shared by everyone);
 * when a cool-down ends the backend (or copy) takes its normal place again;
   the next download from it is the probe: success clears the record, another
-  failure demotes it again for twice as long (up to ``max_cooldown``).
+  failure demotes it again for twice as long (up to ``max_cooldown``);
+* while a backend has failures, one attempt at a time tests it (per
+  process): others go to other copies first, so a backend that died costs
+  at most ``failure_threshold`` failed attempts before it is demoted.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterator
 
@@ -94,6 +98,8 @@ class Tracker:
         self.path = path
         self.rule = rule
         self.clock = clock
+        self._attempts: dict[str, int] = {}  # backend -> attempts opening it now, in this process
+        self._attempts_lock = threading.Lock()
         self._store: _Store
         if path and read_only:
             self._store = _ReadOnlyStore(path)
@@ -169,9 +175,29 @@ class Tracker:
         return self._store.snapshot()
 
     def demoted(self, *keys: str) -> bool:
-        """Whether any of ``keys`` (a backend, a copy) is demoted now."""
+        """Whether any of ``keys`` (a backend, a copy) goes after the others
+        now: demoted, or failing and being tried by another attempt of this
+        process already (half-open: one attempt at a time tests a failing
+        backend, so a dead one costs at most ``failure_threshold`` failures)."""
         snapshot, now = self._store.snapshot(), self.clock()
-        return any(key in snapshot and snapshot[key].demoted(now) for key in keys)
+        for key in keys:
+            stats = snapshot.get(key)
+            if stats is not None and (stats.demoted(now) or (stats.failures and self._attempts.get(key))):
+                return True
+        return False
+
+    @contextmanager
+    def attempt(self, key: str) -> Iterator[None]:
+        """An attempt at ``key`` is opening it (see ``demoted``)."""
+        with self._attempts_lock:
+            self._attempts[key] = self._attempts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._attempts_lock:
+                self._attempts[key] -= 1
+                if not self._attempts[key]:
+                    del self._attempts[key]
 
     def estimate(self, key: str) -> tuple[float | None, float | None] | None:
         """``(ttfb, throughput)`` learnt for ``key``, or None if never seen."""

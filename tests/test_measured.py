@@ -10,15 +10,19 @@ import re
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from locproxy.tracker import Tracker
 from tests.faultserver import FaultServer
 from tests.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("measured-tests", 1024 * 1024)
-COOLDOWN = 1.0
+# Longer than the 1 s for which a worker may read the shared file's state
+# from its cache: while demoted, every worker has seen the demotion.
+COOLDOWN = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +99,9 @@ def test_measured_converges_demotes_and_recovers(setup):
     fast.mode = "status:503"
     served = download_counts(sidecar, slow, fast, image_id, 3)
     assert served == ["slow"] * 3
+    time.sleep(1.1)  # each worker reads the shared file at most once a second
     status, health = get(sidecar, "/healthcheck")
     assert status == 200 and json.loads(health)["demoted_backends"] == 1
-    time.sleep(1.1)  # the other worker reads the shared file at most once a second
     requests_while_demoted = fast.request_count
     download_counts(sidecar, slow, fast, image_id, 2)
     assert fast.request_count == requests_while_demoted, "a demoted backend is tried last: not at all here"
@@ -156,16 +160,22 @@ def test_active_probing_learns_and_brings_a_backend_back(tmp_path):
                 tracker_rows = lambda: subprocess.run(  # noqa: E731
                     [sys.executable, "-m", "locproxy.cli", "stats", str(metrics_file)],
                     capture_output=True, text=True, timeout=60, check=True).stdout
+                def second_record() -> Any:
+                    return Tracker(str(metrics_file), read_only=True).stats().get(second.url(""))
+
                 deadline = time.monotonic() + 10
-                while "demoted" not in tracker_rows() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                assert "demoted" in tracker_rows(), "probes found the second copy failing"
+                while not (second_record() and second_record().demoted_until) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert second_record().demoted_until, "probes found the second copy failing, and demoted it"
                 assert second.requests[-1].headers.get("range") == "bytes=0-4095", "small Range reads"
                 second.mode = "ok"
+
+                def second_row() -> str:
+                    return next(row for row in tracker_rows().splitlines() if row.startswith(second.url("")))
+
                 deadline = time.monotonic() + 10
-                while "demoted" in tracker_rows() and time.monotonic() < deadline:
+                while not re.search(r"\d+\.\d ms.*healthy", second_row()) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                rows = tracker_rows()
-                assert "demoted" not in rows, "a successful probe brought it back"
-                line = next(row for row in rows.splitlines() if row.startswith(second.url("")))
+                line = second_row()
+                assert "healthy" in line, "a successful probe brought it back"
                 assert re.search(r"\d+\.\d ms", line), "its first-byte time was learnt by probing"

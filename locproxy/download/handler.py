@@ -37,7 +37,7 @@ from locproxy.download.digests import Digest, file_digest_matches, submit
 from locproxy.download.plan import Candidate, DownloadPlan, Refusal, plan_download
 from locproxy.download.sources import Opened, Sources
 from locproxy.observability import Recorder
-from locproxy.probing import Prober
+from locproxy.download.probing import Prober
 from locproxy.responses import json_error
 from locproxy.upstream import ImageRequests
 from locproxy.verified import VerifiedCopies
@@ -60,7 +60,7 @@ class DownloadHandler:
             self.ahead = VerifyAhead(self.backends, settings.verified, Recorder(settings.tracker), ACTIVITY)
         self.prober = None
         if settings.health.probe_interval:
-            self.prober = Prober(self.backends, settings.tracker, settings.health.probe_interval,
+            self.prober = Prober(self.backends, Recorder(settings.tracker), settings.health.probe_interval,
                                  settings.health.probe_size)
 
     def for_settings(self, settings: FilterSettings) -> DownloadHandler:

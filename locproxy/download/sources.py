@@ -46,12 +46,19 @@ class Sources:
 
     def open_next(self, offset: int) -> Opened | None:
         """The next candidate that opens at ``offset``, or None when none is left."""
+        tracker, deferred = self.recorder.tracker, set()
         try:
             while self.remaining:
                 candidate = self.remaining.pop(0)
+                if self.remaining and candidate.key not in deferred and tracker.demoted(candidate.key, candidate.copy):
+                    # Went wrong (or another attempt is testing it) since the plan: the others first.
+                    deferred.add(candidate.key)
+                    self.remaining.append(candidate)
+                    continue
                 started = time.monotonic()
                 try:
-                    stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
+                    with tracker.attempt(candidate.key):
+                        stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
                 except BackendError as error:
                     self.failed(candidate, error, offset, before_first_byte=True)
                     continue
