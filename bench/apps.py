@@ -1,7 +1,7 @@
 """WSGI apps the benchmark serves with gunicorn (``bench.apps:NAME()``).
 
 * ``upstream()`` -- the stand-in image API for the download rows: images from
-  a catalog (``$BENCH_CATALOG``, JSON written by ``bench.main``) whose JSON
+  a catalog (``$BENCH_CATALOG``, JSON written by ``bench.context``) whose JSON
   carries correct ``size``/``checksum``/``os_hash_*`` for big files on disk
   (``locproxy.demo.DemoImageAPI`` keeps image bytes in memory and cannot
   hold 1 GiB), and whose own ``/file`` reads the file the way Glance's
@@ -23,13 +23,13 @@ import re
 from typing import Any, Callable, Iterator
 
 from locproxy.demo import DemoImageAPI
+from locproxy.ranges import Malformed, Unsatisfiable, parse_range
 
 SHOW_IMAGE_ID = "5e1ec7ed-0000-4000-8000-000000000001"
 GLANCE_CHUNK = 64 * 1024  # glance_store/_drivers/filesystem.py ChunkedFile.CHUNKSIZE
 FILTER_OPTIONS = {"location_strategy": "store_type", "store_type_preference": "file, http"}
 
 _PATH = re.compile(r"^/v2/images/(?P<id>[^/]+)(?P<file>/file)?/?$")
-_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 def glance_image(image_id: str, name: str, size: int | None, md5: str | None, sha512: str | None,
@@ -131,20 +131,21 @@ class BenchUpstream:
             return [] if method == "HEAD" else [body]
         entry = self.images[image_id]
         size = entry["image"]["size"]
-        start, stop, status = 0, size, "200 OK"
         headers = [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
-        range_match = _RANGE.match(environ.get("HTTP_RANGE", "").replace(" ", ""))
-        if range_match:
-            start = int(range_match[1])
-            stop = min(size, int(range_match[2]) + 1) if range_match[2] else size
-            if start >= stop:
-                start_response("416 Range Not Satisfiable", [("Content-Range", f"bytes */{size}"),
-                                                             ("Content-Length", "0")])
-                return []
-            status = "206 Partial Content"
-            headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
-        else:
+        try:
+            span = parse_range(environ.get("HTTP_RANGE"), size)
+        except Malformed:
+            span = None  # RFC 9110 lets a server ignore a Range it cannot parse: the whole image
+        except Unsatisfiable:
+            start_response("416 Range Not Satisfiable", [("Content-Range", f"bytes */{size}"),
+                                                         ("Content-Length", "0")])
+            return []
+        if span is None:
+            start, stop, status = 0, size, "200 OK"
             headers.append(("Content-MD5", entry["image"]["checksum"]))
+        else:
+            (start, stop), status = span, "206 Partial Content"
+            headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
         headers.append(("Content-Length", str(stop - start)))
         start_response(status, headers)
         if method == "HEAD":

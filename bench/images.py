@@ -43,6 +43,17 @@ class ImageFile:
         return self.path.as_uri()
 
 
+def human(size: int) -> str:
+    """``1 GiB``, ``256 MiB``: a size as the table names it."""
+    return f"{size // GiB} GiB" if size % GiB == 0 else f"{size // MiB} MiB"
+
+
+def file_name(size: int, index: int | None = None) -> str:
+    """The cached file for an image of ``size``: ``img-1g``, ``img-256m-03``."""
+    name = f"img-{size // GiB}g" if size % GiB == 0 else f"img-{size // MiB}m"
+    return name if index is None else f"{name}-{index:02d}"
+
+
 def _block() -> bytes:
     return random.Random(20240601).randbytes(BLOCK)
 
@@ -123,6 +134,11 @@ def touch(image: ImageFile) -> None:
     now = time.time_ns()
     os.utime(image.path, ns=(now, now))
     _record(image.path, image.size, image.md5, image.sha512)
+
+
+def touch_all(files: list[ImageFile]) -> None:
+    for image in files:
+        touch(image)
 
 
 def warm(image: ImageFile) -> None:

@@ -1,6 +1,7 @@
-"""Clients and samplers: curl downloads (one or many at once), keep-alive
-latency loops, time to first byte, worker RSS. Peers are always measured with
-the same client, interleaved where the brief asks for it."""
+"""Clients, samplers and statistics: curl downloads (one or many at once),
+keep-alive latency loops, time to first byte, CPU time and worker RSS;
+medians with their spread. Peers are always measured with the same client,
+interleaved (``alternate``, ``interleaved_latency``) so drift hits all."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
@@ -113,6 +114,16 @@ class KeepAlive:
         self.connection.close()
 
 
+def get_body(url: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """One GET on a fresh connection, the body."""
+    client = KeepAlive(url, headers)
+    try:
+        client.connection.request("GET", client.path, headers=client.headers)
+        return client.connection.getresponse().read()
+    finally:
+        client.close()
+
+
 def interleaved_latency(targets: Mapping[str, tuple[str, Mapping[str, str] | None]], rounds: int,
                         per_round: int, warmup: int = 50) -> dict[str, list[list[float]]]:
     """Per target, ``rounds`` lists of ``per_round`` request times; targets
@@ -203,5 +214,37 @@ class Stat:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
 
+def alternate(reps: int, runs: Mapping[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Each run once per repetition, the order reversed every other time, so
+    drift and other load hit every run alike."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else list(reversed(names))):
+            results[name].append(runs[name]())
+    return results
+
+
 def flat(rounds: Sequence[Sequence[float]]) -> list[float]:
     return [value for values in rounds for value in values]
+
+
+@dataclass
+class LatencyGap:
+    """``other`` against ``base``: both medians, and the added median latency
+    overall with the least and most added in any one round."""
+
+    base: Stat
+    other: Stat
+    added: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples: Mapping[str, Sequence[Sequence[float]]], base: str, other: str) -> LatencyGap:
+        base_stat, other_stat = Stat.of(flat(samples[base])), Stat.of(flat(samples[other]))
+        per_round = [statistics.median(y) - statistics.median(x) for x, y in zip(samples[base], samples[other])]
+        return cls(base_stat, other_stat, other_stat.median - base_stat.median, min(per_round), max(per_round))
+
+    def rounds_ms(self) -> str:
+        return f"{self.low * 1000:+.3f}…{self.high * 1000:+.3f}"

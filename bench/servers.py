@@ -1,9 +1,11 @@
-"""Servers the benchmark starts on 127.0.0.1: gunicorn (locproxy, the stand-in
-upstream, the latency apps) and nginx (sendfile and proxy_pass peers).
+"""Servers the benchmark starts on 127.0.0.1: gunicorn (the locproxy sidecar,
+the stand-in upstream, the latency apps) and nginx (sendfile and proxy_pass
+peers).
 
 Every process runs in its own session (process group) and is registered in
 ``STARTED``; ``stop_all()`` (called on exit, errors and Ctrl-C) stops exactly
-those groups: SIGTERM, a bounded wait, then SIGKILL.
+those groups with ``locproxy.sidecar.stop_process``: SIGTERM, a bounded wait,
+then SIGKILL to the group.
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
+
+from locproxy.sidecar import gunicorn_args, sidecar_command, stop_process
 
 REPO_ROOT = Path(os.environ.get("LOCPROXY_BENCH_REPO") or Path(__file__).resolve().parent.parent).resolve()
-PASTE_INI = REPO_ROOT / "etc" / "paste.ini"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -53,11 +55,10 @@ def refused_port() -> int:
     raise RuntimeError("no refused port found")
 
 
-def _spawn(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.Popen:
+def _spawn(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            list(command), cwd=str(cwd or REPO_ROOT), env={**os.environ, **(env or {})},
+            list(command), cwd=str(REPO_ROOT), env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     STARTED.append(process)
@@ -65,18 +66,10 @@ def _spawn(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    # Children that outlived their parent (gunicorn workers, nginx workers).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    # A process that outlives even SIGKILL's bounded wait must not keep the
+    # others running: stop_all goes on.
     with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_TIMEOUT)
+        stop_process(process, group=True, timeout=STOP_TIMEOUT)
     if process in STARTED:
         STARTED.remove(process)
 
@@ -95,20 +88,12 @@ def children(pid: int) -> list[int]:
 
 # -- gunicorn -------------------------------------------------------------------
 
-def _no_control_socket() -> list[str]:
-    from gunicorn.config import KNOWN_SETTINGS
-
-    known = any("--no-control-socket" in (setting.cli or ()) for setting in KNOWN_SETTINGS)
-    return ["--no-control-socket"] if known else []
-
-
 @dataclass
 class Gunicorn:
     name: str
     port: int
     process: subprocess.Popen
     log_path: Path
-    settings: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -122,28 +107,50 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")
 
 
+def _options(port: int, workers: int, threads: int, worker_class: str) -> list[str]:
+    """The same gunicorn settings for every server here (the sidecar's paste
+    settings come on top)."""
+    return ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+            "--worker-class", worker_class, "--timeout", "120", "--graceful-timeout", "3",
+            "--backlog", "2048", "--log-level", "warning", "--error-logfile", "-"]
+
+
 @contextlib.contextmanager
 def gunicorn(name: str, app: str, workdir: Path, *, workers: int = 1, threads: int = 16,
-             worker_class: str = "gthread", paste_globals: Mapping[str, str] | None = None,
-             env: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> Iterator[Gunicorn]:
-    """gunicorn on a free loopback port: ``app`` is a paste ini (``*.ini``) or
-    a ``module:callable()`` spec importable from the repository root."""
-    port = free_port()
-    log_path = workdir / f"gunicorn-{name}-{port}.log"
+             env: Mapping[str, str] | None = None) -> Iterator[Gunicorn]:
+    """gunicorn gthread serving ``app``, a ``module:callable()`` spec
+    importable from the repository root, on a free loopback port."""
     config = workdir / "gunicorn.conf.py"
     config.write_text("")  # no gunicorn.conf.py from the cwd
-    target = ["--paste", app] if app.endswith(".ini") else [app]
-    pg = [arg for key, value in (paste_globals or {}).items() for arg in ("--paste-global", f"{key}={value}")]
-    command = [
-        sys.executable, "-m", "gunicorn", "--config", str(config),
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-        "--worker-class", worker_class, "--timeout", "120", "--graceful-timeout", "3",
-        "--backlog", "2048", "--log-level", "warning", "--error-logfile", "-",
-        *_no_control_socket(), *pg, *extra, *target,
-    ]
-    process = _spawn(command, log_path, env=env)
-    server = Gunicorn(name, port, process, log_path,
-                      {"workers": workers, "threads": threads, "worker_class": worker_class, **(paste_globals or {})})
+
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "--config", str(config), *gunicorn_args(),
+                *_options(port, workers, threads, "gthread"), app]
+
+    with _running(name, workdir, command, workers, env) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def sidecar(name: str, workdir: Path, paste_globals: Mapping[str, str], *, workers: int, threads: int,
+            worker_class: str) -> Iterator[Gunicorn]:
+    """The locproxy sidecar as ``locproxy serve`` runs it (the packaged
+    gunicorn.conf.py and paste.ini), with ``paste_globals`` and our gunicorn settings."""
+
+    def command(port: int) -> list[str]:
+        return sidecar_command(paste_globals, _options(port, workers, threads, worker_class))
+
+    with _running(name, workdir, command, workers) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _running(name: str, workdir: Path, command: Callable[[int], list[str]], workers: int,
+             env: Mapping[str, str] | None = None) -> Iterator[Gunicorn]:
+    port = free_port()
+    log_path = workdir / f"gunicorn-{name}-{port}.log"
+    process = _spawn(command(port), log_path, env=env)
+    server = Gunicorn(name, port, process, log_path)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not (accepts(port) and len(server.workers) >= workers):
@@ -179,8 +186,8 @@ class Nginx:
     prefix: Path
 
     @property
-    def static_url(self) -> str:
-        return f"http://127.0.0.1:{self.static_port}"
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def proxy_url(self) -> str:

@@ -1,0 +1,20 @@
+"""The rows of the table, one module each, in the order they are measured
+and printed. Each module declares its ``ROW`` (``bench.row.Row``)."""
+
+from __future__ import annotations
+
+from bench.row import Row
+from bench.rows import concurrent, failover, fallback, file, http, memory, rewrite, show_filter, show_sidecar
+
+ROWS: tuple[Row, ...] = (
+    file.ROW,
+    http.ROW,
+    concurrent.ROW,
+    fallback.ROW,
+    show_sidecar.ROW,
+    show_filter.ROW,
+    rewrite.ROW,
+    memory.ROW,
+    failover.ROW,
+)
+NAMES = tuple(row.name for row in ROWS)
