@@ -92,12 +92,16 @@ class Context:
     def served_by(self, mark: int, server: servers.Gunicorn | None = None) -> str:
         """How downloads since ``mark`` were served, from locproxy's INFO log lines."""
         text = (server or self.sidecar).log()[mark:]
-        sendfile = len(re.findall(r"\(sendfile\)", text))
-        verified = len(re.findall(r"verified\)", text))
-        plain = len(re.findall(r"bytes \d+-\d+ sent from [^(\n]*$", text, re.M))
-        if not (sendfile or verified or plain):
+        lines = re.findall(r"bytes \d+-\d+ sent from .*$", text, re.M)
+        if not lines:
             return "path unknown (no INFO log lines)"
-        return f"{sendfile} sendfile, {verified} verified stream, {plain} unverified stream"
+        kinds = {"sendfile": "(sendfile", "stream of a copy verified before": "verified before)",
+                 "verified stream": "verified)", "stream checked beside": "checked after sending)"}
+        counts = {kind: 0 for kind in [*kinds, "unverified stream"]}
+        for line in lines:
+            kind = next((kind for kind, mark_ in kinds.items() if mark_ in line), "unverified stream")
+            counts[kind] += 1
+        return ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
 
     def one(self, url: str, size: int, headers: dict | None = None, cpu: str | None = None,
             pids: Callable[[], list[int]] | None = None) -> Callable[[], float]:
