@@ -30,8 +30,8 @@ from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
 from locproxy.tracker import Tracker
-from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.faultserver import FaultServer, RefusingPort
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("download-tests", 3 * 1024 * 1024 + 17)  # not a multiple of any chunk size
 SHA512 = hashlib.sha512(DATA).hexdigest()

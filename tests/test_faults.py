@@ -8,7 +8,7 @@ looks complete.
 
 One ``FaultLab`` serves every row: the demo image API behind
 ``FaultyUpstream`` (a path prefix such as ``/badjson/v2/...`` selects an
-upstream fault), fault-injecting loopback backends (``tests.faultserver``, a
+upstream fault), fault-injecting loopback backends (``tests.support.faultserver``, a
 fresh server per row so no row inherits another's state), a file root, and
 the real sidecar (``gunicorn --paste``: the ``locproxy`` filter in front of the
 ``proxy`` app, DEBUG logging captured). The strategy comes from a live
@@ -40,8 +40,8 @@ import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.tracker import Tracker
-from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.faultserver import FaultServer, RefusingPort
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("fault-table", 1024 * 1024 + 17)  # 1 MiB + 17: "slow:1000000" takes about a second
 SHA512 = hashlib.sha512(DATA).hexdigest()

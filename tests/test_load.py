@@ -36,7 +36,8 @@ from typing import Any, Iterator
 import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location
-from tests.servers import free_port, run_gunicorn
+from tests.support.processes import free_port
+from tests.support.servers import run_gunicorn
 
 SPEC_ENV = "LOCPROXY_LOAD_SPEC"
 FILE_IMAGE = "10ad0000-0000-4000-8000-00000000000a"

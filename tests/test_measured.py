@@ -14,8 +14,8 @@ import time
 import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
-from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.faultserver import FaultServer
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("measured-tests", 1024 * 1024)
 COOLDOWN = 1.0

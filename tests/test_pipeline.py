@@ -16,7 +16,7 @@ from paste.deploy import loadapp
 from webtest import TestApp
 
 from locproxy.demo import DEMO_IMAGE_IDS, build_demo, serve_static, serve_wsgi, web_dir_of
-from tests.servers import REPO_ROOT, run_gunicorn
+from tests.support.servers import REPO_ROOT, run_gunicorn
 
 PASTE_INI = REPO_ROOT / "etc" / "paste.ini"
 CIRROS = DEMO_IMAGE_IDS["cirros-demo"]

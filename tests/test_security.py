@@ -43,8 +43,8 @@ from webtest import TestApp
 from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
-from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.faultserver import FaultServer
+from tests.support.servers import run_gunicorn, sidecar_ini
 from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch
 
 SECRET = demo_bytes("secret-outside-the-roots", len(DATA))

@@ -49,7 +49,7 @@ from typing import Any, Iterator, Mapping
 import glance_env
 import pytest
 
-from tests.servers import REPO_ROOT, GunicornServer, run_gunicorn
+from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
 pytestmark = pytest.mark.integration
 
