@@ -9,6 +9,8 @@ it, stop it by pid and process group.
 * ``wait_until(predicate, timeout=..., what=...)``: poll until the predicate
   returns something true (returned), or raise ``TimeoutError`` naming
   ``what``; every wait is bounded.
+* ``children(pid)``: the pids of a process's children (e.g. gunicorn's
+  workers), from ``/proc``.
 * ``stop(process)``: ``locproxy.sidecar.stop_process`` on the whole process
   group (SIGTERM, bounded wait, SIGKILL), so no worker outlives its master.
 
@@ -76,6 +78,11 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux ``/proc``), in order."""
+    return sorted(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
 
 
 def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:

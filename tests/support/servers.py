@@ -39,9 +39,9 @@ START_TIMEOUT = 15.0
 
 # -- gunicorn in a subprocess ------------------------------------------------
 
-# Paste ini logging sections: every record at DEBUG to stderr (gunicorn's log),
-# one "LEVEL logger: message" line each, for tests that read the log.
-DEBUG_LOGGING = """
+# Paste ini logging sections: every record at LEVEL to stderr (gunicorn's
+# log), one "LEVEL logger: message" line each, for tests that read the log.
+LOGGING = """
 [loggers]
 keys = root
 [handlers]
@@ -49,7 +49,7 @@ keys = stderr
 [formatters]
 keys = plain
 [logger_root]
-level = DEBUG
+level = {level}
 handlers = stderr
 [handler_stderr]
 class = StreamHandler
@@ -61,14 +61,14 @@ format = %(levelname)s %(name)s: %(message)s
 
 
 def sidecar_ini(path: Path, upstream: str, filter_options: Mapping[str, Any],
-                proxy_options: Mapping[str, Any] = {}) -> Path:  # noqa: B006 - read only
+                proxy_options: Mapping[str, Any] = {}, log_level: str = "DEBUG") -> Path:  # noqa: B006 - read only
     """Write a sidecar paste ini (locproxy filter + proxy app) with these
-    options and DEBUG logging; returns ``path``."""
+    options, logging at ``log_level``; returns ``path``."""
     lines = ["[pipeline:main]", "pipeline = locproxy proxy", "", "[filter:locproxy]", "use = egg:locproxy#locproxy"]
     lines += [f"{name} = {value}" for name, value in filter_options.items()]
     lines += ["", "[app:proxy]", "use = egg:locproxy#proxy", f"upstream = {upstream}"]
     lines += [f"{name} = {value}" for name, value in proxy_options.items()]
-    path.write_text("\n".join(lines) + "\n" + DEBUG_LOGGING)
+    path.write_text("\n".join(lines) + "\n" + LOGGING.replace("{level}", log_level))
     return path
 
 
