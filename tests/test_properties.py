@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import Callable
 
 import pytest
 
@@ -20,33 +21,13 @@ from locproxy.proxy import Proxy, load_proxy_settings
 from locproxy.ranges import Unsatisfiable, parse_range
 from locproxy.rewrite import IMAGE, RewritePolicy, rewrite_body
 from locproxy.strategies import Selector
-from tests.support import properties
 from tests.support.properties import EXAMPLES, PROPERTIES
 
 # -- the properties ---------------------------------------------------------------------------
 
-def test_rewrite_image_properties() -> None:
-    properties.rewrite_image_properties()
-
-
-def test_rewrite_body_never_raises_and_emits_valid_json() -> None:
-    properties.rewrite_body_never_raises_and_emits_valid_json()
-
-
-def test_parse_range_matches_the_rfc() -> None:
-    properties.parse_range_matches_the_rfc()
-
-
-def test_translate_patch_never_raises_and_keeps_what_it_does_not_understand() -> None:
-    properties.translate_patch_never_raises_and_keeps_what_it_does_not_understand()
-
-
-def test_translated_patch_does_what_the_client_meant() -> None:
-    properties.translated_patch_does_what_the_client_meant()
-
-
-def test_config_value_is_settings_or_a_config_error_naming_the_option() -> None:
-    properties.config_value_is_settings_or_a_config_error_naming_the_option()
+@pytest.mark.parametrize("prop", [pytest.param(prop, id=prop.__name__) for prop in PROPERTIES])
+def test_property(prop: Callable[[], None]) -> None:
+    prop()
 
 
 # -- inputs that once broke locproxy, kept as regression tests ----------------------------------

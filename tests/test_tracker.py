@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import time
 
 import pytest
 
 from locproxy.tracker import MIN_THROUGHPUT_SAMPLE, HealthRule, Tracker
+from tests.support.sqlite_files import Clock, locked
 
 MiB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -180,23 +172,20 @@ def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
     path = str(tmp_path / "metrics.sqlite")
     errors: list[str] = []
     tracker = Tracker(path, on_error=errors.append)
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
     try:
-        started = time.monotonic()
-        tracker.record_failure("b")
-        for _ in range(20):
+        with locked(path):
+            started = time.monotonic()
             tracker.record_failure("b")
-            tracker.record_transfer("c", MiB, 0.1)
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.0, f"bookkeeping took {elapsed:.2f} s while the file was locked"
-        assert tracker.demoted("b"), "this process still applies the health rule"
-        assert tracker.stats()["c"].samples == 20
-        assert tracker.degraded and "locked" in tracker.degraded
-        assert errors == ["tracker"], "one failure, then the file is left alone"
+            for _ in range(20):
+                tracker.record_failure("b")
+                tracker.record_transfer("c", MiB, 0.1)
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.0, f"bookkeeping took {elapsed:.2f} s while the file was locked"
+            assert tracker.demoted("b"), "this process still applies the health rule"
+            assert tracker.stats()["c"].samples == 20
+            assert tracker.degraded and "locked" in tracker.degraded
+            assert errors == ["tracker"], "one failure, then the file is left alone"
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
         tracker.close()
 
 

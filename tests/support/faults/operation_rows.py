@@ -4,7 +4,6 @@ rule, and the operator's config_file."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.support.faults.lab import (
     Scenarios,
     sha512,
 )
+from tests.support.sqlite_files import locked
 
 ROWS = Scenarios()
 scenario = ROWS.row
@@ -39,21 +39,16 @@ def _metrics_file_locked(lab: FaultLab) -> tuple[str, str]:
     with lab.private_sidecar(metrics_file=metrics_file, backend_pool_maxsize=2,
                              healthcheck_path="/healthcheck") as sidecar:
         fetch(sidecar.port, f"/v2/images/{image_id}/file")  # creates the file's rows
-        holder = sqlite3.connect(str(metrics_file), isolation_level=None)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            locked = [fetch(sidecar.port, f"/v2/images/{image_id}/file") for _ in range(6)]
+        with locked(metrics_file):
+            while_locked = [fetch(sidecar.port, f"/v2/images/{image_id}/file") for _ in range(6)]
             health = fetch(sidecar.port, "/healthcheck").json()
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
         time.sleep(0.5)
         served_before = web.request_count
         after = [fetch(sidecar.port, f"/v2/images/{image_id}/file") for _ in range(6)]
         log = sidecar.log()
-    for result in locked + after:
+    for result in while_locked + after:
         assert (result.status, result.complete) == (200, True) and sha512(result.body) == SHA512, result.describe()
-    slowest = max(result.seconds for result in locked)
+    slowest = max(result.seconds for result in while_locked)
     assert slowest < 2.0, f"a download took {slowest:.1f} s while the file was locked"
     assert health["status"] == "degraded", health
     assert web.request_count - served_before == 6, "served by the preferred backend: no pool slot was lost"

@@ -134,11 +134,17 @@ def _wrong_digest(lab: FaultLab) -> tuple[str, str]:
     return check_download(lab, image_id, "aborted", prefix="/wrongdigest")
 
 
-@scenario("upstream", "slow upstream (no answer within read_timeout)", "download")
-def _slow_download(lab: FaultLab) -> tuple[str, str]:
-    good = lab.backend()
-    image_id = lab.image(lab.web(good))
-    return check_download(lab, image_id, 504, prefix="/slow", untouched=(good,))
+def upstream_error(prefix: str, status: int) -> Callable[[FaultLab], tuple[str, str]]:
+    """Row: the upstream's metadata fetch fails; its error is the answer
+    and the image's only backend is never contacted."""
+    def run(lab: FaultLab) -> tuple[str, str]:
+        good = lab.backend()
+        image_id = lab.image(lab.web(good))
+        return check_download(lab, image_id, status, prefix=prefix, untouched=(good,))
+    return run
+
+
+scenario("upstream", "slow upstream (no answer within read_timeout)", "download")(upstream_error("/slow", 504))
 
 
 @scenario("upstream", "upstream down (connection refused)", "download")
@@ -149,11 +155,7 @@ def _down_download(lab: FaultLab) -> tuple[str, str]:
     return "502 JSON error", verified(result)
 
 
-@scenario("upstream", "truncated JSON body", "download")
-def _truncated_download(lab: FaultLab) -> tuple[str, str]:
-    good = lab.backend()
-    image_id = lab.image(lab.web(good))
-    return check_download(lab, image_id, 502, prefix="/truncjson", untouched=(good,))
+scenario("upstream", "truncated JSON body", "download")(upstream_error("/truncjson", 502))
 
 
 @scenario("upstream", "os_hash_algo shake_128 (an extendable-output hash)", "download")
