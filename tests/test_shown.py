@@ -23,7 +23,7 @@ from locproxy.demo import DemoImageAPI, location
 from locproxy.middleware import LocationFilter
 from locproxy.reloading import Reloading
 from locproxy.shown import ShownOrders, client_key
-from tests.support.sqlite_files import Clock, locked
+from tests.support.sqlite_files import Clock, used_while_locked
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 URLS = {"fs1": "file:///srv/fs1/image", "fs2": "file:///srv/fs2/image", "web": "http://web.example/image"}
@@ -262,19 +262,13 @@ def test_workers_see_each_others_records(tmp_path: Path):
 
 
 def test_a_locked_file_means_fewer_records_never_an_error(tmp_path: Path):
-    path = str(tmp_path / "m.sqlite")
-    errors: list[str] = []
-    shown = ShownOrders(path, on_error=errors.append)
-    try:
-        with locked(path):
-            started = time.monotonic()
-            for number in range(20):
-                shown.remember("c", [(f"image-{number}", ("a", "b"))])
-            assert time.monotonic() - started < 1.0
-            assert shown.recall("c", "image-3") == ("a", "b"), "this process remembers in memory"
-            assert errors == ["shown_orders"] and shown.degraded
-    finally:
-        shown.close()
+    with used_while_locked(ShownOrders, tmp_path / "m.sqlite") as (shown, errors):
+        started = time.monotonic()
+        for number in range(20):
+            shown.remember("c", [(f"image-{number}", ("a", "b"))])
+        assert time.monotonic() - started < 1.0
+        assert shown.recall("c", "image-3") == ("a", "b"), "this process remembers in memory"
+        assert errors == ["shown_orders"] and shown.degraded
 
 
 def test_client_key_depends_on_credentials_only():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from locproxy.tracker import MIN_THROUGHPUT_SAMPLE, HealthRule, Tracker
-from tests.support.sqlite_files import Clock, locked
+from tests.support.sqlite_files import Clock, used_while_locked
 
 MiB = 1 << 20
 
@@ -169,24 +169,18 @@ def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
     """A lock held by another process (e.g. a stopped worker) costs one
     short wait, then the file is left alone: updates go on in memory,
     nothing raises, and the failure is reported and counted."""
-    path = str(tmp_path / "metrics.sqlite")
-    errors: list[str] = []
-    tracker = Tracker(path, on_error=errors.append)
-    try:
-        with locked(path):
-            started = time.monotonic()
+    with used_while_locked(Tracker, tmp_path / "metrics.sqlite") as (tracker, errors):
+        started = time.monotonic()
+        tracker.record_failure("b")
+        for _ in range(20):
             tracker.record_failure("b")
-            for _ in range(20):
-                tracker.record_failure("b")
-                tracker.record_transfer("c", MiB, 0.1)
-            elapsed = time.monotonic() - started
-            assert elapsed < 1.0, f"bookkeeping took {elapsed:.2f} s while the file was locked"
-            assert tracker.demoted("b"), "this process still applies the health rule"
-            assert tracker.stats()["c"].samples == 20
-            assert tracker.degraded and "locked" in tracker.degraded
-            assert errors == ["tracker"], "one failure, then the file is left alone"
-    finally:
-        tracker.close()
+            tracker.record_transfer("c", MiB, 0.1)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, f"bookkeeping took {elapsed:.2f} s while the file was locked"
+        assert tracker.demoted("b"), "this process still applies the health rule"
+        assert tracker.stats()["c"].samples == 20
+        assert tracker.degraded and "locked" in tracker.degraded
+        assert errors == ["tracker"], "one failure, then the file is left alone"
 
 
 def test_read_only_tracker_never_writes(tmp_path):

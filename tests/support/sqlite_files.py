@@ -1,6 +1,6 @@
 """The shared SQLite files (``metrics_file``: the tracker and the shown
-orders), as tests see them: a clock to drive their records, and a lock held
-by "another process".
+orders), as tests see them: a clock to drive their records, a lock held by
+"another process", and a store used while that lock is held.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 class Clock:
@@ -32,3 +32,17 @@ def locked(path: str | Path) -> Iterator[None]:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+@contextmanager
+def used_while_locked(open_store: Callable[..., Any], path: str | Path) -> Iterator[tuple[Any, list[str]]]:
+    """``open_store(path, on_error=...)`` (a ``Tracker``, ``ShownOrders``),
+    then the file locked by another holder for the block: yields the store
+    and the list of errors it reported; closes the store afterwards."""
+    errors: list[str] = []
+    store = open_store(str(path), on_error=errors.append)
+    try:
+        with locked(path):
+            yield store, errors
+    finally:
+        store.close()
