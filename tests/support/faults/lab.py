@@ -344,6 +344,7 @@ def check_download(
     assert CREDENTIALS.split(":")[1] not in log, "location credentials must never be logged"
     return outcome, verified(result)
 
+
 # -- the rows ------------------------------------------------------------------------
 
 @dataclass
