@@ -1,4 +1,4 @@
-"""The real-Glance peer: a Glance API from ``tests/integration/glance_env.py``
+"""The real-Glance peer: a Glance API from the tests' Glance lab (``tests/support/glance``)
 when its venv is cached (the benchmark never builds it), and the few things
 the rows do with it (upload a big image, create a small one with locations,
 the paste pipeline with locproxy in it).
@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import servers
 from bench.images import ImageFile, human
 from bench.measure import BenchError
 from bench.progress import log
@@ -24,35 +22,28 @@ from bench.progress import log
 
 @dataclass
 class GlancePeer:
-    server: Any = None  # glance_env.GlanceServer while it runs
+    server: Any = None  # tests.support.glance.server.GlanceServer while it runs
     reason: str = "not requested (--no-glance)"  # why ``server`` is None
     versions: dict[str, str] = field(default_factory=dict)
-
-
-def _glance_env() -> Any:
-    directory = str(servers.REPO_ROOT / "tests" / "integration")
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    import glance_env  # type: ignore[import-not-found]
-
-    return glance_env
 
 
 def start(stack: contextlib.ExitStack) -> GlancePeer:
     """Glance under gunicorn for the run (stopped by ``stack``), or why not."""
     try:
-        glance_env = _glance_env()
+        from tests.support.glance.lab import glance_server
+        from tests.support.glance.venv import READY_MARKER, ensure_venv, glance_versions, venv_dir
     except Exception as error:  # noqa: BLE001 - any reason is reported, not fatal
-        return GlancePeer(reason=f"tests/integration/glance_env.py not importable ({type(error).__name__}: {error})")
+        return GlancePeer(reason=f"the Glance lab (tests/support/glance) is not importable "
+                                 f"({type(error).__name__}: {error})")
     try:
-        venv = glance_env.venv_dir()
-        if not (venv / glance_env.READY_MARKER).exists():
+        venv = venv_dir()
+        if not (venv / READY_MARKER).exists():
             return GlancePeer(reason=f"Glance venv not cached at {venv} "
-                                     "(build it: python tests/integration/glance_env.py --selfcheck)")
-        info = glance_env.ensure_venv()
+                                     "(build it: python -m tests.support.glance --selfcheck)")
+        info = ensure_venv()
         started = time.monotonic()
-        server = stack.enter_context(glance_env.glance_server(venv=info))
-        versions = glance_env.glance_versions(info.path)
+        server = stack.enter_context(glance_server(venv=info))
+        versions = glance_versions(info.path)
         log(f"Glance {versions.get('glance')} up at {server.url} ({time.monotonic() - started:.1f}s)")
         return GlancePeer(server, "", versions)
     except Exception as error:  # noqa: BLE001
@@ -61,7 +52,9 @@ def start(stack: contextlib.ExitStack) -> GlancePeer:
 
 def locproxy_paste_ini(**options: str) -> str:
     """Glance's paste file with the locproxy filter right before its app."""
-    return _glance_env().locproxy_paste_ini(**options)
+    from tests.support.glance.config import locproxy_paste_ini
+
+    return locproxy_paste_ini(**options)
 
 
 def upload(g: Any, image: ImageFile) -> str:

@@ -2,7 +2,7 @@
 
 Starts everything on 127.0.0.1 (nginx as a child with its own prefix, the
 stand-in upstream and locproxy under gunicorn, optionally a real Glance from
-``tests/integration/glance_env.py``), measures each row, prints one markdown
+``tests/support/glance``), measures each row, prints one markdown
 table and stops every process it started (also on errors and Ctrl-C).
 
 Rows (``--rows``, declared in ``bench/rows/``): file, http, concurrent,

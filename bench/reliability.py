@@ -4,7 +4,8 @@ property-based example counts and (with ``--load``) the load figures.
 
 It runs the very scenarios the test suite asserts (``tests/test_faults.py``,
 ``tests/test_security.py``, ``tests/test_properties.py``,
-``tests/test_load.py``) outside pytest, on loopback, and prints markdown.
+``tests/test_load.py``; the shared code is in ``tests/support/``) outside
+pytest, on loopback, and prints markdown.
 A scenario whose promise is broken is printed as FAILED instead of stopping
 the report.
 
@@ -31,7 +32,7 @@ SECTIONS = ("faults", "bad-input", "properties", "load")
 
 
 def fault_table(workdir: Path) -> None:
-    from tests.test_faults import KNOWN_BUGS, SCENARIOS, markdown_table, run_table
+    from tests.support.faults.table import KNOWN_BUGS, SCENARIOS, markdown_table, run_table
 
     print("## Fault table\n")
     print("Each row: what breaks, what the client gets, and the sha512 of the bytes it received "
@@ -43,11 +44,11 @@ def fault_table(workdir: Path) -> None:
     known = {case.fault for case in SCENARIOS if case.id in KNOWN_BUGS}
     print(f"\n{len(rows)} scenarios in {time.monotonic() - started:.0f} s: {len(rows) - len(failed)} as promised, "
           f"{len(failed)} FAILED ({sum(1 for row in failed if row.fault in known)} of them known bugs, "
-          f"see KNOWN_BUGS in tests/test_faults.py).\n")
+          f"see KNOWN_BUGS in tests/support/faults/table.py).\n")
 
 
 def bad_inputs(workdir: Path) -> None:
-    from tests.test_security import run_bad_inputs
+    from tests.support.bad_inputs import run_bad_inputs
 
     print("## Bad input\n")
     counts = run_bad_inputs(workdir)
@@ -63,21 +64,21 @@ def bad_inputs(workdir: Path) -> None:
 
 
 def properties() -> None:
-    from tests.test_properties import run_properties
+    from tests.support.properties import run_properties
 
     print("## Property-based tests\n")
     try:
         counts = run_properties()
     except Exception:  # a property failed: show hypothesis' falsifying example
         traceback.print_exc(file=sys.stdout)
-        from tests.test_properties import EXAMPLES as counts
+        from tests.support.properties import EXAMPLES as counts
     for name, value in sorted(counts.items()):
         print(f"- {name}: {value}")
     print(f"\nproperty-based examples run: {sum(counts.values())}\n")
 
 
 def load(workdir: Path, args: argparse.Namespace) -> None:
-    from tests.test_load import check, run_load
+    from tests.support.load import check, run_load
 
     print("## Load\n")
     print(f"{os.cpu_count()} CPU cores; client, sidecar ({args.workers} workers), upstream (2 workers) all on "

@@ -64,7 +64,7 @@ def machine() -> str:
 
 def _setup(run: Run) -> list[str]:
     g = run.glance
-    glance = (f"real Glance {g.versions.get('glance', '')} under gunicorn (tests/integration/glance_env.py)"
+    glance = (f"real Glance {g.versions.get('glance', '')} under gunicorn (tests/support/glance)"
               if g.server is not None else f"not available ({g.reason})")
     return [
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, run took {run.seconds:.0f}s",

@@ -20,7 +20,7 @@ import pytest
 
 from locproxy.config import load_filter_settings
 from locproxy.download.backends import BackendError, Backends, BackendStream
-from tests.faultserver import EXTRA, FaultServer, RefusingPort, StalledListener
+from tests.support.faultserver import EXTRA, FaultServer, RefusingPort, StalledListener
 
 # 10 000 bytes that never repeat at a chunk boundary, so an off-by-one shows.
 DATA = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(313))[:10_000]

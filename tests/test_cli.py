@@ -12,7 +12,7 @@ import pytest
 
 from locproxy.cli import main as cli_main
 from locproxy.tracker import Tracker
-from tests.unprivileged import make_read_only, run_unprivileged, shared_dir
+from tests.support.unprivileged import make_read_only, run_unprivileged, shared_dir
 
 IMAGE = {
     "id": "i1",
@@ -71,7 +71,7 @@ def test_order_errors(args, stdin, message):
 
 def test_demo_check_runs_the_readme_demo_end_to_end():
     """`./run demo` starts this; --check makes the same set-up verify itself."""
-    from tests.servers import free_port
+    from tests.support.processes import free_port
 
     result = subprocess.run(
         [sys.executable, "-m", "locproxy.cli", "demo", "--check", "--port", str(free_port())],

@@ -8,7 +8,7 @@ from locproxy.config import ConfigError, FilterSettings, SelectionSettings, load
 from locproxy.guards import AllowedHosts
 from locproxy.options import parse_size
 from locproxy.tracker import Tracker
-from tests.unprivileged import make_read_only, run_unprivileged, shared_dir
+from tests.support.unprivileged import make_read_only, run_unprivileged, shared_dir
 
 
 def test_defaults():

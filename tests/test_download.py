@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -30,8 +29,10 @@ from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
 from locproxy.tracker import Tracker
-from tests.faultserver import FaultServer, RefusingPort
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.client import Fetched, fetch
+from tests.support.faultserver import FaultServer, RefusingPort
+from tests.support.processes import children
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("download-tests", 3 * 1024 * 1024 + 17)  # not a multiple of any chunk size
 SHA512 = hashlib.sha512(DATA).hexdigest()
@@ -63,9 +64,9 @@ class World:
         return self.api.add_image(data=data, locations=locations, **attributes)
 
     def worker_pid(self) -> int:
-        children = Path(f"/proc/{self.sidecar.pid}/task/{self.sidecar.pid}/children").read_text().split()
-        assert len(children) == 1, children
-        return int(children[0])
+        workers = children(self.sidecar.pid)
+        assert len(workers) == 1, workers
+        return workers[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,33 +103,8 @@ def healthy_backends(world: World):
     yield
 
 
-class Fetched:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, complete: bool) -> None:
-        self.status, self.headers, self.body, self.complete = status, headers, body, complete
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def fetch(world: World, path: str, method: str = "GET", headers: dict[str, str] | None = None,
-          timeout: float = 20) -> Fetched:
-    """One request on a fresh connection; ``complete`` is False if the body
-    ended before its Content-Length (the server aborted it)."""
-    connection = http.client.HTTPConnection("127.0.0.1", world.sidecar.port, timeout=timeout)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        try:
-            body, complete = response.read(), True
-        except http.client.IncompleteRead as error:
-            body, complete = error.partial, False
-        return Fetched(response.status, {k.lower(): v for k, v in response.getheaders()}, body, complete)
-    finally:
-        connection.close()
-
-
 def download(world: World, image_id: str, **kwargs: Any) -> Fetched:
-    return fetch(world, f"/v2/images/{image_id}/file", **kwargs)
+    return fetch(world.sidecar.port, f"/v2/images/{image_id}/file", **kwargs)
 
 
 def log_since(world: World, mark: int) -> str:
@@ -158,7 +134,7 @@ def test_strategy_order_and_prefer_choose_the_backend(world: World):
     before = world.web.request_count, world.web2.request_count
     assert download(world, image_id).body == DATA
     assert (world.web.request_count, world.web2.request_count) == (before[0] + 1, before[1])
-    result = fetch(world, f"/v2/images/{image_id}/file?prefer=web2")
+    result = fetch(world.sidecar.port, f"/v2/images/{image_id}/file?prefer=web2")
     assert result.body == DATA
     assert (world.web.request_count, world.web2.request_count) == (before[0] + 1, before[1] + 1)
 

@@ -4,20 +4,22 @@ bringing it back, /metrics counters moving, /healthcheck, locproxy stats."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import subprocess
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.tracker import Tracker
-from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.client import fetch
+from tests.support.faultserver import FaultServer
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("measured-tests", 1024 * 1024)
 # Longer than the 1 s for which a worker may read the shared file's state
@@ -25,44 +27,51 @@ DATA = demo_bytes("measured-tests", 1024 * 1024)
 COOLDOWN = 3.0
 
 
+@contextmanager
+def sidecar_for(base: Path, copies: dict[str, FaultServer], options: dict[str, Any],
+                **gunicorn: Any) -> Iterator[tuple[Any, str]]:
+    """The demo API with one image whose copies are ``copies`` (store name ->
+    backend, in upstream order), behind a sidecar with these filter options;
+    yields the sidecar and the image's id."""
+    api = DemoImageAPI()
+    image_id = api.add_image(data=DATA, locations=[location(server.url("/img"), store)
+                                                   for store, server in copies.items()])
+    with serve_wsgi(api) as upstream:
+        ini = sidecar_ini(base / "sidecar.ini", upstream.url, options)
+        with run_gunicorn(ini, **gunicorn) as sidecar:
+            yield sidecar, image_id
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("measured")
+    metrics_file = base / "metrics.sqlite"
+    options = {
+        "location_strategy": "measured",
+        "measured_base_strategy": "location_order",
+        "allowed_hosts": "127.0.0.1",
+        "metrics_file": metrics_file,
+        "failure_threshold": 2,
+        "cooldown": COOLDOWN,
+        "backend_read_timeout": 2,
+        "healthcheck_path": "/healthcheck",
+        "metrics_path": "/metrics",
+    }
+    # Two workers share what they learn through the metrics file, and
+    # their Prometheus counters through the multiprocess directory.
+    prometheus_dir = base / "prometheus"
+    prometheus_dir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}
     with FaultServer(DATA, mode="slow:4000000") as slow, FaultServer(DATA) as fast:
-        api = DemoImageAPI()
         # Upstream order puts the slow copy first: measuring must overturn it.
-        image_id = api.add_image(data=DATA, locations=[location(slow.url("/img"), "slow"),
-                                                       location(fast.url("/img"), "fast")])
-        with serve_wsgi(api) as upstream:
-            metrics_file = base / "metrics.sqlite"
-            ini = sidecar_ini(base / "sidecar.ini", upstream.url, {
-                "location_strategy": "measured",
-                "measured_base_strategy": "location_order",
-                "allowed_hosts": "127.0.0.1",
-                "metrics_file": metrics_file,
-                "failure_threshold": 2,
-                "cooldown": COOLDOWN,
-                "backend_read_timeout": 2,
-                "healthcheck_path": "/healthcheck",
-                "metrics_path": "/metrics",
-            })
-            # Two workers share what they learn through the metrics file, and
-            # their Prometheus counters through the multiprocess directory.
-            prometheus_dir = base / "prometheus"
-            prometheus_dir.mkdir()
-            env = {"PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}
-            with run_gunicorn(ini, workers=2, threads=4, env=env) as sidecar:
-                yield sidecar, slow, fast, image_id, metrics_file
+        with sidecar_for(base, {"slow": slow, "fast": fast}, options, workers=2, threads=4, env=env) as (
+                sidecar, image_id):
+            yield sidecar, slow, fast, image_id, metrics_file
 
 
 def get(sidecar, path: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    result = fetch(sidecar.port, path, timeout=30)
+    return result.status, result.body
 
 
 def download_counts(sidecar, slow, fast, image_id: str, times: int) -> list[str]:
@@ -136,46 +145,43 @@ def test_measured_converges_demotes_and_recovers(setup):
 def test_active_probing_learns_and_brings_a_backend_back(tmp_path):
     """With probe_interval set, backends are learnt and recovered by probes,
     not by users' downloads."""
+    metrics_file = tmp_path / "metrics.sqlite"
+    options = {
+        "allowed_hosts": "127.0.0.1",
+        "metrics_file": metrics_file,
+        "failure_threshold": 2,
+        "cooldown": 0.5,
+        "max_cooldown": 0.5,
+        "probe_interval": 0.2,
+        "probe_size": "4K",
+    }
     with FaultServer(DATA) as first, FaultServer(DATA, mode="status:500") as second:
-        api = DemoImageAPI()
-        image_id = api.add_image(data=DATA, locations=[location(first.url("/img"), "a"),
-                                                       location(second.url("/img"), "b")])
-        with serve_wsgi(api) as upstream:
-            metrics_file = tmp_path / "metrics.sqlite"
-            ini = sidecar_ini(tmp_path / "sidecar.ini", upstream.url, {
-                "allowed_hosts": "127.0.0.1",
-                "metrics_file": metrics_file,
-                "failure_threshold": 2,
-                "cooldown": 0.5,
-                "max_cooldown": 0.5,
-                "probe_interval": 0.2,
-                "probe_size": "4K",
-            })
-            with run_gunicorn(ini, threads=4) as sidecar:
-                status, body = get(sidecar, f"/v2/images/{image_id}/file")
-                assert (status, body == DATA) == (200, True)
-                # Only probes (small Range reads, which may already have begun) reached it.
-                assert all(request.headers.get("range") == "bytes=0-4095" for request in second.requests), \
-                    "the user's download never needed the second copy"
-                tracker_rows = lambda: subprocess.run(  # noqa: E731
-                    [sys.executable, "-m", "locproxy.cli", "stats", str(metrics_file)],
-                    capture_output=True, text=True, timeout=60, check=True).stdout
-                def second_record() -> Any:
-                    return Tracker(str(metrics_file), read_only=True).stats().get(second.url(""))
+        with sidecar_for(tmp_path, {"a": first, "b": second}, options, threads=4) as (sidecar, image_id):
+            status, body = get(sidecar, f"/v2/images/{image_id}/file")
+            assert (status, body == DATA) == (200, True)
+            # Only probes (small Range reads, which may already have begun) reached it.
+            assert all(request.headers.get("range") == "bytes=0-4095" for request in second.requests), \
+                "the user's download never needed the second copy"
+            tracker_rows = lambda: subprocess.run(  # noqa: E731
+                [sys.executable, "-m", "locproxy.cli", "stats", str(metrics_file)],
+                capture_output=True, text=True, timeout=60, check=True).stdout
 
-                deadline = time.monotonic() + 10
-                while not (second_record() and second_record().demoted_until) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert second_record().demoted_until, "probes found the second copy failing, and demoted it"
-                assert second.requests[-1].headers.get("range") == "bytes=0-4095", "small Range reads"
-                second.mode = "ok"
+            def second_record() -> Any:
+                return Tracker(str(metrics_file), read_only=True).stats().get(second.url(""))
 
-                def second_row() -> str:
-                    return next(row for row in tracker_rows().splitlines() if row.startswith(second.url("")))
+            deadline = time.monotonic() + 10
+            while not (second_record() and second_record().demoted_until) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert second_record().demoted_until, "probes found the second copy failing, and demoted it"
+            assert second.requests[-1].headers.get("range") == "bytes=0-4095", "small Range reads"
+            second.mode = "ok"
 
-                deadline = time.monotonic() + 10
-                while not re.search(r"\d+\.\d ms.*healthy", second_row()) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                line = second_row()
-                assert "healthy" in line, "a successful probe brought it back"
-                assert re.search(r"\d+\.\d ms", line), "its first-byte time was learnt by probing"
+            def second_row() -> str:
+                return next(row for row in tracker_rows().splitlines() if row.startswith(second.url("")))
+
+            deadline = time.monotonic() + 10
+            while not re.search(r"\d+\.\d ms.*healthy", second_row()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            line = second_row()
+            assert "healthy" in line, "a successful probe brought it back"
+            assert re.search(r"\d+\.\d ms", line), "its first-byte time was learnt by probing"

@@ -16,56 +16,9 @@ from webtest import TestApp
 
 from locproxy.config import load_filter_settings
 from locproxy.middleware import LocationFilter
+from tests.support.upstreams import IMAGE_ID, Upstream, image_json, json_response
 
-IMAGE_ID = "1bea47ed-f6a9-463b-b423-14b9cca9ad27"
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
-
-
-def image_json(**extra: Any) -> dict:
-    body = {
-        "id": IMAGE_ID,
-        "status": "active",
-        "locations": [
-            {"url": "file:///srv/a/" + IMAGE_ID, "metadata": {"store": "disk"}},
-            {"url": "http://127.0.0.1:1/" + IMAGE_ID, "metadata": {"store": "web"}},
-            {"url": "rbd://fsid/pool/" + IMAGE_ID + "/snap", "metadata": {"store": "ceph"}},
-        ],
-        "direct_url": "file:///srv/a/" + IMAGE_ID,
-        "stores": "disk,web,ceph",
-    }
-    body.update(extra)
-    return body
-
-
-class Upstream:
-    """A recording image API stand-in: serves canned responses by path."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self.bodies: list[bytes] = []
-        self.routes: dict[tuple[str, str], Any] = {}
-
-    def route(self, method: str, path: str, response: Any) -> None:
-        self.routes[(method, path)] = response
-
-    def __call__(self, environ: dict, start_response: Any) -> Any:
-        req = Request(environ)
-        self.requests.append(req)
-        self.bodies.append(req.body)
-        response = self.routes.get((req.method, req.path_info))
-        if response is None:
-            response = Response(status=404, json={"error": "no route"})
-        elif callable(response) and not isinstance(response, Response):
-            response = response(req)
-        return response(environ, start_response)
-
-
-def json_response(document: Any, status: int = 200, **headers: str) -> Response:
-    response = Response(status=status, body=json.dumps(document).encode(), content_type="application/json",
-                        charset=None)
-    for name, value in headers.items():
-        response.headers[name.replace("_", "-")] = value
-    return response
 
 
 def make_app(upstream: Upstream, **options: str) -> TestApp:

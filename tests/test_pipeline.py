@@ -16,7 +16,8 @@ from paste.deploy import loadapp
 from webtest import TestApp
 
 from locproxy.demo import DEMO_IMAGE_IDS, build_demo, serve_static, serve_wsgi, web_dir_of
-from tests.servers import REPO_ROOT, run_gunicorn
+from tests.support.client import http_request
+from tests.support.servers import REPO_ROOT, run_gunicorn
 
 PASTE_INI = REPO_ROOT / "etc" / "paste.ini"
 CIRROS = DEMO_IMAGE_IDS["cirros-demo"]
@@ -60,15 +61,9 @@ def test_bad_paste_option_fails_at_load_naming_it(demo):
 
 
 def get_json(url: str, path: str) -> dict:
-    host, port = url.split("//")[1].split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        assert response.status == 200, response.read()
-        return json.loads(response.read())
-    finally:
-        connection.close()
+    response = http_request(url + path, timeout=10)
+    assert response.status == 200, response.body
+    return response.json()
 
 
 def paste_globals(**values: str) -> list[str]:

@@ -45,7 +45,7 @@ from locproxy.proxy import (
     load_proxy_settings,
     upstream_label,
 )
-from tests.servers import run_gunicorn, serve_raw_http_in_thread
+from tests.support.servers import run_gunicorn, serve_raw_http_in_thread
 
 MiB = 1024 * 1024
 TIMEOUT = 10.0  # seconds: the bound on every single wait in this module

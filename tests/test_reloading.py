@@ -12,7 +12,7 @@ from webtest import TestApp
 from locproxy.config import ConfigError, load_filter_settings
 from locproxy.middleware import LocationFilter, filter_factory
 from locproxy.reloading import Reloading, read_options
-from tests.test_middleware import IMAGE_ID, Upstream, image_json, json_response
+from tests.support.upstreams import IMAGE_ID, Upstream, image_json, json_response
 
 
 def write(path, text):

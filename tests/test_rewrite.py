@@ -14,13 +14,13 @@ from locproxy.rewrite import (
     IMAGES,
     LOCATIONS,
     RewritePolicy,
-    location_token,
     patch_addresses_locations,
     rewrite_body,
     rewrite_image,
     translate_patch,
 )
 from locproxy.strategies import Selector
+from tests.support.patches import apply_patch, tokens
 
 PREFER_HTTP = RewritePolicy(Selector("store_type", store_type_preference="http, file"))
 UPSTREAM_ORDER = RewritePolicy(Selector("location_order"))
@@ -154,27 +154,9 @@ def test_rewrite_keeps_non_ascii():
 UPSTREAM = [{"url": f"file:///{name}"} for name in "abcd"]
 
 
-def tokens(locations):
-    return [location_token(location) for location in locations]
-
-
 def view_of(*names):
     by_name = {location["url"][-1]: location for location in UPSTREAM}
     return [by_name[name] for name in names]
-
-
-def apply(operations, locations):
-    """A tiny JSON-patch applier for location ops, as the upstream would."""
-    result = list(locations)
-    for op in operations:
-        index = op["path"].split("/")[2]
-        if op["op"] == "remove":
-            del result[int(index)]
-        elif op["op"] == "add":
-            result.insert(len(result) if index == "-" else int(index), op["value"])
-        elif op["op"] == "replace":
-            result[int(index)] = op["value"]
-    return result
 
 
 @pytest.mark.parametrize(
@@ -230,8 +212,8 @@ def test_translate_patch(view, operations, expected_paths):
 def test_translated_removes_hit_the_copies_the_client_saw():
     view = view_of(*"cadb")
     operations = [{"op": "remove", "path": "/locations/1"}, {"op": "remove", "path": "/locations/2"}]
-    client_result = apply(operations, view)  # what the client expects to remain
-    upstream_result = apply(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
+    client_result = apply_patch(operations, view)  # what the client expects to remain
+    upstream_result = apply_patch(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
     assert sorted(location["url"] for location in upstream_result) == sorted(
         location["url"] for location in client_result
     ) == ["file:///c", "file:///d"]
@@ -259,8 +241,8 @@ def test_translation_matches_client_intent(permutation, ops):
         elif index < size:
             operations.append({"op": name, "path": f"/locations/{index}", "value": {"url": f"file:///r{number}"}})
             size -= name == "remove"
-    client = apply(operations, view)
-    upstream = apply(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
+    client = apply_patch(operations, view)
+    upstream = apply_patch(translate_patch(operations, tokens(UPSTREAM), tokens(view)), UPSTREAM)
     assert sorted(location["url"] for location in upstream) == sorted(location["url"] for location in client)
 
 

@@ -22,17 +22,11 @@ checksum-verified, so only the confinement itself can keep the secret out.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
-from collections import Counter
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,111 +35,24 @@ from webob import Request, Response
 from webtest import TestApp
 
 from locproxy.config import load_filter_settings
-from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from locproxy.demo import DemoImageAPI, location
 from locproxy.middleware import LocationFilter
-from tests.faultserver import FaultServer
-from tests.servers import run_gunicorn, sidecar_ini
-from tests.test_faults import DATA, FaultyUpstream, Fetched, fetch
-
-SECRET = demo_bytes("secret-outside-the-roots", len(DATA))
-USER, PASSWORD = "vault-user", "Loc-Secret-7d2e"
-CREDS = f"{USER}:{PASSWORD}"
-QUERY_SECRET = "tempurlsig0f3a9c"  # e.g. a Swift temp_url_sig / S3 X-Amz-Signature
-
-
-class Tripwire:
-    """A listener that only counts connections (for addresses FaultServer
-    cannot bind, e.g. ``::1``); every connection is closed at once."""
-
-    def __init__(self, host: str) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.bind((host, 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.05)
-        self.port: int = self._sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-
-
-class SecurityLab:
-    def __init__(self, base: Path, stack: ExitStack) -> None:
-        self.base = base
-        self.root = base / "root"
-        self.outside = base / "outside"
-        self.root.mkdir()
-        self.outside.mkdir()
-        (self.root / "image").write_bytes(DATA)
-        (self.outside / "secret").write_bytes(SECRET)
-        (self.root / "link-to-secret").symlink_to(self.outside / "secret")
-        (self.root / "link-to-outside").symlink_to(self.outside)
-        (self.root / "%2e%2e").mkdir()  # a directory literally named %2e%2e: must not mean ".."
-        self.api = DemoImageAPI()
-        release = threading.Event()
-        self.upstream_app = FaultyUpstream(self.api, release)
-        self.upstream_url = stack.enter_context(serve_wsgi(self.upstream_app)).url
-        stack.callback(release.set)
-        self.web = stack.enter_context(FaultServer(DATA))
-        self.trap = stack.enter_context(FaultServer(SECRET))  # not allowed
-        self.redirector = stack.enter_context(FaultServer(DATA, f"redirect:{self.trap.url('/redirected')}"))
-        self.trap6 = Tripwire("::1")
-        stack.callback(self.trap6.close)
-        self.sidecar = stack.enter_context(run_gunicorn(sidecar_ini(
-            base / "sidecar.ini", self.upstream_url,
-            {
-                "location_strategy": "location_order",
-                "file_roots": str(self.root),
-                "allowed_hosts": f"127.0.0.1:{self.web.port}, 127.0.0.1:{self.redirector.port}",
-                "chunk_size": "64K",
-                "backend_connect_timeout": 1,
-                "backend_read_timeout": 1,
-                "metrics_path": "/-/metrics",
-                "healthcheck_path": "/-/health",
-            },
-            {"connect_timeout": 1, "read_timeout": 5},
-        ), threads=8))
-
-    def image(self, *locations: dict, **attributes: Any) -> str:
-        """An active image with exactly these locations. They are set after
-        creation: the demo API validates locations as Glance's schema does
-        (a url with "://"), and a hostile upstream entry need not pass that."""
-        image_id = self.api.add_image(data=DATA, **attributes)
-        with self.api._lock:
-            self.api._images[image_id].locations = [dict(item) for item in locations]
-        return image_id
-
-    def get(self, path: str, **kwargs: Any) -> Fetched:
-        return fetch(self.sidecar.port, path, **kwargs)
-
-    def trap_requests(self) -> int:
-        return self.trap.request_count + self.trap6.connections
-
-    def worker_pid(self) -> int:
-        children = Path(f"/proc/{self.sidecar.pid}/task/{self.sidecar.pid}/children").read_text().split()
-        assert len(children) == 1, children
-        return int(children[0])
-
-
-@contextmanager
-def security_lab(base: Path) -> Iterator[SecurityLab]:
-    with ExitStack() as stack:
-        yield SecurityLab(base, stack)
+from tests.support.bad_inputs import BAD_INPUTS, BadInput, bad_input_image, send_bad_input
+from tests.support.client import Fetched, fetch
+from tests.support.faults.lab import DATA
+from tests.support.faultserver import FaultServer
+from tests.support.security import (
+    CREDS,
+    FILE_ESCAPES,
+    HOST_ESCAPES,
+    PASSWORD,
+    QUERY_SECRET,
+    SECRET,
+    USER,
+    SecurityLab,
+    security_lab,
+)
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 
 @pytest.fixture(scope="module")
@@ -238,27 +145,6 @@ def test_client_credentials_reach_the_upstream_and_never_a_backend(lab: Security
 
 # -- confinement: file roots ------------------------------------------------------------
 
-FILE_ESCAPES = [
-    pytest.param("file://{outside}/secret", id="outside-roots"),
-    pytest.param("file://{root}/../outside/secret", id="dot-dot"),
-    pytest.param("file://{root}/./../outside/./secret", id="dot-segments"),
-    pytest.param("file://{root}//..//outside//secret", id="double-slashes"),
-    pytest.param("file://{root}/link-to-secret", id="symlink-file"),
-    pytest.param("file://{root}/link-to-outside/secret", id="symlink-directory"),
-    pytest.param("file://{root}/%2e%2e/../outside/secret", id="encoded-dot-dot-then-dot-dot"),
-    pytest.param("file://{root}/%2e%2e/%2e%2e/outside/secret", id="encoded-dot-dot"),
-    pytest.param("file://{root}/..%2foutside%2fsecret", id="encoded-slash"),
-    pytest.param("file://localhost{root}/../outside/secret", id="localhost-dot-dot"),
-    pytest.param("file://127.0.0.1{outside}/secret", id="file-url-with-host"),
-    pytest.param("FILE://{outside}/secret", id="uppercase-scheme"),
-    pytest.param("file:{outside}/secret", id="no-authority"),
-    pytest.param("file://{root}/image\x00/../../outside/secret", id="nul-byte"),
-    pytest.param("file:///etc/passwd", id="etc-passwd"),
-    pytest.param("file:///proc/self/environ", id="proc-environ"),
-    pytest.param("file://{root}", id="the-root-directory-itself"),
-]
-
-
 @pytest.mark.parametrize("range_header", [None, "bytes=0-65535"], ids=["whole", "range"])
 @pytest.mark.parametrize("template", FILE_ESCAPES)
 def test_file_locations_are_confined_to_the_roots(lab: SecurityLab, template: str, range_header: str | None) -> None:
@@ -273,39 +159,6 @@ def test_file_locations_are_confined_to_the_roots(lab: SecurityLab, template: st
 
 
 # -- confinement: allowed hosts -----------------------------------------------------------
-
-HOST_ESCAPES = [
-    pytest.param("http://127.0.0.1:{trap}/img", id="other-port"),
-    pytest.param("https://127.0.0.1:{trap}/img", id="other-port-https"),
-    pytest.param("http://localhost:{trap}/img", id="localhost-name"),
-    pytest.param("http://[::1]:{trap6}/img", id="ipv6-loopback"),
-    pytest.param("http://[::ffff:127.0.0.1]:{trap}/img", id="ipv4-mapped-ipv6"),
-    pytest.param("http://127.0.0.1:{web}@127.0.0.1:{trap}/img", id="userinfo-allowed-at-evil"),
-    pytest.param("http://127.0.0.1%3A{web}@127.0.0.1:{trap}/img", id="encoded-userinfo"),
-    pytest.param("http://127.0.0.1:{trap}?@127.0.0.1:{web}/img", id="query-before-at"),
-    pytest.param("http://127.0.0.1:{trap}#@127.0.0.1:{web}/img", id="fragment-before-at"),
-    pytest.param("http://127.0.0.1:{trap}\\@127.0.0.1:{web}/img", id="backslash-at"),
-    pytest.param("http://2130706433:{trap}/img", id="decimal-ip"),
-    pytest.param("http://0x7f000001:{trap}/img", id="hex-ip"),
-    pytest.param("http://0177.0.0.1:{trap}/img", id="octal-ip"),
-    pytest.param("http://127.1:{trap}/img", id="short-ip"),
-    pytest.param("http://127.0.0.1.:{trap}/img", id="trailing-dot"),
-    pytest.param("http://127.0.0.1:{web}:{trap}/img", id="two-ports"),
-    pytest.param("http://127.0.0.1: {trap}/img", id="space-in-port"),
-    pytest.param("http://127.0.0.1:{trap}\r\nX-Injected: 1/img", id="crlf"),
-    pytest.param("gopher://127.0.0.1:{trap}/_GET%20/img", id="gopher"),
-    pytest.param("ftp://127.0.0.1:{trap}/img", id="ftp"),
-    pytest.param("dict://127.0.0.1:{trap}/img", id="dict"),
-    pytest.param("swift+http://{creds}@127.0.0.1:{trap}/v1/c/o", id="swift-http"),
-    pytest.param("s3+http://{creds}@127.0.0.1:{trap}/bucket/o", id="s3-http"),
-    pytest.param("rbd://fsid/pool/image/snap", id="rbd"),
-    pytest.param("cinder://volume-id", id="cinder"),
-    pytest.param("data:application/octet-stream;base64,AAAA", id="data-url"),
-    pytest.param("jar:http://127.0.0.1:{trap}/x.jar!/img", id="jar"),
-    pytest.param("http:/127.0.0.1:{trap}/img", id="one-slash"),
-    pytest.param("http:///127.0.0.1:{trap}/img", id="three-slashes"),
-]
-
 
 @pytest.mark.parametrize("range_header", [None, "bytes=0-65535"], ids=["whole", "range"])
 @pytest.mark.parametrize("template", HOST_ESCAPES)
@@ -360,7 +213,7 @@ def credential_battery(lab: SecurityLab) -> list[Fetched]:
     lab.web.mode = "truncate_after:1000"
     truncating = lab.image(location(f"http://{CREDS}@127.0.0.1:{lab.web.port}/img", "web"),
                            *[location(url, f"s{n}") for n, url in enumerate(broken[:2])])
-    # (not under /nofile: a resume the upstream cannot serve never ends, see test_faults' KNOWN_BUGS)
+    # (not under /nofile: a resume the upstream cannot serve never ends, see the fault table's KNOWN_BUGS)
     results.append(lab.get(f"/v2/images/{truncating}/file", timeout=10))
     lab.web.mode = "corrupt_byte:5"
     corrupt = lab.image(location(f"http://{CREDS}@127.0.0.1:{lab.web.port}/img", "web"))
@@ -529,159 +382,6 @@ def test_hidden_direct_url_is_not_added_back() -> None:
 
 # -- bad input: clear answers, no crash, no leak ---------------------------------------------
 
-@dataclass
-class BadInput:
-    name: str
-    raw: str  # request bytes as latin-1 text; {id} is a good image's id
-    allowed: tuple[int, ...]
-    bug: str | None = None
-
-
-def _get(target: str, *headers: str) -> str:
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
-    return "\r\n".join(lines) + "\r\n\r\n"
-
-
-def _patch(target: str, body: str, content_type: str = "application/openstack-images-v2.1-json-patch") -> str:
-    data = body.encode("utf-8").decode("latin-1")
-    return (f"PATCH {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n{data}")
-
-
-# wsgiref's answer when the demo upstream itself raises (its webob decodes
-# paths as UTF-8): a 500 locproxy passes through, not one of its own.
-UPSTREAM_CRASH_BODY = b"A server error occurred.  Please contact the administrator."
-NOT_FOUND = (404,)
-REFUSED = (400, 404, 414, 431)  # the server (gunicorn) may refuse it before any app sees it
-UNSATISFIABLE = (416,)
-HARMLESS = (200, 206)
-PATCH_REFUSED = (400, 403, 404, 409, 413, 415)
-F = "/v2/images/{id}/file"
-
-BAD_INPUTS = [
-    # paths and ids
-    BadInput("dot-dot id", _get("/v2/images/../file"), NOT_FOUND),
-    BadInput("encoded dot-dot id", _get("/v2/images/%2e%2e/file"), NOT_FOUND),
-    BadInput("dot-dot walk", _get("/v2/images/{id}/../../../etc/passwd"), NOT_FOUND),
-    BadInput("encoded slashes in id", _get("/v2/images/..%2F..%2Fetc%2Fpasswd/file"), NOT_FOUND),
-    # PATH_INFO is decoded (PEP 3333): the upstream sees /v2/images/{id}/file as well.
-    BadInput("encoded slash inside id", _get("/v2/images/{id}%2Ffile"), NOT_FOUND + HARMLESS),
-    BadInput("id of 3000 characters", _get("/v2/images/" + "a" * 3000 + "/file"), NOT_FOUND),
-    BadInput("id of 9000 characters", _get("/v2/images/" + "a" * 9000 + "/file"), REFUSED),
-    BadInput("encoded NUL id", _get("/v2/images/%00/file"), NOT_FOUND),
-    BadInput("encoded NUL after id", _get("/v2/images/{id}%00/file"), NOT_FOUND),
-    BadInput("raw NUL in the path", _get("/v2/images/\x00/file"), REFUSED),
-    BadInput("UTF-8 id", _get("/v2/images/%C3%A9t%C3%A9%E2%82%AC/file"), NOT_FOUND),
-    BadInput("invalid UTF-8 id", _get("/v2/images/%FF%FE%C3/file"), NOT_FOUND + (500,)),  # demo upstream's 500
-    BadInput("raw non-ASCII id", _get("/v2/images/\xe9\xff/file"), REFUSED),
-    BadInput("id with a query char", _get("/v2/images/{id}%3Fx=1/file"), NOT_FOUND),
-    BadInput("id with CR LF", _get("/v2/images/a%0D%0AX-Evil:%201/file"), NOT_FOUND),
-    BadInput("absolute-form target elsewhere", _get("http://127.0.0.1:1/v2/images/{id}"), HARMLESS + NOT_FOUND),
-    # Range
-    BadInput("Range start overflowing int64", _get(F, "Range: bytes=99999999999999999999-"), UNSATISFIABLE),
-    BadInput("Range end overflowing int64", _get(F, "Range: bytes=0-99999999999999999999"), (206,)),
-    BadInput("Range suffix overflowing int64", _get(F, "Range: bytes=-99999999999999999999"), (206,)),
-    BadInput("Range of 5000 digits", _get(F, "Range: bytes=" + "9" * 5000 + "-"), UNSATISFIABLE),
-    BadInput("Range of 4300 digits", _get(F, "Range: bytes=" + "9" * 4300 + "-"), UNSATISFIABLE),
-    BadInput("two ranges", _get(F, "Range: bytes=0-1,5-6"), UNSATISFIABLE),
-    BadInput("two Range headers", _get(F, "Range: bytes=0-1", "Range: bytes=5-6"), UNSATISFIABLE),
-    BadInput("empty Range", _get(F, "Range: "), UNSATISFIABLE),
-    BadInput("Range bytes=-0", _get(F, "Range: bytes=-0"), UNSATISFIABLE),
-    BadInput("Range end before start", _get(F, "Range: bytes=10-5"), UNSATISFIABLE),
-    BadInput("Range negative start", _get(F, "Range: bytes=--5"), UNSATISFIABLE),
-    BadInput("Range other unit", _get(F, "Range: items=0-5"), UNSATISFIABLE),
-    BadInput("Range garbage", _get(F, "Range: \xff\xfe garbage"), UNSATISFIABLE),
-    BadInput("Range with Unicode digits", _get(F, "Range: bytes=\xb9-\xb2"), UNSATISFIABLE),
-    # prefer
-    BadInput("empty prefer", _get(F.replace("file", "file?prefer=")), HARMLESS),
-    BadInput("prefer of commas", _get(F.replace("file", "file?prefer=,,,")), HARMLESS),
-    BadInput("unknown prefer", _get(F.replace("file", "file?prefer=nowhere&prefer=nothing")), HARMLESS),
-    BadInput("NUL prefer", _get(F.replace("file", "file?prefer=%00")), HARMLESS),
-    BadInput("long prefer", _get(F.replace("file", "file?prefer=" + "x," * 1500)), HARMLESS),
-    BadInput("UTF-8 prefer", _get(F.replace("file", "file?prefer=%C3%A9")), HARMLESS),
-    BadInput("invalid UTF-8 prefer (download)", _get(F.replace("file", "file?prefer=%FF")), HARMLESS + (400,)),
-    BadInput("invalid UTF-8 prefer (show)", _get("/v2/images/{id}?prefer=%FF"), HARMLESS + (400,)),
-    # headers
-    BadInput("header of 10000 bytes", _get(F, "X-Big: " + "b" * 10000), REFUSED),
-    BadInput("150 headers", _get(F, *[f"X-H{n}: {n}" for n in range(150)]), REFUSED),
-    BadInput("token of 8000 bytes", _get(F, "X-Auth-Token: " + "t" * 8000), HARMLESS),
-    BadInput("Content-Length -1 on GET", _get(F, "Content-Length: -1"), (400,)),
-    BadInput("Content-Length and chunked", _get(F, "Content-Length: 5", "Transfer-Encoding: chunked"), (400,)),
-    BadInput("header with obs-fold", _get(F, "X-Folded: a", " b"), (400,) + HARMLESS),
-    # methods
-    BadInput("DELETE on /file", _get(F).replace("GET", "DELETE", 1), (405,)),
-    BadInput("POST on /file", _get(F).replace("GET", "POST", 1), (405, 411)),
-    # JSON-patch through the filter (the upstream refuses; locproxy never 500s)
-    BadInput("patch index out of range", _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/99"}]'),
-             PATCH_REFUSED),
-    BadInput("patch negative index", _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/-1"}]'),
-             PATCH_REFUSED),
-    BadInput("patch index not a number", _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/abc"}]'),
-             PATCH_REFUSED),
-    # Accepted by Glance and the demo as index 1 (see test_patch_index_glance_reads_as_a_number...).
-    BadInput("patch leading zero index", _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/01"}]'),
-             PATCH_REFUSED + (200,)),
-    BadInput("patch location not an object",
-             _patch("/v2/images/{id}", '[{"op":"add","path":"/locations/0","value":"file:///etc/passwd"}]'),
-             PATCH_REFUSED),
-    BadInput("patch locations not a list", _patch("/v2/images/{id}", '[{"op":"replace","path":"/locations","value":{}}]'),
-             PATCH_REFUSED),
-    BadInput("patch not a list", _patch("/v2/images/{id}", '{"op":"remove","path":"/locations/0"}'), PATCH_REFUSED),
-    BadInput("patch of numbers", _patch("/v2/images/{id}", "[1, 2, 3]"), PATCH_REFUSED),
-    BadInput("patch not JSON", _patch("/v2/images/{id}", '[{"op": "remove", '), PATCH_REFUSED),
-    BadInput("patch op null", _patch("/v2/images/{id}", '[{"op":null,"path":"/locations/0"}]'), PATCH_REFUSED),
-    BadInput("patch move", _patch("/v2/images/{id}", '[{"op":"move","from":"/locations/0","path":"/locations/1"}]'),
-             PATCH_REFUSED),
-    BadInput("patch with a wrong media type", _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/0"}]',
-                                                     "application/json"), PATCH_REFUSED),
-    BadInput("patch with a BOM", _patch("/v2/images/{id}", '\ufeff[]'), PATCH_REFUSED + (200,)),
-    BadInput("patch path not a string",
-             _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/0"},{"op":"remove","path":5}]'),
-             PATCH_REFUSED),
-    BadInput("patch index of 5000 digits",
-             _patch("/v2/images/{id}", '[{"op":"remove","path":"/locations/' + "1" * 5000 + '"}]'),
-             (400,)),  # locproxy refuses an index the upstream might misread
-]
-
-
-def raw_request(port: int, raw: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(raw)
-        response = http.client.HTTPResponse(sock, method=raw.split(b" ", 1)[0].decode("latin-1"))
-        try:
-            response.begin()
-            body = response.read()
-        finally:
-            response.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-
-
-@dataclass
-class BadResult:
-    case: BadInput
-    status: int
-    body: bytes
-
-    @property
-    def from_upstream(self) -> bool:
-        """A 5xx the (demo) upstream produced and locproxy passed through."""
-        return self.status >= 500 and self.body == UPSTREAM_CRASH_BODY
-
-    @property
-    def ok(self) -> bool:
-        return self.status in self.case.allowed and (self.status < 500 or self.from_upstream)
-
-
-def send_bad_input(lab: SecurityLab, case: BadInput, image_id: str) -> BadResult:
-    raw = case.raw.replace("{id}", image_id).encode("latin-1")
-    status, _, body = raw_request(lab.sidecar.port, raw)
-    return BadResult(case, status, body)
-
-
-def bad_input_image(lab: SecurityLab) -> str:
-    return lab.image(location(f"file://{lab.root}/image", "disk"), location(lab.web.url("/img"), "web"))
-
-
 def _bad_param(case: BadInput) -> Any:
     marks = [pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else []
     return pytest.param(case, id=re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-"), marks=marks)
@@ -828,38 +528,3 @@ def test_patch_index_glance_reads_as_a_number_hits_the_copy_the_client_saw(index
     assert remaining == urls, "refused: nothing removed"
 
 
-def run_escapes(lab: SecurityLab) -> dict[str, int]:
-    """Every FILE_ESCAPES and HOST_ESCAPES location, whole and ranged."""
-    counts = Counter()
-    templates = [param.values[0] for param in FILE_ESCAPES + HOST_ESCAPES]
-    for template in templates:
-        evil = template.format(root=lab.root, outside=lab.outside, trap=lab.trap.port, trap6=lab.trap6.port,
-                               web=lab.web.port, creds=CREDS)
-        image_id = lab.image(location(evil, "evil"))  # alone: the upstream's /file is the fallback
-        for headers in ({}, {"Range": "bytes=0-65535"}):
-            before = lab.trap_requests()
-            result = lab.get(f"/v2/images/{image_id}/file", headers=headers)
-            counts["downloads"] += 1
-            counts["correct image bytes"] += result.complete and result.body == (DATA[:65536] if headers else DATA)
-            counts["secret bytes served"] += SECRET[:64] in result.body
-            counts["trap contacted"] += lab.trap_requests() > before
-    counts["escape templates"] = len(templates)
-    return dict(counts)
-
-
-def run_bad_inputs(base: Path) -> dict[str, Any]:
-    """For bench/reliability.py: the battery once; counts by outcome."""
-    with security_lab(base) as the_lab:
-        image_id = bad_input_image(the_lab)
-        results = [send_bad_input(the_lab, case, image_id) for case in BAD_INPUTS]
-        escapes = run_escapes(the_lab)
-    return {
-        "sent": len(results),
-        "4xx": sum(1 for r in results if 400 <= r.status < 500),
-        "2xx (harmless)": sum(1 for r in results if 200 <= r.status < 300),
-        "5xx from locproxy": sum(1 for r in results if r.status >= 500 and not r.from_upstream),
-        "5xx of the demo upstream, passed through": sum(1 for r in results if r.from_upstream),
-        "as promised": sum(1 for r in results if r.ok),
-        "broken promises": [(r.case.name, r.status, bool(r.case.bug)) for r in results if not r.ok],
-        "location escapes": escapes,
-    }

@@ -11,7 +11,6 @@ that the PATCH was refused with 409 and nothing was removed.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from locproxy.demo import DemoImageAPI, location
 from locproxy.middleware import LocationFilter
 from locproxy.reloading import Reloading
 from locproxy.shown import ShownOrders, client_key
+from tests.support.sqlite_files import Clock, used_while_locked
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 URLS = {"fs1": "file:///srv/fs1/image", "fs2": "file:///srv/fs2/image", "web": "http://web.example/image"}
@@ -107,11 +107,18 @@ def test_strategy_switched_between_read_and_patch(tmp_path: Path):
     removed(world, world.remove(app, 1), "fs2")
 
 
-def test_measured_strategy_learnt_between_read_and_patch():
-    world = World()
+def measured_app(world: World) -> tuple[Any, TestApp]:
+    """The filter with the ``measured`` strategy, nothing learnt yet, and a
+    client that has read the image (in the upstream's order)."""
     options = settings(location_strategy="measured")
     app = world.app(options)
     assert world.read(app) == ["fs1", "fs2", "web"], "nothing learnt yet: the upstream's order"
+    return options, app
+
+
+def test_measured_strategy_learnt_between_read_and_patch():
+    world = World()
+    options, app = measured_app(world)
     for _ in range(3):
         options.tracker.record_transfer("file:///srv/fs1", 64 * MiB, 10.0)
         options.tracker.record_transfer("http://web.example", 64 * MiB, 0.01)
@@ -121,9 +128,7 @@ def test_measured_strategy_learnt_between_read_and_patch():
 
 def test_backend_demoted_between_read_and_patch():
     world = World()
-    options = settings(location_strategy="measured")
-    app = world.app(options)
-    assert world.read(app) == ["fs1", "fs2", "web"]
+    options, app = measured_app(world)
     options.tracker.record_failure("file:///srv/fs1", at_once=True)
     removed(world, world.remove(app, 0), "fs1")
 
@@ -229,13 +234,6 @@ def test_the_patch_response_is_what_the_client_saw_last():
 
 # -- the record itself ---------------------------------------------------------------
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize("path", [None, "file"], ids=["memory", "sqlite"])
 def test_records_expire_and_the_latest_order_wins(tmp_path: Path, path: str | None):
     clock = Clock()
@@ -264,22 +262,13 @@ def test_workers_see_each_others_records(tmp_path: Path):
 
 
 def test_a_locked_file_means_fewer_records_never_an_error(tmp_path: Path):
-    path = str(tmp_path / "m.sqlite")
-    errors: list[str] = []
-    shown = ShownOrders(path, on_error=errors.append)
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with used_while_locked(ShownOrders, tmp_path / "m.sqlite") as (shown, errors):
         started = time.monotonic()
         for number in range(20):
             shown.remember("c", [(f"image-{number}", ("a", "b"))])
         assert time.monotonic() - started < 1.0
         assert shown.recall("c", "image-3") == ("a", "b"), "this process remembers in memory"
         assert errors == ["shown_orders"] and shown.degraded
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-        shown.close()
 
 
 def test_client_key_depends_on_credentials_only():

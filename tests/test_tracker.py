@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import time
 
 import pytest
 
 from locproxy.tracker import MIN_THROUGHPUT_SAMPLE, HealthRule, Tracker
+from tests.support.sqlite_files import Clock, used_while_locked
 
 MiB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -177,12 +169,7 @@ def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
     """A lock held by another process (e.g. a stopped worker) costs one
     short wait, then the file is left alone: updates go on in memory,
     nothing raises, and the failure is reported and counted."""
-    path = str(tmp_path / "metrics.sqlite")
-    errors: list[str] = []
-    tracker = Tracker(path, on_error=errors.append)
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with used_while_locked(Tracker, tmp_path / "metrics.sqlite") as (tracker, errors):
         started = time.monotonic()
         tracker.record_failure("b")
         for _ in range(20):
@@ -194,10 +181,6 @@ def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
         assert tracker.stats()["c"].samples == 20
         assert tracker.degraded and "locked" in tracker.degraded
         assert errors == ["tracker"], "one failure, then the file is left alone"
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-        tracker.close()
 
 
 def test_read_only_tracker_never_writes(tmp_path):

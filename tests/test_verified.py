@@ -20,7 +20,7 @@ import pytest
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.download.digests import PipelinedHash
 from locproxy.verified import VerifiedCopies
-from tests.servers import run_gunicorn, sidecar_ini
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 DATA = demo_bytes("verified-tests", 3 * 1024 * 1024 + 5)
 SHA512 = hashlib.sha512(DATA).hexdigest()

@@ -35,9 +35,9 @@ from locproxy.download.backends import Backends
 from locproxy.download.body import Check, ImageBody
 from locproxy.download.digests import Digest, file_digest_matches, submit
 from locproxy.download.plan import Candidate, DownloadPlan, Refusal, plan_download
+from locproxy.download.probing import Prober
 from locproxy.download.sources import Opened, Sources
 from locproxy.observability import Recorder
-from locproxy.download.probing import Prober
 from locproxy.responses import json_error
 from locproxy.upstream import ImageRequests
 from locproxy.verified import VerifiedCopies

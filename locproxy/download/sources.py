@@ -46,13 +46,13 @@ class Sources:
 
     def open_next(self, offset: int) -> Opened | None:
         """The next candidate that opens at ``offset``, or None when none is left."""
-        tracker, deferred = self.recorder.tracker, set()
+        tracker, deferred = self.recorder.tracker, set()  # candidates put back once
         try:
             while self.remaining:
                 candidate = self.remaining.pop(0)
-                if self.remaining and candidate.key not in deferred and tracker.demoted(candidate.key, candidate.copy):
+                if self.remaining and candidate not in deferred and tracker.demoted(candidate.key, candidate.copy):
                     # Went wrong (or another attempt is testing it) since the plan: the others first.
-                    deferred.add(candidate.key)
+                    deferred.add(candidate)
                     self.remaining.append(candidate)
                     continue
                 started = time.monotonic()

@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import glance_env
 import pytest
+
+from tests.support.glance.config import locproxy_paste_ini
+from tests.support.glance.server import GlanceServer
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +32,7 @@ def _stores(image: dict[str, Any]) -> list[str | None]:
     return [loc["metadata"].get("store") for loc in image["locations"]]
 
 
-def test_glance_answers_versions_and_requires_identity(glance_server: glance_env.GlanceServer) -> None:
+def test_glance_answers_versions_and_requires_identity(glance_server: GlanceServer) -> None:
     versions = glance_server.get_json("/versions", identity={})
     current = [v["id"] for v in versions["versions"] if v["status"] == "CURRENT"]
     assert current and current[0].startswith("v2."), versions
@@ -43,7 +45,7 @@ def test_glance_answers_versions_and_requires_identity(glance_server: glance_env
     assert anonymous.status == 401, anonymous.body
 
 
-def test_upload_stores_image_in_fs1_with_direct_url(glance_server: glance_env.GlanceServer) -> None:
+def test_upload_stores_image_in_fs1_with_direct_url(glance_server: GlanceServer) -> None:
     data = os.urandom(200_000)
     image_id = glance_server.create_image(data, name="smoke-upload")
     image = glance_server.get_image(image_id)
@@ -59,14 +61,14 @@ def test_upload_stores_image_in_fs1_with_direct_url(glance_server: glance_env.Gl
     assert (glance_server.store_dirs["fs1"] / image_id).read_bytes() == data
 
 
-def test_upload_to_named_store(glance_server: glance_env.GlanceServer) -> None:
+def test_upload_to_named_store(glance_server: GlanceServer) -> None:
     image_id = glance_server.create_image(b"fs2 bytes", store="fs2", name="smoke-fs2")
     image = glance_server.get_image(image_id)
     assert _stores(image) == ["fs2"]
     assert (glance_server.store_dirs["fs2"] / image_id).read_bytes() == b"fs2 bytes"
 
 
-def test_copy_image_adds_a_second_file_copy_in_fs2(glance_server: glance_env.GlanceServer) -> None:
+def test_copy_image_adds_a_second_file_copy_in_fs2(glance_server: GlanceServer) -> None:
     data = os.urandom(100_000)
     image_id = glance_server.create_image(data, name="smoke-copy")
 
@@ -82,7 +84,7 @@ def test_copy_image_adds_a_second_file_copy_in_fs2(glance_server: glance_env.Gla
     assert (glance_server.store_dirs["fs2"] / image_id).read_bytes() == data
 
 
-def test_http_location_on_the_loopback_web_server(glance_server: glance_env.GlanceServer) -> None:
+def test_http_location_on_the_loopback_web_server(glance_server: GlanceServer) -> None:
     data = os.urandom(50_000)
     image_id = glance_server.create_image(data, name="smoke-http")
     web_url = glance_server.web.put(f"{image_id}.raw", data)
@@ -113,7 +115,7 @@ def test_http_location_on_the_loopback_web_server(glance_server: glance_env.Glan
         pytest.param("{web}/missing.raw", "HEAD answers 404", id="missing"),
     ],
 )
-def test_invalid_locations_are_refused(glance_server: glance_env.GlanceServer, url: str, why: str) -> None:
+def test_invalid_locations_are_refused(glance_server: GlanceServer, url: str, why: str) -> None:
     image_id = glance_server.create_image(b"x" * 10, name="smoke-invalid-location")
     value = {"url": url.format(web=glance_server.web.url), "metadata": {}}
     resp = glance_server.patch_image(image_id, [{"op": "add", "path": "/locations/-", "value": value}])
@@ -121,7 +123,7 @@ def test_invalid_locations_are_refused(glance_server: glance_env.GlanceServer, u
     assert b"Invalid location" in resp.body
 
 
-def test_policy_file_lets_members_delete_locations(glance_server: glance_env.GlanceServer) -> None:
+def test_policy_file_lets_members_delete_locations(glance_server: GlanceServer) -> None:
     # delete_image_location is admin-only in Glance's defaults: a member
     # succeeding proves Glance read policy.yaml from OS_GLANCE_CONFIG_DIR.
     member = glance_server.headers(roles=MEMBER_ROLES)
@@ -136,7 +138,7 @@ def test_policy_file_lets_members_delete_locations(glance_server: glance_env.Gla
     assert _urls(resp.json()) == [f"file://{glance_server.store_dirs['fs1']}/{image_id}"]
 
 
-def test_location_api_activates_a_queued_image(glance_server: glance_env.GlanceServer) -> None:
+def test_location_api_activates_a_queued_image(glance_server: GlanceServer) -> None:
     data = os.urandom(4096)
     created = glance_server.request(
         "POST", "/v2/images", json_body={"name": "smoke-location-api", "disk_format": "raw", "container_format": "bare"}
@@ -155,7 +157,7 @@ def test_location_api_activates_a_queued_image(glance_server: glance_env.GlanceS
     assert image["os_hash_value"] == hashlib.sha512(data).hexdigest()
 
 
-def test_download_range_and_deactivation_semantics(glance_server: glance_env.GlanceServer) -> None:
+def test_download_range_and_deactivation_semantics(glance_server: GlanceServer) -> None:
     data = os.urandom(10_000)
     image_id = glance_server.create_image(data, name="smoke-range")
     path = f"/v2/images/{image_id}/file"
@@ -181,7 +183,7 @@ def test_download_range_and_deactivation_semantics(glance_server: glance_env.Gla
         glance_server.reactivate(image_id)
 
 
-def test_download_prefer_parameter_picks_the_store(glance_server: glance_env.GlanceServer) -> None:
+def test_download_prefer_parameter_picks_the_store(glance_server: GlanceServer) -> None:
     data = os.urandom(3000)
     image_id = glance_server.create_image(data, name="smoke-prefer")
     glance_server.copy_to_store(image_id, "fs2")
@@ -197,7 +199,7 @@ def test_download_prefer_parameter_picks_the_store(glance_server: glance_env.Gla
     assert unknown.status == 400 and b"Store 'nope' is not configured" in unknown.body
 
 
-def test_store_weight_orders_locations(glance_server: glance_env.GlanceServer) -> None:
+def test_store_weight_orders_locations(glance_server: GlanceServer) -> None:
     image_id = glance_server.create_image(b"weighted", name="smoke-weight")
     glance_server.copy_to_store(image_id, "fs2")
     assert _stores(glance_server.get_image(image_id)) == ["fs1", "fs2"]
@@ -210,7 +212,7 @@ def test_store_weight_orders_locations(glance_server: glance_env.GlanceServer) -
     assert _stores(glance_server.get_image(image_id)) == ["fs1", "fs2"]
 
 
-def test_glance_cli_downloads_and_verifies_checksums(glance_server: glance_env.GlanceServer, tmp_path: Path) -> None:
+def test_glance_cli_downloads_and_verifies_checksums(glance_server: GlanceServer, tmp_path: Path) -> None:
     data = os.urandom(300_000)
     image_id = glance_server.create_image(data, name="smoke-cli")
     glance_server.copy_to_store(image_id, "fs2")
@@ -230,7 +232,7 @@ def test_glance_cli_downloads_and_verifies_checksums(glance_server: glance_env.G
     assert hashlib.sha512(data).hexdigest() in proc.stderr
 
 
-def test_glance_cli_show_uses_token_identity(glance_server: glance_env.GlanceServer) -> None:
+def test_glance_cli_show_uses_token_identity(glance_server: GlanceServer) -> None:
     image_id = glance_server.create_image(b"cli show", name="smoke-cli-show")
     proc = glance_server.glance_cli("image-show", image_id)
     assert proc.returncode == 0, proc.stderr
@@ -259,7 +261,7 @@ print(json.dumps({"sha512": hashlib.sha512(data).hexdigest(), "stores": image["s
     [pytest.param(False, id="token-via-tokenauth"), pytest.param(True, id="identity_headers")],
 )
 def test_glanceclient_library_without_keystone(
-    glance_server: glance_env.GlanceServer, use_identity_headers: bool
+    glance_server: GlanceServer, use_identity_headers: bool
 ) -> None:
     data = os.urandom(20_000)
     image_id = glance_server.create_image(data, name="smoke-library")
@@ -283,7 +285,7 @@ def test_glanceclient_library_without_keystone(
         pytest.param("locproxy.middleware:filter_factory", id="filter_factory"),
     ],
 )
-def test_restart_with_locproxy_in_glance_pipeline(glance_server: glance_env.GlanceServer, use: str) -> None:
+def test_restart_with_locproxy_in_glance_pipeline(glance_server: GlanceServer, use: str) -> None:
     data = os.urandom(1000)
     image_id = glance_server.create_image(data, name="smoke-locproxy-pipeline")
     web_url = glance_server.web.put(f"{image_id}.raw", data)
@@ -291,7 +293,7 @@ def test_restart_with_locproxy_in_glance_pipeline(glance_server: glance_env.Glan
     file_url = f"file://{glance_server.store_dirs['fs1']}/{image_id}"
     assert _urls(glance_server.get_image(image_id)) == [file_url, web_url]
 
-    paste = glance_env.locproxy_paste_ini(use=use, location_strategy="store_type", store_type_preference="http, file")
+    paste = locproxy_paste_ini(use=use, location_strategy="store_type", store_type_preference="http, file")
     with glance_server.paste_pipeline(paste):
         assert "locproxy" in glance_server.paste_ini_path.read_text()
         image = glance_server.get_image(image_id)
@@ -302,12 +304,12 @@ def test_restart_with_locproxy_in_glance_pipeline(glance_server: glance_env.Glan
     assert _urls(glance_server.get_image(image_id)) == [file_url, web_url]
 
 
-def test_locproxy_in_glance_pipeline_serves_file_from_preferred_backend(glance_server: glance_env.GlanceServer) -> None:
+def test_locproxy_in_glance_pipeline_serves_file_from_preferred_backend(glance_server: GlanceServer) -> None:
     data = os.urandom(5000)
     image_id = glance_server.create_image(data, name="smoke-locproxy-download")
     web_url = glance_server.web.put(f"{image_id}.raw", data)
     glance_server.add_location(image_id, web_url)
-    paste = glance_env.locproxy_paste_ini(
+    paste = locproxy_paste_ini(
         location_strategy="store_type",
         store_type_preference="http, file",
         allowed_hosts=f"127.0.0.1:{glance_server.web.port}",

@@ -3,7 +3,7 @@
 Every test runs twice, through the module-scoped ``deployment`` fixture:
 
 * ``pipeline``: locproxy inside Glance's own paste pipeline (right before
-  ``rootapp``; Glance restarted with ``glance_env.locproxy_paste_ini``);
+  ``rootapp``; Glance restarted with ``locproxy_paste_ini``);
 * ``sidecar``: ``gunicorn --paste etc/paste.ini`` (the project's venv) in front
   of the plain Glance, options as ``--paste-global``; clients send the identity
   headers (or the tokenauth token) that Glance trusts.
@@ -46,10 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import glance_env
 import pytest
 
-from tests.servers import REPO_ROOT, GunicornServer, run_gunicorn
+from tests.support.client import Fetched, http_request
+from tests.support.glance.config import DEFAULT_PIPELINE, locproxy_paste_ini, render_paste_ini
+from tests.support.glance.server import GlanceServer
+from tests.support.glance.venv import GlanceEnvError
+from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +92,7 @@ class Image:
         return f"/{self.id}.raw"
 
 
-def make_image(glance: glance_env.GlanceServer, data: bytes, *, name: str,
+def make_image(glance: GlanceServer, data: bytes, *, name: str,
                stores: tuple[str, ...] = ("fs1", "fs2", "web"), identity: Mapping[str, str] | None = None,
                **props: Any) -> Image:
     """Upload to ``stores[0]``, copy-image to the other file stores, add the
@@ -142,7 +145,7 @@ class ModuleImages:
 
 
 @pytest.fixture(scope="module")
-def images(glance_server: glance_env.GlanceServer) -> ModuleImages:
+def images(glance_server: GlanceServer) -> ModuleImages:
     """Built on the plain Glance (no locproxy in its pipeline), so the JSON
     recorded here is Glance's own."""
     assert "locproxy" not in glance_server.paste_ini_path.read_text(), "Glance must run its default pipeline here"
@@ -209,7 +212,7 @@ class Deployment:
     differ from the running ones; ``url`` is where clients talk to locproxy.
     """
 
-    def __init__(self, kind: str, glance: glance_env.GlanceServer, workdir: Path) -> None:
+    def __init__(self, kind: str, glance: GlanceServer, workdir: Path) -> None:
         self.kind = kind
         self.glance = glance
         self.workdir = workdir
@@ -238,7 +241,7 @@ class Deployment:
             self.write_config(config_text)
             options["config_file"] = str(self.config_file)
         if self.kind == "pipeline":
-            self._restart_glance(glance_env.locproxy_paste_ini(**options))
+            self._restart_glance(locproxy_paste_ini(**options))
         else:
             self._start_sidecar(options)
         self._running = key
@@ -262,7 +265,7 @@ class Deployment:
     def _restart_glance(self, paste_ini: str) -> None:
         try:
             self.glance.restart(paste_ini)
-        except glance_env.GlanceEnvError as exc:
+        except GlanceEnvError as exc:
             pytest.fail(f"Glance did not start with locproxy in its pipeline: {exc}", pytrace=False)
 
     def _start_sidecar(self, options: Mapping[str, str]) -> None:
@@ -306,20 +309,20 @@ class Deployment:
 
     def request(self, method: str, path: str, *, identity: Mapping[str, str] | None = None,
                 headers: Mapping[str, str] | None = None, json_body: Any = None,
-                body: bytes | None = None) -> glance_env.Response:
+                body: bytes | None = None) -> Fetched:
         all_headers = dict(self.glance.headers() if identity is None else identity)
         if json_body is not None:
             body = json.dumps(json_body).encode()
             all_headers.setdefault("Content-Type", "application/json")
         all_headers.update(headers or {})
-        return glance_env.http_request(self.url + path, method, body=body, headers=all_headers)
+        return http_request(self.url + path, method, body=body, headers=all_headers)
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
         resp = self.request("GET", path, **kwargs)
         assert resp.status == 200, (path, resp.status, resp.body[:500])
         return resp.json()
 
-    def patch(self, image_id: str, ops: list[dict[str, Any]]) -> glance_env.Response:
+    def patch(self, image_id: str, ops: list[dict[str, Any]]) -> Fetched:
         return self.request("PATCH", f"/v2/images/{image_id}", body=json.dumps(ops).encode(),
                             headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
 
@@ -372,7 +375,7 @@ class Deployment:
         Glance (its version negotiation answers unknown paths itself)."""
         if self.kind != "sidecar":
             return None
-        resp = glance_env.http_request(self.url + "/metrics")
+        resp = http_request(self.url + "/metrics")
         assert resp.status == 200, resp.body[:300]
         for line in resp.body.decode().splitlines():
             name, _, value = line.rpartition(" ")
@@ -382,7 +385,7 @@ class Deployment:
 
 
 @pytest.fixture(scope="module", params=["pipeline", "sidecar"])
-def deployment(request: pytest.FixtureRequest, glance_server: glance_env.GlanceServer, images: ModuleImages,
+def deployment(request: pytest.FixtureRequest, glance_server: GlanceServer, images: ModuleImages,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """locproxy in Glance's pipeline or as a sidecar; tests call ``configure``."""
     deployed = Deployment(request.param, glance_server, tmp_path_factory.mktemp(f"locproxy-{request.param}"))
@@ -392,7 +395,7 @@ def deployment(request: pytest.FixtureRequest, glance_server: glance_env.GlanceS
         deployed.close()
 
 
-def readable_backends(glance: glance_env.GlanceServer) -> dict[str, str]:
+def readable_backends(glance: GlanceServer) -> dict[str, str]:
     """Every copy locproxy may read itself: both file stores and the web server."""
     return {"file_roots": f"{glance.store_dirs['fs1']}, {glance.store_dirs['fs2']}",
             "allowed_hosts": f"127.0.0.1:{glance.web.port}"}
@@ -417,7 +420,7 @@ def use_location_order_with_config_file(deployment: Deployment) -> None:
                          config_text=LOCATION_ORDER_CONFIG)
 
 
-def web_label(glance: glance_env.GlanceServer) -> str:
+def web_label(glance: GlanceServer) -> str:
     return f"http://127.0.0.1:{glance.web.port}"
 
 
@@ -778,8 +781,8 @@ def test_readme_pipeline_snippet_works_in_glance(deployment: Deployment, images:
     roots = f"{glance.store_dirs['fs1']}, {glance.store_dirs['fs2']}"
     filter_section = [f"file_roots = {roots}" if line.split("=", 1)[0].strip() == "file_roots" else line
                       for line in block]
-    ours = [*glance_env.DEFAULT_PIPELINE[:-1], "locproxy", glance_env.DEFAULT_PIPELINE[-1]]
-    deployment.configure_paste(glance_env.render_paste_ini(ours, "\n".join(filter_section)))
+    ours = [*DEFAULT_PIPELINE[:-1], "locproxy", DEFAULT_PIPELINE[-1]]
+    deployment.configure_paste(render_paste_ini(ours, "\n".join(filter_section)))
 
     image = images.web_first  # Glance's order: web, fs1
     shown = deployment.get_json(f"/v2/images/{image.id}")

@@ -10,10 +10,13 @@ already says ``X-Identity-Status`` or whose token is not of that form is left al
 The token may be URL-quoted: python-glanceclient quotes header values.
 
 NEVER use this outside a test environment: it trusts whatever the client says.
-It is loaded by the Glance server of ``glance_env.py`` (on its PYTHONPATH) as::
+It is loaded by the lab's Glance (the repository root is first on its
+PYTHONPATH) as::
 
     [filter:tokenauth]
-    paste.filter_factory = glance_tokenauth:filter_factory
+    paste.filter_factory = tests.support.glance.tokenauth:filter_factory
+
+It imports nothing but the standard library: Glance's venv runs it.
 """
 
 from __future__ import annotations

@@ -4,47 +4,24 @@ Glance's http store, locproxy's http backend and python-glanceclient only need
 GET and HEAD of whole files plus single byte ranges (RFC 9110 section 14), so
 this serves a directory read-only with exactly that, records every request (so
 a test can tell which backend really served the bytes) and binds to 127.0.0.1
-only. It runs in a thread of the test process and is closed by ``close()`` or
-the context manager, joining its handler threads (no leaked sockets under
-``filterwarnings = error``).
+only. Ranges are read by ``locproxy.ranges.parse_range``: an unsatisfiable
+one (beyond the file, ``bytes=-0``, an end before the start) gets 416; one it
+cannot parse at all (``Malformed``: several ranges, other units) is ignored
+and the whole file sent, as RFC 9110 section 14.2 allows. It runs in a thread
+of the test process and is closed by ``close()`` or the context manager,
+joining its handler threads (no leaked sockets under ``filterwarnings = error``).
 """
 
 from __future__ import annotations
 
 import http.server
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """Return the inclusive (first, last) byte of one ``Range`` spec.
-
-    ``None`` means "unsatisfiable" (RFC 9110 section 14.1.2); a header this
-    server does not understand (several ranges, other units) raises ValueError
-    so the caller can ignore it and send the whole file, as RFC 9110 section
-    14.2 allows.
-    """
-    match = _RANGE.match(header.strip())
-    if not match or (not match.group(1) and not match.group(2)):
-        raise ValueError(header)
-    first, last = match.group(1), match.group(2)
-    if not first:  # suffix range: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
-            return None
-        return max(0, size - length), size - 1
-    start = int(first)
-    if last and int(last) < start:
-        raise ValueError(header)  # invalid: ignored (RFC 9110 section 14.1.1)
-    if start >= size:
-        return None
-    return start, min(int(last) if last else size - 1, size - 1)
+from locproxy.ranges import Malformed, Unsatisfiable, parse_range
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -70,18 +47,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         size = path.stat().st_size
         status, first, last = 200, 0, size - 1
-        range_header = self.headers.get("Range")
-        if range_header:
-            try:
-                selected = parse_range(range_header, size)
-            except ValueError:  # not understood: ignore it, send the whole file
-                selected = (0, size - 1)
-            else:
-                if selected is None:
-                    self._reply_empty(416, {"Content-Range": f"bytes */{size}"})
-                    return
-                status = 206
-            first, last = selected
+        try:
+            span = parse_range(self.headers.get("Range"), size)
+        except Malformed:  # not understood: ignore it, send the whole file
+            span = None
+        except Unsatisfiable:
+            self._reply_empty(416, {"Content-Range": f"bytes */{size}"})
+            return
+        if span is not None:
+            status, first, last = 206, span[0], span[1] - 1
         length = max(0, last - first + 1)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")

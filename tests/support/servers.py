@@ -1,6 +1,5 @@
 """Real servers on loopback for tests.
 
-* ``free_port()``: a TCP port on 127.0.0.1 that was free a moment ago.
 * ``run_gunicorn(app)``: gunicorn in a subprocess (``--paste x.ini`` or a
   ``module:callable`` spec), yields a ``GunicornServer`` (``.url``, ``.port``,
   ``.pid``, ``.log()``).
@@ -23,34 +22,26 @@ import socketserver
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from locproxy.demo.serving import LocalServer, TrackedThreads
-from locproxy.sidecar import gunicorn_args, stop_process
+from locproxy.sidecar import gunicorn_args
+from tests.support.processes import STOP_TIMEOUT, accepts, free_port, spawn, stop, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Seconds: how long to wait for a server to start, and for one to stop.
+# Seconds: how long to wait for a server to start.
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listened on when this returned."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- gunicorn in a subprocess ------------------------------------------------
 
-# Paste ini logging sections: every record at DEBUG to stderr (gunicorn's log),
-# one "LEVEL logger: message" line each, for tests that read the log.
-DEBUG_LOGGING = """
+# Paste ini logging sections: every record at LEVEL to stderr (gunicorn's
+# log), one "LEVEL logger: message" line each, for tests that read the log.
+LOGGING = """
 [loggers]
 keys = root
 [handlers]
@@ -58,7 +49,7 @@ keys = stderr
 [formatters]
 keys = plain
 [logger_root]
-level = DEBUG
+level = {level}
 handlers = stderr
 [handler_stderr]
 class = StreamHandler
@@ -70,14 +61,14 @@ format = %(levelname)s %(name)s: %(message)s
 
 
 def sidecar_ini(path: Path, upstream: str, filter_options: Mapping[str, Any],
-                proxy_options: Mapping[str, Any] = {}) -> Path:  # noqa: B006 - read only
+                proxy_options: Mapping[str, Any] = {}, log_level: str = "DEBUG") -> Path:  # noqa: B006 - read only
     """Write a sidecar paste ini (locproxy filter + proxy app) with these
-    options and DEBUG logging; returns ``path``."""
+    options, logging at ``log_level``; returns ``path``."""
     lines = ["[pipeline:main]", "pipeline = locproxy proxy", "", "[filter:locproxy]", "use = egg:locproxy#locproxy"]
     lines += [f"{name} = {value}" for name, value in filter_options.items()]
     lines += ["", "[app:proxy]", "use = egg:locproxy#proxy", f"upstream = {upstream}"]
     lines += [f"{name} = {value}" for name, value in proxy_options.items()]
-    path.write_text("\n".join(lines) + "\n" + DEBUG_LOGGING)
+    path.write_text("\n".join(lines) + "\n" + LOGGING.replace("{level}", log_level))
     return path
 
 
@@ -144,44 +135,27 @@ def run_gunicorn(
             *extra_args,
             *target,
         ]
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                command,
-                cwd=str(REPO_ROOT),
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # one process group: master and workers
-            )
+        process = spawn(command, log_path, env={**os.environ, **(env or {})}, cwd=REPO_ROOT)
         server = GunicornServer(f"http://127.0.0.1:{port}", port, process, log_path)
         try:
             _wait_for_gunicorn(server, workers, start_timeout)
             yield server
         finally:
-            stop_process(process, group=True)
+            stop(process)
 
 
 def _wait_for_gunicorn(server: GunicornServer, workers: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def booted() -> bool:
         if server.process.poll() is not None:
             raise RuntimeError(
                 f"gunicorn exited with status {server.process.returncode} before serving:\n{server.log()}"
             )
-        if server.log().count("Booting worker") >= workers and _accepts(server.port):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gunicorn did not start within {timeout:g}s:\n{server.log()}")
-        time.sleep(0.05)
+        return server.log().count("Booting worker") >= workers and accepts(server.port)
 
-
-def _accepts(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        wait_until(booted, timeout=timeout, what="gunicorn")
+    except TimeoutError:
+        raise RuntimeError(f"gunicorn did not start within {timeout:g}s:\n{server.log()}") from None
 
 
 # -- raw HTTP servers in this process ---------------------------------------------

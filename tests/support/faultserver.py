@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tests.faultserver import FaultServer, RefusingPort, StalledListener
+    from tests.support.faultserver import FaultServer, RefusingPort, StalledListener
 
     with FaultServer(b"image bytes", mode="ok") as server:
         url = server.url("/images/1")          # http://127.0.0.1:PORT/images/1
@@ -13,8 +13,11 @@ Usage::
 
 ``FaultServer(data, mode="ok", *, hang_limit=10.0)`` serves ``data`` at any
 path (GET and HEAD), over HTTP/1.1 keep-alive, honouring one
-``Range: bytes=a-b`` / ``a-`` / ``-n`` with 206 + ``Content-Range`` (416 when
-unsatisfiable; anything else, e.g. several ranges, is ignored: 200). It is
+``Range: bytes=a-b`` / ``a-`` / ``-n`` with 206 + ``Content-Range``, read by
+``locproxy.ranges.parse_range``: 416 when unsatisfiable (beyond the data,
+``bytes=-0``, an end before the start); a Range it cannot parse at all
+(``locproxy.ranges.Malformed``: several ranges, another unit, garbage) is
+ignored, as RFC 9110 section 14.2 allows: 200 with the whole data. It is
 threaded, bound to 127.0.0.1 port 0, and used as a context manager (or
 ``start()``/``close()``): closing stops accepting, shuts down every open
 connection (idle keep-alive ones too), ends every hanging handler and joins
@@ -72,7 +75,6 @@ connects time out (a deterministic connect timeout on Linux loopback).
 from __future__ import annotations
 
 import gzip
-import re
 import socket
 import socketserver
 import struct
@@ -81,6 +83,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+from locproxy.ranges import Malformed, Unsatisfiable, parse_range
 
 EXTRA = b"EXTRA-BYTES-BEYOND-THE-PROMISED-BODY"
 
@@ -109,8 +113,6 @@ _MODES = {
 _INT_ARG = {"drop_first", "status", "hang_after", "truncate_after", "reset_after", "corrupt_byte", "slow",
             "drip_after"}
 DRIP_INTERVAL = 0.5
-
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def parse_mode(mode: str) -> dict[str, Any]:
@@ -217,15 +219,18 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         header = self.headers.get("Range")
         if header is not None and "ignore_range" not in faults:
-            parsed = _parse_range(header, size)
-            if parsed == "unsatisfiable":
+            try:
+                span = parse_range(header, size)
+            except Malformed:
+                span = None  # not one range at all: RFC 9110 lets us ignore Range
+            except Unsatisfiable:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            if parsed is not None:
-                first, last = parsed
+            if span is not None:
+                first, last = span[0], span[1] - 1
                 status = 206
         body = bytearray(data[first : last + 1])
         corrupt = faults.get("corrupt_byte")
@@ -330,28 +335,6 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         sock.close()
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
-    """One byte range -> (first, last); "unsatisfiable"; None to ignore it."""
-    match = _RANGE.match(header.strip())
-    if not match:
-        return None  # several ranges or garbage: RFC 9110 lets us ignore Range
-    a, b = match.groups()
-    if not a and not b:
-        return None
-    if not a:  # suffix: the last n bytes
-        n = int(b)
-        if n == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - n), size - 1
-    first = int(a)
-    last = int(b) if b else size - 1
-    if b and last < first:
-        return None
-    if first >= size:
-        return "unsatisfiable"
-    return first, min(last, size - 1)
 
 
 class FaultServer:
