@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from locproxy.demo import location
-from tests.support.client import fetch
+from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import (
     DATA,
     SHA512,
