@@ -174,6 +174,10 @@ class SiteCache:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Fill(self, key, image_id, size, path, fd)
 
+    def following(self, key: str, size: int) -> Follow | None:
+        """The fill of ``key`` in progress, to read as it grows; None if there is none."""
+        return self._follow(key, os.path.join(self.fills, f"{key}.{size}"), size)
+
     def _follow(self, key: str, path: str, size: int) -> Follow | None:
         try:
             fileobj = open(path, "rb", buffering=0)

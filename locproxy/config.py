@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
 from locproxy import observability, strategies
+from locproxy.cache import SiteCache
 from locproxy.guards import AllowedHosts, FileRoots
 from locproxy.options import (
     ConfigError,
@@ -100,6 +101,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """The site cache (see locproxy.cache); off without a directory."""
+
+    directory: str = ""
+    max_size: int = 0
+    verify_interval: float = 86400.0
+
+
+@dataclass(frozen=True)
 class ObservabilitySettings:
     healthcheck_path: str = ""
     metrics_path: str = ""
@@ -113,10 +123,12 @@ class FilterSettings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    cache_settings: CacheSettings = field(default_factory=CacheSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
     shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
     verified: VerifiedCopies = field(default_factory=VerifiedCopies, compare=False, repr=False)
+    cache: SiteCache | None = field(default=None, compare=False, repr=False)
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -141,6 +153,14 @@ def parse_writable_file(option: str, value: Any) -> str:
             header = stream.read(16)
         if header and header != b"SQLite format 3\x00":
             raise ConfigError(f"{option}: {value!r} exists and is not an sqlite file")
+    return path
+
+
+def parse_directory(option: str, value: Any) -> str:
+    """An existing directory locproxy may write in (absolute path)."""
+    path = str(value).strip()
+    if not os.path.isabs(path) or not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: {value!r} is not a writable directory (absolute path)")
     return path
 
 
@@ -223,12 +243,15 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "probe_interval": ("health", "probe_interval", _seconds_or_off),
     "probe_size": ("health", "probe_size", parse_size),
     "shown_order_ttl": ("health", "shown_order_ttl", parse_seconds),
+    "cache_dir": ("cache_settings", "directory", parse_directory),
+    "cache_max_size": ("cache_settings", "max_size", parse_size),
+    "cache_verify_interval": ("cache_settings", "verify_interval", parse_seconds),
     "healthcheck_path": ("observability", "healthcheck_path", parse_path),
     "metrics_path": ("observability", "metrics_path", parse_path),
 }
 
 _GROUPS = {"selection": SelectionSettings, "security": SecuritySettings, "backends": BackendSettings,
-           "health": HealthSettings, "observability": ObservabilitySettings}
+           "health": HealthSettings, "cache_settings": CacheSettings, "observability": ObservabilitySettings}
 
 
 # -- loading --------------------------------------------------------------------
@@ -251,15 +274,18 @@ def load_filter_settings(
             values[group][name] = parse(option, conf[option])
     health = HealthSettings(**values["health"])
     tracker, shown, verified = _stores(health, previous)
+    cache_settings = CacheSettings(**values["cache_settings"])
     return FilterSettings(
         selection=SelectionSettings(selector=load_selector(conf, tracker), **values["selection"]),
         security=SecuritySettings(**values["security"]),
         backends=BackendSettings(**values["backends"]),
         health=health,
+        cache_settings=cache_settings,
         observability=ObservabilitySettings(**values["observability"]),
         tracker=tracker,
         shown=shown,
         verified=verified,
+        cache=_open_cache(cache_settings, previous),
     )
 
 
@@ -286,6 +312,21 @@ def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tr
         verified = _open_metrics_file(lambda path: VerifiedCopies(path, on_error=observability.bookkeeping_error),
                                       health.metrics_file)
     return tracker, shown, verified
+
+
+def _open_cache(settings: CacheSettings, previous: FilterSettings | None) -> SiteCache | None:
+    """The site cache, or None when it is off; the previous one while its options are unchanged."""
+    if not settings.directory:
+        return None
+    if previous is not None and previous.cache_settings == settings and previous.cache is not None:
+        return previous.cache
+    if not settings.max_size:
+        raise ConfigError("cache_max_size: required with cache_dir (the cache never holds more), e.g. 50G")
+    try:
+        return SiteCache(settings.directory, settings.max_size, verify_interval=settings.verify_interval,
+                         on_event=observability.cache_event)
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"cache_dir: {settings.directory!r} cannot be used: {error}") from None
 
 
 def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:

@@ -78,7 +78,7 @@ class LocationFilter:
                 settings = state.settings
                 if path == settings.observability.healthcheck_path:
                     response = observability.healthcheck_response(
-                        settings.selection.selector.strategy, settings.tracker, settings.shown)
+                        settings.selection.selector.strategy, settings.tracker, settings.shown, settings.cache)
                     return response(environ, start_response)
                 if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)

@@ -25,6 +25,7 @@ from webob import Response
 from locproxy.failures import Failure
 
 if TYPE_CHECKING:  # pragma: no cover
+    from locproxy.cache import SiteCache
     from locproxy.shown import ShownOrders
     from locproxy.tracker import Tracker
 
@@ -41,6 +42,11 @@ BACKEND_FAILURES = Counter("locproxy_backend_failures", "Backend failures, by re
 STRATEGY = Gauge("locproxy_strategy", "1 for the strategy in use", ["strategy"], multiprocess_mode="livemax")
 BOOKKEEPING_ERRORS = Counter("locproxy_bookkeeping_errors", "Failures of the metrics_file (downloads went on "
                              "without it)", ["what"])
+CACHE_REQUESTS = Counter("locproxy_cache_requests", "Downloads the site cache answered: hit, follow (a fill in "
+                         "progress), miss", ["result"])
+CACHE_EVENTS = Counter("locproxy_cache_events", "Site cache fills, aborted fills and evictions", ["event"])
+CACHE_BYTES = Counter("locproxy_cache_bytes", "Bytes served from the site cache, and of its fills (committed "
+                      "or aborted) and evictions", ["event"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
 
@@ -61,6 +67,19 @@ def request(kind: str) -> None:
 
 def rewrite(result: str) -> None:
     _child(REWRITES, result).inc()
+
+
+def cache_request(result: str) -> None:
+    _child(CACHE_REQUESTS, result).inc()
+
+
+def cache_served(nbytes: int) -> None:
+    _child(CACHE_BYTES, "served").inc(nbytes)
+
+
+def cache_event(event: str, nbytes: int) -> None:
+    _child(CACHE_EVENTS, event).inc()
+    _child(CACHE_BYTES, event).inc(nbytes)
 
 
 def bookkeeping_error(what: str) -> None:
@@ -147,17 +166,20 @@ def metrics_response() -> Response:
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
 
 
-def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders) -> Response:
+def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders, cache: SiteCache | None = None) -> Response:
     """Cheap and local: no upstream call. Counts what the health rule demotes
-    (``locproxy stats`` names them) and says when the metrics_file fails
-    (downloads go on: still 200). This endpoint may be reachable by anyone:
-    no names, paths or error texts."""
+    (``locproxy stats`` names them), the site cache's use, and says when the
+    metrics_file fails (downloads go on: still 200). This endpoint may be
+    reachable by anyone: no names, paths or error texts."""
     now = time.time()
     demoted = [key for key, stats in tracker.stats().items() if stats.demoted(now)]
     copies = sum(1 for key in demoted if "#" in key)
     body: dict[str, Any] = {"status": "ok", "strategy": strategy,
                             "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
-    if tracker.degraded or shown.degraded:
+    if cache is not None:
+        used, entries = cache.usage()
+        body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
+    if tracker.degraded or shown.degraded or (cache is not None and cache.index.degraded):
         body["status"] = "degraded"
         body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,

@@ -20,6 +20,11 @@ Transfers are learnt (``Recorder.transferred``) only once their bytes
 verified: corrupt bytes teach nothing good, and are recorded against the
 copies that sent them. A copy that alone produced a good body is remembered
 as verified.
+
+A ``Sink`` sees every byte sent, in order, and the verdict: the site cache
+fills an entry that way (``locproxy.download.caching``). A source may offer
+a new sink when it fails (a fill followed by this body whose filler died:
+this body takes the fill over).
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from locproxy.download.backends import BackendError
 from locproxy.download.digests import Digest, PipelinedHash
-from locproxy.download.plan import UPSTREAM, Candidate
+from locproxy.download.plan import Candidate
 from locproxy.download.sources import Opened, Sources
 from locproxy.verified import VerifiedCopies
 
@@ -45,6 +50,14 @@ class Check(enum.Enum):
     BACKGROUND = "background"
 
 
+class Sink(Protocol):
+    def write(self, offset: int, chunk: bytes) -> None: ...
+
+    def finish(self, verified: bool) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class ChecksumMismatch(Exception):
     """The delivered image does not match its recorded digest."""
 
@@ -53,8 +66,9 @@ class ImageBody:
     """The WSGI iterable of one download (``close()`` closes its current source)."""
 
     def __init__(self, sources: Sources, first: Opened, start: int, end: int, digest: Digest | None,
-                 check: Check, verified: VerifiedCopies) -> None:
+                 check: Check, verified: VerifiedCopies, sink: Sink | None = None) -> None:
         self.sources = sources
+        self.sink = sink
         self.current = first
         self.start = start
         self.offset = start
@@ -88,6 +102,8 @@ class ImageBody:
                             skip, chunk = skip - cut, chunk[cut:]
                             if not chunk:
                                 continue
+                        if self.sink is not None:
+                            self.sink.write(self.offset, chunk)
                         self.offset += len(chunk)
                         if not hold:
                             yield chunk
@@ -97,6 +113,8 @@ class ImageBody:
                         held = chunk
                 except BackendError as error:
                     sources.failed(candidate, error, self.offset)
+                    if self.sink is None:
+                        self.sink = getattr(stream, "take_over", lambda: None)()
                 finally:
                     stream.close()
                 if self.offset >= self.end:
@@ -113,6 +131,8 @@ class ImageBody:
         except BackendError:  # the upstream's /file failed too: abort
             sources.recorder.outcome(first_label, "failed")
             raise
+        finally:
+            self._abort_sink()  # unless finished: the client went away, or the body failed
         if good:
             outcome = "resumed" if len(self.used) > 1 else "served" if failures_before == 0 else "fell_back"
             sources.recorder.outcome(first_label, outcome)
@@ -123,10 +143,14 @@ class ImageBody:
                 first_label: str) -> bool:
         """Judge the body before its last chunk goes: learn and remember, or
         abort (raises; in ``BACKGROUND``, only reports: False)."""
-        if hasher is not None and self.digest is not None and not hasher.matches(self.digest[1]):
+        matched = hasher is None or self.digest is None or hasher.matches(self.digest[1])
+        if self.sink is not None:
+            self.sink.finish(matched and hasher is not None)
+            self.sink = None
+        if not matched:
             self._mismatch(first_label)
             return False
-        if last is not UPSTREAM:
+        if last.backend:
             self.sources.recorder.transferred(last.key, last.copy, last.label, read, seconds)
         hashed = self.used if self.check is not Check.TRUST else self.used[1:]
         if hasher is not None and len(hashed) == 1 and self.digest is not None:
@@ -139,7 +163,7 @@ class ImageBody:
         hashed = self.used if self.check is not Check.TRUST else self.used[1:]
         for candidate, identity in hashed:
             self.verified.forget(identity)
-            if candidate is not UPSTREAM:
+            if candidate.backend:
                 sources.recorder.corrupt(candidate.key, candidate.copy, candidate.label, sources.image_id)
         sources.recorder.outcome(first_label, "checksum_mismatch")
         labels = ", ".join(candidate.label for candidate, _ in hashed)
@@ -157,5 +181,11 @@ class ImageBody:
             return f" ({self.digest[0]} verified before)"
         return f" ({self.digest[0]} {'checked after sending' if self.check is Check.BACKGROUND else 'verified'})"
 
+    def _abort_sink(self) -> None:
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.abort()
+
     def close(self) -> None:
         self.current[1].close()
+        self._abort_sink()

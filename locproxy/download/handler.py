@@ -24,17 +24,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import replace
 from typing import Any, Sequence
 
 from webob import Request, Response
 
-from locproxy import bodies
+from locproxy import bodies, observability
+from locproxy.cache import Fill, SiteCache
 from locproxy.config import FilterSettings
+from locproxy.download import caching
 from locproxy.download.ahead import ACTIVITY, VerifyAhead
 from locproxy.download.backends import Backends
 from locproxy.download.body import Check, ImageBody
 from locproxy.download.digests import Digest, file_digest_matches, submit
-from locproxy.download.plan import Candidate, DownloadPlan, Refusal, plan_download
+from locproxy.download.plan import CACHE, Candidate, DownloadPlan, Refusal, plan_download
 from locproxy.download.probing import Prober
 from locproxy.download.sources import Opened, Sources
 from locproxy.observability import Recorder
@@ -106,7 +109,8 @@ class DownloadHandler:
             self.prober.remember(plan.candidates, plan.size)
         if self.ahead is not None:
             self.ahead.note(plan)
-        if not plan.candidates:
+        cache = settings.cache
+        if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             recorder.outcome("upstream", "upstream")
             return None
@@ -114,12 +118,49 @@ class DownloadHandler:
             return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         sources = Sources(plan.candidates, self.backends, recorder, image_requests, plan.image_id, plan.size,
                           plan.end)
-        first = sources.open_next(plan.start)
-        if first is None:
-            recorder.outcome(plan.candidates[0].label, "upstream")
+        body = None if cache is None else self._from_cache(cache, plan, sources, req.environ, settings)
+        if body is None:
+            body = self._from_sources(plan, sources, req.environ, settings)
+        if body is None:
+            recorder.outcome(plan.candidates[0].label if plan.candidates else "upstream", "upstream")
             return None
-        body = self._body(plan, first, sources, req.environ, settings)
         return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(body))
+
+    def _from_sources(self, plan: DownloadPlan, sources: Sources, environ: dict[str, Any],
+                      settings: FilterSettings, fill: Fill | None = None) -> Any:
+        """The body from the image's copies; with a cache fill, from the
+        upstream's own /file when none opens (the fill needs the bytes)."""
+        first = sources.open_next(plan.start)
+        if first is None and fill is not None:
+            first = sources.resume(plan.start)
+        if first is None:
+            return None
+        if fill is not None:  # hashed whatever verify_checksums says: only verified bytes are committed
+            check = Check.BACKGROUND if settings.backends.verify_checksums != "on" else Check.VERIFY
+            return ImageBody(sources, first, plan.start, plan.end, plan.image_digest, check, settings.verified, fill)
+        return self._body(plan, first, sources, environ, settings)
+
+    def _from_cache(self, cache: SiteCache, plan: DownloadPlan, sources: Sources, environ: dict[str, Any],
+                    settings: FilterSettings) -> Any:
+        """A hit, a fill in progress to follow, or a new fill's body; None
+        when the cache cannot serve or hold this download."""
+        chunk_size, verified = settings.backends.chunk_size, settings.verified
+        hit = caching.lookup(cache, plan, chunk_size)
+        if hit is not None:
+            entry, stream = hit
+            observability.cache_request("hit")
+            observability.cache_served(plan.end - plan.start)
+            if entry.verify and plan.whole:
+                return ImageBody(sources, (CACHE, stream), plan.start, plan.end, plan.image_digest, Check.VERIFY,
+                                 verified, caching.EntryCheck(cache, entry.key))
+            return self._body(replace(plan, digest=None), (CACHE, stream), sources, environ, settings)
+        started = caching.fill_or_follow(cache, plan, chunk_size)
+        if isinstance(started, caching.FollowStream):
+            observability.cache_request("follow")
+            check = _check(plan.digest, None, settings.backends.verify_checksums, verified)
+            return ImageBody(sources, (CACHE, started), plan.start, plan.end, plan.digest, check, verified)
+        observability.cache_request("miss")
+        return None if started is None else self._from_sources(plan, sources, environ, settings, started)
 
     def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, environ: dict[str, Any],
               settings: FilterSettings) -> Any:

@@ -34,9 +34,16 @@ class Candidate:
     copy: str
     label: str
 
+    @property
+    def backend(self) -> bool:
+        """A location read from a backend (not the upstream's /file, not the cache)."""
+        return bool(self.url)
+
 
 #: The upstream's own ``/file``: the last resort of every download.
 UPSTREAM = Candidate("", "upstream", "upstream", "upstream")
+#: The site cache (``locproxy.cache``): an entry, or a fill in progress.
+CACHE = Candidate("", "cache", "cache", "cache")
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,10 @@ class DownloadPlan:
     end: int  # exclusive
     size: int
     headers: tuple[tuple[str, str], ...]
-    digest: Digest | None  # None: not verifiable (a range) or not asked for
+    digest: Digest | None  # what to verify; None: not verifiable (a range) or not asked for
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
+    image_digest: Digest | None = None  # the image's recorded digest (the site cache's key)
 
     @property
     def whole(self) -> bool:
@@ -101,6 +109,7 @@ def plan_download(
         digest=None if span or not verify_checksums else expected_digest(image),
         candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
         head_only=method == "HEAD",
+        image_digest=expected_digest(image),
     )
 
 

@@ -81,7 +81,7 @@ class Sources:
 
     def failed(self, candidate: Candidate, error: BackendError, offset: int, before_first_byte: bool = False) -> None:
         self.failures += 1
-        if candidate is not UPSTREAM:
+        if candidate.backend:
             self.recorder.failed(candidate.key, candidate.label, error.kind)
         if self.failures > self.LOGGED_FAILURES:
             self.unlogged += 1
