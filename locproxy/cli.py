@@ -5,6 +5,7 @@
 ``locproxy stats``   prints what a node learnt about each backend.
 ``locproxy config``  prints the sidecar's paste ini, to copy and edit.
 ``locproxy serve``   runs the sidecar (gunicorn) in front of an image API.
+``locproxy cache``   lists, fills, evicts or clears a site cache.
 ``locproxy demo``    starts a demo image API on loopback with locproxy in
                      front, and prints commands to try.
 """
@@ -24,7 +25,7 @@ from locproxy.strategies import Selector, strategy_names
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_demo):
+    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args)
@@ -81,6 +82,30 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--paste", help="another paste ini to run instead of the packaged one")
     serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="-- then options for gunicorn")
     serve.set_defaults(run=_serve)
+
+
+def _add_cache(commands: Any) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="the site cache: list, prefetch, evict, clear",
+        description="Operate on a site cache (cache_dir). list, evict and clear work on the directory (entries "
+        "being read are never removed); prefetch downloads images through a running locproxy, as a client "
+        "the image API authorises, which fills the cache.",
+    )
+    actions = cache.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the entries, most recently used first")
+    listing.add_argument("cache_dir")
+    evict = actions.add_parser("evict", help="remove the entries of images")
+    evict.add_argument("cache_dir")
+    evict.add_argument("image_ids", nargs="+")
+    clear = actions.add_parser("clear", help="remove every entry")
+    clear.add_argument("cache_dir")
+    prefetch = actions.add_parser("prefetch", help="fill the cache by downloading images through locproxy")
+    prefetch.add_argument("url", help="locproxy's URL, e.g. http://127.0.0.1:9393")
+    prefetch.add_argument("image_ids", nargs="+")
+    prefetch.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                          help="a request header, e.g. X-Auth-Token:... (repeatable)")
+    cache.set_defaults(run=_cache)
 
 
 def _add_demo(commands: Any) -> None:
@@ -165,6 +190,47 @@ def _serve(args: argparse.Namespace) -> int:
     command = sidecar_command(options, extra, Path(args.paste) if args.paste else PASTE_INI)
     os.execv(command[0], command)  # gunicorn takes over this process: its signals, its exit status
     return 0  # pragma: no cover - not reached
+
+
+def _cache(args: argparse.Namespace) -> int:
+    if args.action == "prefetch":
+        return _prefetch(args.url, args.image_ids, args.header)
+    from locproxy.cache import SiteCache
+
+    try:
+        cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
+    except OSError as error:
+        print(f"locproxy cache: {args.cache_dir}: {error}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for entry in cache.list():
+            print(f"{entry['image']}  {entry['size']:>14,} B  key {entry['key']}")
+        used, count = cache.usage()
+        print(f"{count} entries, {used:,} bytes")
+        return 0
+    removed, busy = cache.clear() if args.action == "clear" else map(sum, zip(
+        *(cache.evict_image(image_id) for image_id in args.image_ids)))
+    print(f"removed {removed} entries" + (f"; {busy} being read, kept" if busy else ""))
+    return 0 if not busy else 1
+
+
+def _prefetch(url: str, image_ids: Sequence[str], header_items: Sequence[str]) -> int:
+    import urllib.request
+
+    headers = dict(item.split(":", 1) for item in header_items if ":" in item)
+    failed = 0
+    for image_id in image_ids:
+        request = urllib.request.Request(f"{url.rstrip('/')}/v2/images/{image_id}/file", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                size = 0
+                while chunk := response.read(1 << 20):
+                    size += len(chunk)
+            print(f"{image_id}: {size:,} bytes")
+        except OSError as error:
+            failed += 1
+            print(f"{image_id}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

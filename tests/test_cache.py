@@ -1,0 +1,320 @@
+"""The site cache: the store on its own, then a real two-worker sidecar:
+one backend read for many cold downloads, hits and ranges from disk, a
+filler killed mid-fill, a full disk, corrupt entries, the size cap, images
+only the upstream can read, and the operators' commands."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from locproxy.cache import Fill, SiteCache, cache_key
+from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from tests.support.client import Fetched, fetch
+from tests.support.faultserver import FaultServer
+from tests.support.servers import run_gunicorn, sidecar_ini
+
+MiB = 1 << 20
+DATA = demo_bytes("cache-tests", 8 * MiB + 11)
+DIGEST = ("sha512", hashlib.sha512(DATA).hexdigest())
+
+
+# -- the store ----------------------------------------------------------------------------
+
+def fill(cache: SiteCache, image_id: str, data: bytes = DATA, verified: bool = True) -> bool:
+    started = cache.fill(cache_key(image_id, DIGEST), image_id, len(data))
+    assert isinstance(started, Fill), started
+    started.write(0, data)
+    return started.finish(verified)
+
+
+def test_only_verified_whole_fills_are_committed(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 100 * MiB)
+    assert not fill(cache, "unverified", verified=False)
+    partial = cache.fill(cache_key("partial", DIGEST), "partial", len(DATA))
+    partial.write(0, DATA[:1000])
+    assert not partial.finish(True), "an incomplete fill is never committed"
+    assert fill(cache, "good")
+    assert [entry["image"] for entry in cache.list()] == ["good"]
+    assert os.listdir(tmp_path / "fills") == [], "nothing left behind"
+    entry = cache.lookup(cache_key("good", DIGEST), len(DATA))
+    assert entry is not None and entry.fileobj.read() == DATA
+    entry.fileobj.close()
+    assert cache.lookup(cache_key("good", ("sha512", "0" * 128)), len(DATA)) is None, "another digest: another key"
+
+
+def test_the_cap_evicts_the_least_recently_used_never_one_being_read(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 2 * len(DATA) + 10)
+    assert fill(cache, "a") and fill(cache, "b")
+    time.sleep(0.01)
+    reading = cache.lookup(cache_key("a", DIGEST), len(DATA))  # a: most recently used, and open
+    assert reading is not None
+    assert fill(cache, "c"), "b, the least recently used, made room"
+    assert sorted(entry["image"] for entry in cache.list()) == ["a", "c"]
+    time.sleep(0.01)
+    cache.lookup(cache_key("c", DIGEST), len(DATA)).fileobj.close()  # c used after a
+    assert fill(cache, "d"), "a is least recently used but being read: c goes"
+    assert sorted(entry["image"] for entry in cache.list()) == ["a", "d"]
+    assert cache.fill(cache_key("e", DIGEST), "e", len(DATA) * 3) is None, "larger than the cache: not cached"
+    reading.fileobj.close()
+    assert sum(entry["size"] for entry in cache.list()) <= cache.max_size
+
+
+def test_stale_fills_are_removed_at_start(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 100 * MiB)
+    started = cache.fill(cache_key("x", DIGEST), "x", len(DATA))
+    started.write(0, DATA[:100])
+    os.close(started.fd)  # as a killed process would: the lock goes, the file stays
+    started.fd = -1
+    assert os.listdir(tmp_path / "fills")
+    SiteCache(str(tmp_path), 100 * MiB)
+    assert os.listdir(tmp_path / "fills") == []
+
+
+def test_an_entry_changed_on_disk_is_removed_not_served(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 100 * MiB)
+    assert fill(cache, "x")
+    path = tmp_path / "entries" / cache_key("x", DIGEST)
+    with open(path, "r+b") as stream:
+        stream.write(b"X")
+    assert cache.lookup(cache_key("x", DIGEST), len(DATA)) is None
+    assert not path.exists() and cache.list() == []
+
+
+# -- a sidecar ---------------------------------------------------------------------------------
+
+class Lab:
+    def __init__(self, base: Path, api: DemoImageAPI, upstream: str) -> None:
+        self.base, self.api, self.upstream = base, api, upstream
+
+    @contextmanager
+    def sidecar(self, cache_dir: Path, workers: int = 2, **options: Any) -> Iterator[Any]:
+        cache_dir.mkdir(exist_ok=True)
+        ini = sidecar_ini(self.base / f"sidecar-{os.urandom(3).hex()}.ini", self.upstream, {
+            "allowed_hosts": "127.0.0.1", "chunk_size": "256K", "cache_dir": cache_dir,
+            "cache_max_size": options.pop("cache_max_size", "1G"), "backend_read_timeout": 5,
+            "healthcheck_path": "/healthcheck", **options})
+        with run_gunicorn(ini, workers=workers, threads=16) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp("cache")
+    api = DemoImageAPI()
+    with serve_wsgi(api) as upstream:
+        yield Lab(base, api, upstream.url)
+
+
+def exact(result: Fetched, data: bytes = DATA) -> bool:
+    return (result.status, result.complete) in ((200, True), (206, True)) and result.body == data
+
+
+def downloads(server: Any, image_id: str, count: int, headers: dict[str, str] | None = None) -> list[Fetched]:
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: fetch(server.port, f"/v2/images/{image_id}/file", headers=headers,
+                                             timeout=60), range(count)))
+
+
+def bytes_sent(backend: FaultServer) -> int:
+    """What the backend served: whole GETs count the image, ranges their span."""
+    total = 0
+    for request in backend.requests:
+        span = re.match(r"bytes=(\d+)-(\d+)", request.headers.get("range", ""))
+        total += int(span.group(2)) - int(span.group(1)) + 1 if span else len(DATA)
+    return total
+
+
+def test_sixteen_cold_downloads_read_the_backend_once(lab: Lab, tmp_path: Path) -> None:
+    with FaultServer(DATA, mode="slow:40000000") as backend:
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        with lab.sidecar(tmp_path / "cache") as server:
+            results = downloads(server, image_id, 16)
+            again = downloads(server, image_id, 4)
+            health = fetch(server.port, "/healthcheck").json()
+            log = server.log()
+    assert all(exact(result) for result in results + again), [result.describe() for result in results]
+    assert backend.request_count == 1 and bytes_sent(backend) == len(DATA), "one backend read for 20 downloads"
+    assert health["cache"] == {"bytes": len(DATA), "max_bytes": 1 << 30, "entries": 1}
+    assert log.count("sent from cache") == 19, "15 followed the fill, 4 hit the entry"
+
+
+def test_hits_and_ranges_come_from_disk(lab: Lab, tmp_path: Path) -> None:
+    with FaultServer(DATA) as backend:
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        with lab.sidecar(tmp_path / "cache") as server:
+            first = fetch(server.port, f"/v2/images/{image_id}/file")
+            hits = [fetch(server.port, f"/v2/images/{image_id}/file") for _ in range(4)]
+            ranges = [fetch(server.port, f"/v2/images/{image_id}/file", headers={"Range": header})
+                      for header in ("bytes=0-99", "bytes=5000000-", "bytes=-17")]
+            log = server.log()
+    assert exact(first) and all(exact(hit) for hit in hits)
+    assert [result.body for result in ranges] == [DATA[:100], DATA[5000000:], DATA[-17:]]
+    assert backend.request_count == 1
+    assert log.count("sent from cache (sendfile)") >= 2, "a worker that checked an entry sends it with sendfile"
+
+
+def test_a_range_during_a_fill_reads_the_part_already_written(lab: Lab, tmp_path: Path) -> None:
+    with FaultServer(DATA, mode="slow:4000000") as backend:  # about 2 s for the image
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        with lab.sidecar(tmp_path / "cache") as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            filling = pool.submit(fetch, server.port, f"/v2/images/{image_id}/file", timeout=60)
+            wait_for_fill(tmp_path / "cache" / "fills", MiB)
+            ranged = fetch(server.port, f"/v2/images/{image_id}/file", headers={"Range": "bytes=1000-99999"})
+            first = filling.result()
+    assert exact(first) and ranged.status == 206 and ranged.body == DATA[1000:100000]
+    assert backend.request_count == 1, "the range came from the fill in progress"
+
+
+def wait_for_fill(fills: Path, nbytes: int) -> Path:
+    """The fill file once it holds ``nbytes`` (workers make the directory as they load)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        parts = list(fills.iterdir()) if fills.is_dir() else []
+        if parts and parts[0].stat().st_size >= nbytes:
+            return parts[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no fill of {nbytes} bytes in {fills}")
+
+
+def _filler_pid(part: Path) -> int:
+    """The process holding the write lock on a fill file (/proc/locks)."""
+    inode = part.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and "WRITE" in fields and fields[5].rsplit(":", 1)[1] == str(inode):
+            return int(fields[4])
+    raise AssertionError(f"no process holds {part}")
+
+
+def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
+    """kill -9 of the worker filling: its own client sees an aborted body;
+    a client following the fill (in another worker of the node: here another
+    sidecar on the same cache_dir) finishes with exact bytes, taking the fill
+    over from where the bytes end, and no partial entry is ever committed."""
+    cache_dir = tmp_path / "cache"
+    with FaultServer(DATA, mode="slow:4000000") as backend:
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        with lab.sidecar(cache_dir, workers=1) as filling, lab.sidecar(cache_dir, workers=1) as following, \
+                concurrent.futures.ThreadPoolExecutor(2) as pool:
+            filler = pool.submit(fetch, filling.port, f"/v2/images/{image_id}/file", timeout=60)
+            part = wait_for_fill(cache_dir / "fills", MiB)
+            follower = pool.submit(fetch, following.port, f"/v2/images/{image_id}/file", timeout=60)
+            time.sleep(0.3)  # it follows the fill
+            os.kill(_filler_pid(part), signal.SIGKILL)
+            filled, followed = filler.result(), follower.result()
+            later = fetch(following.port, f"/v2/images/{image_id}/file")
+            log = following.log()
+    assert not filled.complete, "the killed worker's client sees an aborted body"
+    assert exact(followed), followed.describe()
+    assert "the cache fill stopped at byte" in log, "it followed, then resumed from the backend"
+    assert exact(later) and re.findall(r"sent from (\S+)", log)[-1] == "cache", "then a hit"
+    entries = list((cache_dir / "entries").iterdir())
+    assert [entry.read_bytes() == DATA for entry in entries] == [True], "the follower's fill was committed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_stops_the_fill_never_the_download(lab: Lab, tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True, timeout=10)
+    try:
+        with FaultServer(DATA) as backend:
+            image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+            with lab.sidecar(mount / "cache", cache_max_size="100M") as server:
+                results = [fetch(server.port, f"/v2/images/{image_id}/file") for _ in range(3)]
+                log = server.log()
+            entries = os.listdir(mount / "cache" / "entries")
+            fills = os.listdir(mount / "cache" / "fills")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
+    assert all(exact(result) for result in results)
+    assert entries == [] and fills == [], "nothing committed, nothing left behind"
+    assert "cache: fill of" in log and "ENOSPC" in log
+
+
+@pytest.mark.parametrize("how", ["rewritten", "silently"])
+def test_a_corrupt_entry_is_never_served_whole(lab: Lab, tmp_path: Path, how: str) -> None:
+    """Rewritten: its identity changed, it is removed at once. Silently (the
+    same identity, as bit rot would leave it): the first use after a restart
+    re-hashes it, aborts that download, and removes it. Either way the next
+    download is exact, from the backend."""
+    with FaultServer(DATA) as backend:
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        cache_dir = tmp_path / "cache"
+        with lab.sidecar(cache_dir) as server:
+            assert exact(fetch(server.port, f"/v2/images/{image_id}/file"))
+        entry = cache_dir / "entries" / cache_key(image_id, DIGEST)
+        with open(entry, "r+b") as stream:
+            stream.seek(4 * MiB)
+            stream.write(bytes([DATA[4 * MiB] ^ 1]))
+        if how == "silently":
+            stat = os.stat(entry)
+            identity = json.dumps([stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
+            subprocess.run([sys.executable, "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+                            "db.execute('UPDATE entries SET identity = ?', (sys.argv[2],)); db.commit()",
+                            str(cache_dir / "index.sqlite"), identity], check=True, timeout=30)
+        with lab.sidecar(cache_dir) as server:
+            first = fetch(server.port, f"/v2/images/{image_id}/file")
+            second = fetch(server.port, f"/v2/images/{image_id}/file")
+            log = server.log()
+    if how == "silently":
+        assert first.status == 200 and not first.complete, "re-hashed while served: aborted"
+        assert "does not match its digest: removed" in log
+    else:
+        assert exact(first), "removed before serving, fetched again"
+        assert "changed on disk since it was committed" in log
+    assert exact(second)
+    assert backend.request_count == 2, "the fill, then one fetch again"
+
+
+def test_an_image_larger_than_the_cache_is_served_not_cached(lab: Lab, tmp_path: Path) -> None:
+    with FaultServer(DATA) as backend:
+        image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
+        with lab.sidecar(tmp_path / "cache", cache_max_size="1M") as server:
+            results = [fetch(server.port, f"/v2/images/{image_id}/file") for _ in range(2)]
+    assert all(exact(result) for result in results)
+    assert backend.request_count == 2 and os.listdir(tmp_path / "cache" / "entries") == []
+
+
+def test_an_image_only_the_upstream_can_read_is_cached(lab: Lab, tmp_path: Path) -> None:
+    image_id = lab.api.add_image(data=DATA, locations=[location("rbd://fsid/pool/image/snap", "ceph")])
+    with lab.sidecar(tmp_path / "cache") as server:
+        before = lab.api.calls["GET file"]
+        results = [fetch(server.port, f"/v2/images/{image_id}/file") for _ in range(3)]
+        asked = lab.api.calls["GET file"] - before
+    assert all(exact(result) for result in results)
+    assert asked == 1, "the upstream's /file was read once; then the cache served"
+
+
+def test_operators_list_prefetch_evict_and_clear(lab: Lab, tmp_path: Path) -> None:
+    with FaultServer(DATA) as backend:
+        first = lab.api.add_image(data=DATA, locations=[location(backend.url("/first"), "web")])
+        second = lab.api.add_image(data=DATA, locations=[location(backend.url("/second"), "web")])
+        cache_dir = tmp_path / "cache"
+        with lab.sidecar(cache_dir) as server:
+            cli = [sys.executable, "-m", "locproxy.cli", "cache"]
+            prefetched = subprocess.run([*cli, "prefetch", server.url, first, second], capture_output=True,
+                                        text=True, timeout=120)
+            listed = subprocess.run([*cli, "list", str(cache_dir)], capture_output=True, text=True, timeout=60)
+            evicted = subprocess.run([*cli, "evict", str(cache_dir), first], capture_output=True, text=True,
+                                     timeout=60)
+            after_evict = subprocess.run([*cli, "list", str(cache_dir)], capture_output=True, text=True, timeout=60)
+            cleared = subprocess.run([*cli, "clear", str(cache_dir)], capture_output=True, text=True, timeout=60)
+    assert prefetched.returncode == 0 and f"{first}: {len(DATA):,} bytes" in prefetched.stdout, prefetched.stderr
+    assert first in listed.stdout and second in listed.stdout and "2 entries" in listed.stdout
+    assert evicted.stdout.strip() == "removed 1 entries"
+    assert first not in after_evict.stdout and second in after_evict.stdout
+    assert cleared.stdout.strip() == "removed 1 entries" and os.listdir(cache_dir / "entries") == []
