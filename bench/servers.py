@@ -193,6 +193,14 @@ class Nginx:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.proxy_port}"
 
+    def bytes_sent(self, name: str) -> int:
+        """Body bytes the sendfile server sent for ``/name`` so far (its access log)."""
+        log = self.prefix / "static.log"
+        if not log.exists():
+            return 0
+        return sum(int(fields[2]) for fields in (line.split() for line in log.read_text().splitlines())
+                   if len(fields) == 3 and fields[0] == f"/{name}" and fields[2].isdigit())
+
     @staticmethod
     def version() -> str:
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
@@ -220,6 +228,7 @@ def nginx_config(prefix: Path, root: Path, static_port: int, proxy_port: int, wo
         events {{ worker_connections 1024; }}
         http {{
             access_log off;
+            log_format sent '$uri $status $body_bytes_sent';
             default_type application/octet-stream;
             sendfile on;
             tcp_nopush on;
@@ -233,6 +242,7 @@ def nginx_config(prefix: Path, root: Path, static_port: int, proxy_port: int, wo
             server {{
                 listen 127.0.0.1:{static_port};
                 root {root};
+                access_log {prefix}/static.log sent;  # what the http backend sent (the cache row counts it)
             }}
             server {{
                 listen 127.0.0.1:{proxy_port};

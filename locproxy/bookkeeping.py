@@ -36,6 +36,8 @@ T = TypeVar("T")
 #: How long a write may wait for another process's lock. Writes are a few
 #: rows; contention between healthy workers lasts microseconds.
 BUSY_TIMEOUT = 0.2
+#: How long loading waits for another worker loading the same file.
+LOAD_TIMEOUT = 10.0
 #: Seconds the file is left alone after a failure.
 RETRY_AFTER = 30.0
 #: Seconds between two WARNINGs about the same file.
@@ -81,12 +83,17 @@ class SharedFile:
 
     def check(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """At load: run ``setup`` (schema) and prove the file is writable.
-        Raises the sqlite or OS error: a bad ``metrics_file`` fails at load."""
+        Raises the sqlite or OS error: a bad ``metrics_file`` fails at load.
+        Workers that load at the same moment wait for each other here (up to
+        ``LOAD_TIMEOUT``), not the ``busy_timeout`` of requests."""
         with self._lock:
-            db = self._connection()
-            setup(db)
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file
-            db.execute("ROLLBACK")
+            db = self._connection(LOAD_TIMEOUT)
+            try:
+                setup(db)
+                db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file
+                db.execute("ROLLBACK")
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     @property
     def degraded(self) -> str | None:
@@ -101,10 +108,10 @@ class SharedFile:
 
     # -- internals -----------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, timeout: float | None = None) -> sqlite3.Connection:
         """This process's connection (one must not cross a fork); call with the lock."""
         if self._db is None or self._pid != os.getpid():
-            self._db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+            self._db = sqlite3.connect(self.path, timeout=timeout or self.busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             self._pid = os.getpid()
             self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer

@@ -66,6 +66,9 @@ FOLLOW_POLL = 0.01
 #: How long a follower waits for bytes from a live filler before giving up on it.
 FOLLOW_STALL = 60.0
 
+#: ``SiteCache.fill``: the entry was committed meanwhile.
+COMMITTED = "committed"
+
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, image TEXT, size INTEGER, identity TEXT,"
            " last_used REAL, verified REAL)")
 
@@ -153,13 +156,16 @@ class SiteCache:
 
     # -- fills ---------------------------------------------------------------------
 
-    def fill(self, key: str, image_id: str, size: int) -> Fill | Follow | None:
-        """Start filling ``key``, or follow the fill already running; None
-        when the image cannot be cached (too large, no space, a failing disk)."""
+    def fill(self, key: str, image_id: str, size: int) -> Fill | Follow | str | None:
+        """Start filling ``key``, or follow the fill already running;
+        ``COMMITTED`` when a fill ended since the caller's lookup (look again);
+        None when the image cannot be cached (too large, no space, a failing disk)."""
         path = os.path.join(self.fills, f"{key}.{size}")
         follow = self._follow(key, path, size)
         if follow is not None:
             return follow
+        if os.path.exists(os.path.join(self.entries, key)):
+            return COMMITTED
         if not self._reserve(size):
             return None
         try:

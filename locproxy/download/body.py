@@ -69,6 +69,7 @@ class ImageBody:
                  check: Check, verified: VerifiedCopies, sink: Sink | None = None) -> None:
         self.sources = sources
         self.sink = sink
+        self.verdict: bool | None = None  # the digest's, once judged
         self.current = first
         self.start = start
         self.offset = start
@@ -132,7 +133,10 @@ class ImageBody:
             sources.recorder.outcome(first_label, "failed")
             raise
         finally:
-            self._abort_sink()  # unless finished: the client went away, or the body failed
+            # After the last byte went out (the client does not wait for an
+            # fsync), or when the client went away after the verdict: finish
+            # the sink; a body that ended otherwise aborts it.
+            self._close_sink()
         if good:
             outcome = "resumed" if len(self.used) > 1 else "served" if failures_before == 0 else "fell_back"
             sources.recorder.outcome(first_label, outcome)
@@ -144,9 +148,7 @@ class ImageBody:
         """Judge the body before its last chunk goes: learn and remember, or
         abort (raises; in ``BACKGROUND``, only reports: False)."""
         matched = hasher is None or self.digest is None or hasher.matches(self.digest[1])
-        if self.sink is not None:
-            self.sink.finish(matched and hasher is not None)
-            self.sink = None
+        self.verdict = matched and hasher is not None
         if not matched:
             self._mismatch(first_label)
             return False
@@ -181,11 +183,15 @@ class ImageBody:
             return f" ({self.digest[0]} verified before)"
         return f" ({self.digest[0]} {'checked after sending' if self.check is Check.BACKGROUND else 'verified'})"
 
-    def _abort_sink(self) -> None:
+    def _close_sink(self) -> None:
+        """Give the sink the verdict once it is known (``_finish``), else abort it."""
         if self.sink is not None:
             sink, self.sink = self.sink, None
-            sink.abort()
+            if self.verdict is None:
+                sink.abort()
+            else:
+                sink.finish(self.verdict)
 
     def close(self) -> None:
         self.current[1].close()
-        self._abort_sink()
+        self._close_sink()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from locproxy.cache import Entry, Fill, FillerGone, Follow, SiteCache, cache_key
+from locproxy.cache import COMMITTED, Entry, Fill, FillerGone, Follow, SiteCache, cache_key
 from locproxy.download.backends import BackendError
 from locproxy.download.backends.file import FileStream
 from locproxy.download.plan import CACHE, DownloadPlan
@@ -84,17 +84,18 @@ def lookup(cache: SiteCache, plan: DownloadPlan, chunk_size: int) -> tuple[Entry
     return entry, FileStream("cache", entry.fileobj, plan.start, plan.end - plan.start, chunk_size)
 
 
-def fill_or_follow(cache: SiteCache, plan: DownloadPlan, chunk_size: int) -> Fill | FollowStream | None:
+def fill_or_follow(cache: SiteCache, plan: DownloadPlan, chunk_size: int) -> Fill | FollowStream | str | None:
     """A fill for this whole-image download, or the fill in progress to
-    follow (whole or a range); None: not cached."""
+    follow (whole or a range); ``COMMITTED`` (look the entry up again) or
+    None (not cached)."""
     key = key_of(plan)
     if key is None:
         return None
-    started = cache.fill(key, plan.image_id, plan.size) if plan.start == 0 and plan.whole else cache.following(
+    started = cache.fill(key, plan.image_id, plan.size) if plan.whole_image else cache.following(
         key, plan.size)
     if isinstance(started, Follow):
         return FollowStream(cache, started, plan.start, plan.end, chunk_size)
     return started
 
 
-__all__ = ["CACHE", "EntryCheck", "FollowStream", "fill_or_follow", "lookup"]
+__all__ = ["CACHE", "COMMITTED", "EntryCheck", "FollowStream", "fill_or_follow", "lookup"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -145,22 +146,29 @@ class DownloadHandler:
         """A hit, a fill in progress to follow, or a new fill's body; None
         when the cache cannot serve or hold this download."""
         chunk_size, verified = settings.backends.chunk_size, settings.verified
-        hit = caching.lookup(cache, plan, chunk_size)
-        if hit is not None:
-            entry, stream = hit
-            observability.cache_request("hit")
-            observability.cache_served(plan.end - plan.start)
-            if entry.verify and plan.whole:
-                return ImageBody(sources, (CACHE, stream), plan.start, plan.end, plan.image_digest, Check.VERIFY,
-                                 verified, caching.EntryCheck(cache, entry.key))
-            return self._body(replace(plan, digest=None), (CACHE, stream), sources, environ, settings)
-        started = caching.fill_or_follow(cache, plan, chunk_size)
+        for attempt in range(3):  # again when a fill was being committed between the lookup and the fill
+            if attempt:
+                time.sleep(0.02)  # the commit: a rename and an index row
+            hit = caching.lookup(cache, plan, chunk_size)
+            if hit is not None:
+                entry, stream = hit
+                observability.cache_request("hit")
+                observability.cache_served(plan.end - plan.start)
+                if entry.verify and plan.whole_image:
+                    return ImageBody(sources, (CACHE, stream), plan.start, plan.end, plan.image_digest,
+                                     Check.VERIFY, verified, caching.EntryCheck(cache, entry.key))
+                return self._body(replace(plan, digest=None), (CACHE, stream), sources, environ, settings)
+            started = caching.fill_or_follow(cache, plan, chunk_size)
+            if started != caching.COMMITTED:
+                break
         if isinstance(started, caching.FollowStream):
             observability.cache_request("follow")
             check = _check(plan.digest, None, settings.backends.verify_checksums, verified)
             return ImageBody(sources, (CACHE, started), plan.start, plan.end, plan.digest, check, verified)
         observability.cache_request("miss")
-        return None if started is None else self._from_sources(plan, sources, environ, settings, started)
+        if not isinstance(started, Fill):
+            return None
+        return self._from_sources(plan, sources, environ, settings, started)
 
     def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, environ: dict[str, Any],
               settings: FilterSettings) -> Any:

@@ -72,6 +72,11 @@ class DownloadPlan:
         send to the end of the file whatever Content-Length says, is safe."""
         return self.end == self.size
 
+    @property
+    def whole_image(self) -> bool:
+        """The body is the whole image: what a digest covers."""
+        return self.start == 0 and self.end == self.size
+
 
 def plan_download(
     image: Any,
