@@ -144,7 +144,7 @@ def test_sixteen_cold_downloads_read_the_backend_once(lab: Lab, tmp_path: Path) 
             results = downloads(server, image_id, 16)
             again = downloads(server, image_id, 4)
             health = fetch(server.port, "/healthcheck").json()
-            log = server.log()
+            log = server.log_after("sent from", 20)
     assert all(exact(result) for result in results + again), [result.describe() for result in results]
     assert backend.request_count == 1 and bytes_sent(backend) == len(DATA), "one backend read for 20 downloads"
     assert health["cache"] == {"bytes": len(DATA), "max_bytes": 1 << 30, "entries": 1}
@@ -159,7 +159,7 @@ def test_hits_and_ranges_come_from_disk(lab: Lab, tmp_path: Path) -> None:
             hits = [fetch(server.port, f"/v2/images/{image_id}/file") for _ in range(4)]
             ranges = [fetch(server.port, f"/v2/images/{image_id}/file", headers={"Range": header})
                       for header in ("bytes=0-99", "bytes=5000000-", "bytes=-17")]
-            log = server.log()
+            log = server.log_after("sent from", 8)
     assert exact(first) and all(exact(hit) for hit in hits)
     assert [result.body for result in ranges] == [DATA[:100], DATA[5000000:], DATA[-17:]]
     assert backend.request_count == 1
@@ -216,7 +216,7 @@ def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
             os.kill(_filler_pid(part), signal.SIGKILL)
             filled, followed = filler.result(), follower.result()
             later = fetch(following.port, f"/v2/images/{image_id}/file")
-            log = following.log()
+            log = following.log_after("sent from", 2)
     assert not filled.complete, "the killed worker's client sees an aborted body"
     assert exact(followed), followed.describe()
     assert "the cache fill stopped at byte" in log, "it followed, then resumed from the backend"

@@ -677,7 +677,7 @@ def test_truncated_upstream_body_aborts_client(raw_proxy, path):
                 response.read()
 
     assert len(error.value.partial) <= 256 * 1024
-    assert "response body broke off" in _wait_for_log(raw_proxy, "response body broke off")
+    assert "response body broke off" in raw_proxy.log_after("response body broke off", timeout=TIMEOUT)
 
 
 def test_client_disconnect_closes_upstream_connection(proxy, upstream):
@@ -723,13 +723,6 @@ def test_pool_recovers_after_truncations(raw_proxy):
             fetch(raw_proxy.url, "GET", "/truncated-length")
 
     assert fetch(raw_proxy.url, "GET", "/hop-by-hop").body == b"hello"
-
-
-def _wait_for_log(server: Any, text: str) -> str:
-    deadline = time.monotonic() + TIMEOUT
-    while text not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server.log()
 
 
 # -- pure parts ---------------------------------------------------------------------------

@@ -186,13 +186,9 @@ def download(server: Any, image_id: str) -> tuple[int, bytes, bool]:
 
 
 def sent_lines(server: Any, image_id: str, count: int) -> list[str]:
-    """The "sent from" lines of ``count`` downloads of ``image_id`` (a worker
-    logs one just after the client has the last byte: wait for it)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = re.findall(rf"INFO locproxy\.download: image {image_id}: bytes .*", server.log())
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
+    """The "sent from" lines of ``count`` downloads of ``image_id``."""
+    pattern = rf"INFO locproxy\.download: image {image_id}: bytes .*"
+    return re.findall(pattern, server.log_after(pattern, count))
 
 
 def test_a_file_copy_is_hashed_once_by_any_worker_and_after_a_restart(lab: Lab) -> None:
@@ -279,9 +275,7 @@ def test_background_mode_sends_at_once_and_demotes_a_corrupt_copy(lab: Lab) -> N
     image_id = lab.api.add_image(data=DATA, locations=[corrupt, good])
     with lab.sidecar(verify_checksums="background", location_strategy="location_order") as server:
         status, body, complete = download(server, image_id)
-        deadline = time.monotonic() + 10
-        while "digest mismatch" not in server.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        server.log_after("digest mismatch")
         time.sleep(1.1)  # the other worker reads the shared file at most once a second
         second = download(server, image_id)
         log = server.log()
@@ -296,9 +290,7 @@ def test_verify_ahead_verifies_file_copies_while_idle(lab: Lab) -> None:
         image_id = lab.api.add_image(data=DATA, locations=[location(web.url + "/image", "web"), lab.file_copy()])
         with lab.sidecar(verify_ahead="true") as server:
             assert download(server, image_id) == (200, DATA, True)  # from the web copy
-            deadline = time.monotonic() + 15
-            while "verified ahead of need" not in server.log() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            server.log_after("verified ahead of need", timeout=15)
             backend.data = b""  # the web copy is gone: 0 bytes, a size mismatch
             time.sleep(1.1)
             result = download(server, image_id)

@@ -17,11 +17,13 @@ manager stops what it started (processes, threads, sockets) on exit.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import socketserver
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,15 @@ class GunicornServer:
     def log(self) -> str:
         """Everything gunicorn wrote to stdout/stderr so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_after(self, pattern: str, count: int = 1, timeout: float = 10) -> str:
+        """The log once ``pattern`` (a regex) matched ``count`` times; a worker
+        logs some lines just after its client has the last byte. Returns the
+        log as it is at the deadline otherwise, for the caller's assertion."""
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, log := self.log())) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
 
 
 @contextmanager
