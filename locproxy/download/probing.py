@@ -75,13 +75,13 @@ class Prober:
         as a download does (first byte, throughput after it, failures)."""
         length = min(self.size, image_size)
         started = time.monotonic()
-        try:
+        try:  # the whole probe is an attempt (it is short): downloads leave a failing backend to it
             with self.recorder.tracker.attempt(candidate.key):
                 stream = self.backends.open(candidate.url, 0, length, image_size)
-            opened = time.monotonic()
-            self.recorder.opened(candidate.key, opened - started)
-            with stream:
-                received = sum(len(chunk) for chunk in stream)
+                opened = time.monotonic()
+                self.recorder.opened(candidate.key, opened - started)
+                with stream:
+                    received = sum(len(chunk) for chunk in stream)
         except BackendError as error:
             LOG.warning("probe of backend %s failed: %s", candidate.label, error.reason)
             self.recorder.failed(candidate.key, candidate.label, error.kind)
