@@ -78,16 +78,16 @@ class ImageBody:
         self.check = check if digest is not None else Check.NONE
         self.verified = verified
         self.used: list[tuple[Candidate, tuple | None]] = []
+        self.hasher: PipelinedHash | None = None
+        self.hold = False  # the last chunk back until the digest is judged
+        self.held = b""
+        self.skip = 0  # bytes of the current source to hash but not send again
 
     def __iter__(self) -> Iterator[bytes]:
-        sources = self.sources
-        hasher = PipelinedHash(self.digest[0]) if self.digest and self.check in (Check.VERIFY, Check.BACKGROUND) \
-            else None
-        hold = self.check is Check.VERIFY
-        skip = 0  # bytes of the current source to hash but not send again
-        held = b""
-        first_label = self.current[0].label
-        failures_before = sources.failures
+        if self.digest and self.check in (Check.VERIFY, Check.BACKGROUND):
+            self.hasher = PipelinedHash(self.digest[0])
+        self.hold = self.check is Check.VERIFY
+        first_label, failures_before = self.current[0].label, self.sources.failures
         try:
             while True:
                 candidate, stream = self.current
@@ -96,57 +96,66 @@ class ImageBody:
                 try:
                     for chunk in stream:
                         read += len(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            skip, chunk = skip - cut, chunk[cut:]
-                            if not chunk:
-                                continue
-                        if self.sink is not None:
-                            self.sink.write(self.offset, chunk)
-                        self.offset += len(chunk)
-                        if not hold:
-                            yield chunk
-                            continue
-                        if held:
-                            yield held
-                        held = chunk
+                        if sendable := self._take(chunk):
+                            yield sendable
                 except BackendError as error:
-                    sources.failed(candidate, error, self.offset)
+                    self.sources.failed(candidate, error, self.offset)
                     if self.sink is None:
                         self.sink = getattr(stream, "take_over", lambda: None)()
                 finally:
                     stream.close()
                 if self.offset >= self.end:
                     break
-                if self.check is Check.TRUST and hasher is None:
-                    # The rest comes from a copy not known to be good: check it whole.
-                    hasher, hold, skip = PipelinedHash(self.digest[0]), True, self.offset  # type: ignore[index]
-                    self.current = sources.resume(0)
-                else:
-                    self.current = sources.resume(self.offset)
-            good = self._finish(hasher, candidate, read, time.monotonic() - started, first_label)
-            if held:
-                yield held
+                self._resume()
+            good = self._finish(candidate, read, time.monotonic() - started, first_label)
+            if self.held:
+                yield self.held
         except BackendError:  # the upstream's /file failed too: abort
-            sources.recorder.outcome(first_label, "failed")
+            self.sources.recorder.outcome(first_label, "failed")
             raise
         finally:
             # After the last byte went out (the client does not wait for an
             # fsync), or when the client went away after the verdict: finish
             # the sink; a body that ended otherwise aborts it.
             self._close_sink()
+        self._report(good, first_label, failures_before)
+
+    def _take(self, chunk: bytes) -> bytes:
+        """Hash, skip, keep and hold back one chunk read from a source;
+        returns what can be sent now."""
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+        if self.skip:  # already sent from the previous source
+            cut = min(self.skip, len(chunk))
+            self.skip, chunk = self.skip - cut, chunk[cut:]
+            if not chunk:
+                return b""
+        if self.sink is not None:
+            self.sink.write(self.offset, chunk)
+        self.offset += len(chunk)
+        if self.hold:  # the last chunk waits for the verdict
+            chunk, self.held = self.held, chunk
+        return chunk
+
+    def _resume(self) -> None:
+        if self.check is Check.TRUST and self.hasher is None:
+            # The rest comes from a copy not known to be good: check it whole.
+            self.hasher, self.hold, self.skip = PipelinedHash(self.digest[0]), True, self.offset  # type: ignore[index]
+            self.current = self.sources.resume(0)
+        else:
+            self.current = self.sources.resume(self.offset)
+
+    def _report(self, good: bool, first_label: str, failures_before: int) -> None:
         if good:
             outcome = "resumed" if len(self.used) > 1 else "served" if failures_before == 0 else "fell_back"
-            sources.recorder.outcome(first_label, outcome)
-        LOG.info("image %s: bytes %d-%d sent from %s%s", sources.image_id, self.start, self.end - 1,
+            self.sources.recorder.outcome(first_label, outcome)
+        LOG.info("image %s: bytes %d-%d sent from %s%s", self.sources.image_id, self.start, self.end - 1,
                  ", ".join(candidate.label for candidate, _ in self.used), self._checked())
 
-    def _finish(self, hasher: PipelinedHash | None, last: Candidate, read: int, seconds: float,
-                first_label: str) -> bool:
+    def _finish(self, last: Candidate, read: int, seconds: float, first_label: str) -> bool:
         """Judge the body before its last chunk goes: learn and remember, or
         abort (raises; in ``BACKGROUND``, only reports: False)."""
+        hasher = self.hasher
         matched = hasher is None or self.digest is None or hasher.matches(self.digest[1])
         self.verdict = matched and hasher is not None
         if not matched:

@@ -245,8 +245,10 @@ class FaultLab:
     def log_mark(self) -> int:
         return len(self.sidecar.log())
 
-    def log_since(self, mark: int) -> str:
-        return self.sidecar.log()[mark:]
+    def log_since(self, mark: int, until: str | None = None) -> str:
+        """The sidecar's log after ``mark``, once it has ``until`` (a regex;
+        lines a worker writes after its client has the last byte)."""
+        return (self.sidecar.log() if until is None else self.sidecar.log_after(until))[mark:]
 
     @property
     def upstream_file_calls(self) -> int:

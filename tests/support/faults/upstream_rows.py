@@ -163,5 +163,5 @@ def _shake(lab: FaultLab) -> tuple[str, str]:
     image_id = lab.image(lab.web(lab.backend()))
     mark = lab.log_mark()
     outcome, checked = check_download(lab, image_id, "served", prefix="/shake", via="backend")
-    assert "(shake_128 verified)" in lab.log_since(mark)
+    assert "(shake_128 verified)" in lab.log_since(mark, until=r"\(shake_128 verified\)")
     return outcome + ", shake_128 verified", checked
