@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import os
+import shutil
 import statistics
 import sys
 import tempfile

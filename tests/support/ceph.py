@@ -9,7 +9,7 @@
         lab.stop("osd.0"); lab.start("osd.0")               # mid-test outage and resume
         lab.send_signal("osd.0", signal.SIGSTOP)            # a hung daemon (SIGCONT revives it)
 
-    python tests/support_ceph.py --selfcheck [--keep]    # install if needed, start, exercise, time
+    python -m tests.support.ceph --selfcheck [--keep]    # install if needed, start, exercise, time
 
 What it does, and why:
 
@@ -85,6 +85,7 @@ DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
 BINDING_MODULES = ("rados", "rbd")
 
 ENV_KEEP = "LOCPROXY_KEEP_CEPH"
+ENV_SKIP = "LOCPROXY_SKIP_CEPH"
 ENV_NO_INSTALL = "LOCPROXY_CEPH_NO_INSTALL"
 
 POOL = "images"
@@ -111,7 +112,7 @@ class CephUnavailable(Exception):
 
 def _log(message: str) -> None:
     if os.environ.get("LOCPROXY_CEPH_QUIET") != "1":
-        print(f"support_ceph: {message}", file=sys.stderr, flush=True)
+        print(f"ceph lab: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ packages --
@@ -773,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.selfcheck:
             return selfcheck(args.workdir, args.keep)
     except CephUnavailable as error:
-        print(f"support_ceph: unavailable: {error.reason}", file=sys.stderr)
+        print(f"ceph lab: unavailable: {error.reason}", file=sys.stderr)
         return 3
     parser.print_help()
     return 2
