@@ -87,7 +87,7 @@ class BackendSettings:
     rbd_default_cluster: str = ""  # fsid of the legacy rbd://<image> form
     rbd_default_pool: str = ""
     rbd_block_size: int = 4 * MiB
-    rbd_readahead: int = 2
+    rbd_readahead: int = 4
     rbd_op_timeout: float = 30.0
     s3_default_scheme: str = "https"  # transport of plain s3:// URLs
     s3_region: str = "us-east-1"

@@ -4,7 +4,7 @@ and printed. Each module declares its ``ROW`` (``bench.row.Row``)."""
 from __future__ import annotations
 
 from bench.row import Row
-from bench.rows import concurrent, failover, fallback, file, http, memory, rewrite, show_filter, show_sidecar
+from bench.rows import ceph, concurrent, failover, fallback, file, http, memory, rewrite, show_filter, show_sidecar
 
 ROWS: tuple[Row, ...] = (
     file.ROW,
@@ -16,5 +16,6 @@ ROWS: tuple[Row, ...] = (
     rewrite.ROW,
     memory.ROW,
     failover.ROW,
+    ceph.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

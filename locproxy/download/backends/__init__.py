@@ -55,7 +55,7 @@ class Backends:
         rbd_default_cluster: str = "",
         rbd_default_pool: str = "",
         rbd_block_size: int = 4 * 1024 * 1024,
-        rbd_readahead: int = 2,
+        rbd_readahead: int = 4,
         rbd_op_timeout: float = 30.0,
         s3_credentials: S3Credentials = S3Credentials(),
         s3_default_scheme: str = "https",

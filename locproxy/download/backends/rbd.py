@@ -22,11 +22,14 @@ How it reads:
   change, so ``(fsid, pool, image id, snapshot id, size)`` identifies the
   copy (``locproxy.verified``): verified once, it is streamed without hashing.
   The legacy form reads the image head, which can change: no identity.
-* Read-ahead: one thread per stream reads up to ``rbd_readahead`` blocks of
-  ``rbd_block_size`` (4M: one RADOS object of a default image) ahead while
-  the WSGI thread sends the current one; librbd releases the GIL while it
-  reads. That thread owns the image and ioctx and closes them when it stops,
-  so a client that goes away never frees them under a running read.
+* Read-ahead: up to ``rbd_readahead`` asynchronous reads (``aio_read``) of
+  ``rbd_block_size`` (4M: one RADOS object of a default image) are in flight
+  while the WSGI thread sends the block before them, so the cluster works on
+  several objects at once (on the lab, 4 in flight read 1.8 x faster than
+  one synchronous 4M read at a time). Memory per download: about
+  ``(rbd_readahead + 1) x rbd_block_size``. A stream closed with reads in
+  flight (a client gone, a cluster that hangs) closes its image on a short
+  thread once they end, never under a running read.
 * Nothing waits forever: ``rados_osd_op_timeout``/``rados_mon_op_timeout``
   (``rbd_op_timeout``) fail an operation of a hung cluster,
   ``client_mount_timeout`` (``backend_connect_timeout``) bounds connecting,
@@ -51,11 +54,11 @@ them, and this module imports them only when a cluster is configured.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from typing import Any, Iterator
@@ -164,84 +167,76 @@ class _Handles:
 
 _HANDLES = _Handles()
 
-_DONE = object()
+class _Read:
+    """One asynchronous read: its span, then its data or its error code."""
 
+    __slots__ = ("offset", "size", "done", "data", "code")
 
-class _Failed:
-    __slots__ = ("error",)
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset = offset
+        self.size = size
+        self.done = threading.Event()
+        self.data: bytes | None = None
+        self.code = 0
 
-    def __init__(self, error: BackendError) -> None:
-        self.error = error
+    def complete(self, completion: Any, data: bytes | None) -> None:
+        # On a librbd thread: record and wake the WSGI thread, nothing more.
+        self.code = completion.get_return_value()
+        self.data = data
+        self.done.set()
 
 
 class RbdStream(BackendStream):
-    """Blocks from a reader thread, which owns (and closes) the image and ioctx."""
+    """Blocks of ``block_size`` read with up to ``inflight`` asynchronous
+    reads ahead of the one being sent (librbd reads several RADOS objects at
+    once: measured 1.8 x one synchronous read at a time on the lab)."""
 
     def __init__(self, label: str, image: Any, ioctx: Any, start: int, length: int, block_size: int,
-                 readahead: int, wait: float, fadvise: int) -> None:
+                 inflight: int, wait: float, fadvise: int) -> None:
         super().__init__(label, start, length, block_size)
         self._image = image
         self._ioctx = ioctx
+        self._inflight = inflight
         self._wait = wait
         self._fadvise = fadvise
-        self._queue: queue.Queue = queue.Queue(maxsize=readahead)
-        self._stop = threading.Event()
+        self._pending: collections.deque[_Read] = collections.deque()
+        self._next = start  # offset of the next read to ask for
         self._first: bytes | None = None
-        self._thread = threading.Thread(target=self._read_blocks, name="locproxy-rbd-read", daemon=True)
 
     def begin(self) -> None:
-        """Read the first block (errors raise here: before the first byte), then read ahead."""
+        """Ask for the first blocks and wait for the first (errors raise here:
+        before the first byte)."""
         try:
-            self._first = self._read(self.start, min(self._chunk_size, self.length), first=True)
+            self._first = self._take(first=True)
         except BaseException:
-            self._release()
+            self.close()
             raise
-        self._thread.start()
 
-    def _read(self, offset: int, size: int, first: bool = False) -> bytes:
-        try:
-            data = self._image.read(offset, size, self._fadvise)
-        except Exception as error:  # rados.Error, rbd.Error: no common base
-            raise _error(self.label, error, position=None if first else offset) from None
-        if len(data) != size:
-            raise BackendError(self.label, f"ended early at byte {offset + len(data)}", Failure.TRUNCATED)
-        return data
-
-    def _release(self) -> None:
-        image, ioctx, self._image, self._ioctx = self._image, self._ioctx, None, None
-        for handle in (image, ioctx):
-            if handle is not None:
-                try:
-                    handle.close()
-                except Exception as error:  # closing a broken handle must not mask the real error
-                    LOG.debug("%s: closing %s: %s", self.label, type(handle).__name__, _kind_and_text(error)[1])
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
+    def _fill(self) -> None:
+        end = self.start + self.length
+        while len(self._pending) < self._inflight and self._next < end:
+            read = _Read(self._next, min(self._chunk_size, end - self._next))
             try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+                self._image.aio_read(read.offset, read.size, read.complete, self._fadvise)
+            except Exception as error:  # rbd.Error: the image is unusable
+                raise _error(self.label, error, position=read.offset) from None
+            self._pending.append(read)
+            self._next += read.size
 
-    def _read_blocks(self) -> None:
-        try:
-            offset = self.start + len(self._first or b"")
-            end = self.start + self.length
-            while offset < end and not self._stop.is_set():
-                size = min(self._chunk_size, end - offset)
-                try:
-                    data = self._read(offset, size)
-                except BackendError as error:
-                    self._put(_Failed(error))
-                    return
-                if not self._put(data):
-                    return
-                offset += size
-            self._put(_DONE)
-        finally:
-            self._release()
+    def _take(self, first: bool = False) -> bytes:
+        """The next block, in order, once it has arrived; then ask for more."""
+        self._fill()
+        read = self._pending.popleft()
+        position = None if first else read.offset
+        if not read.done.wait(self._wait):
+            raise BackendError(self.label, "timeout" + ("" if first else f" at byte {read.offset}"), Failure.TIMEOUT)
+        if read.code < 0:
+            raise _error(self.label, OSError(-read.code, os.strerror(-read.code)), position=position)
+        data = read.data or b""
+        if len(data) != read.size:
+            raise BackendError(self.label, f"ended early at byte {read.offset + len(data)}", Failure.TRUNCATED)
+        self._fill()  # keep reading ahead while this block is sent
+        return data
 
     def _chunks(self) -> Iterator[bytes]:
         first, self._first = self._first, None
@@ -251,38 +246,38 @@ class RbdStream(BackendStream):
         while self._sent < self.length:
             if self._closed:
                 raise BackendError(self.label, "stream closed")
-            try:
-                item = self._queue.get(timeout=self._wait)
-            except queue.Empty:
-                raise BackendError(self.label, f"timeout at byte {self.position}", Failure.TIMEOUT) from None
-            if isinstance(item, _Failed):
-                LOG.debug("%s: %s", self.label, item.error.reason)
-                raise item.error
-            if not isinstance(item, bytes):
-                raise BackendError(self.label, f"ended early at byte {self.position}", Failure.TRUNCATED)
-            self._sent += len(item)
-            yield item
+            data = self._take()
+            self._sent += len(data)
+            yield data
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed and self._image is None:
             return
         super().close()
         self._first = None
-        self._stop.set()
-        # Unblock a put() waiting for room; the thread then stops and closes the image.
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        if self._thread.ident is None:
-            self._release()  # never started
+        pending, self._pending = list(self._pending), collections.deque()
+        image, ioctx, self._image, self._ioctx = self._image, self._ioctx, None, None
+        if all(read.done.is_set() for read in pending):
+            _release(self.label, image, ioctx)
+            return
+        # Reads still in flight (a client gone mid-stream, a cluster that
+        # hangs): the image is closed once they end (librados times them out),
+        # on a thread of its own, so this thread does not wait for them.
+        def release_later() -> None:
+            for read in pending:
+                read.done.wait(self._wait)
+            _release(self.label, image, ioctx)
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the reader thread (tests); True once it has finished."""
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        threading.Thread(target=release_later, name="locproxy-rbd-close", daemon=True).start()
+
+
+def _release(label: str, image: Any, ioctx: Any) -> None:
+    for handle in (image, ioctx):
+        if handle is not None:
+            try:
+                handle.close()
+            except Exception as error:  # closing a broken handle must not mask the real error
+                LOG.debug("%s: closing %s: %s", label, type(handle).__name__, _kind_and_text(error)[1])
 
 
 class RbdBackend:
