@@ -23,10 +23,10 @@ import math
 import posixpath
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
-from locproxy.urls import backend_label, scrub_credentials
+from locproxy.urls import backend_label, parse_rbd_url, scrub_credentials
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -104,14 +104,21 @@ def store_of(location: Location) -> str | None:
 
 def backend_key(location: Location) -> str:
     """The backend a location lives in, from its URL: ``scheme://host[:port]``,
-    or ``file://`` + directory for files. What the measured strategy and the
-    health rule learn about (store names in metadata are not used: image
-    owners may set location metadata)."""
+    ``file://`` + directory for files, ``rbd://<fsid>/<pool>`` for rbd. What
+    the measured strategy and the health rule learn about (store names in
+    metadata are not used: image owners may set location metadata)."""
     url = location.get("url")
     if not isinstance(url, str):
         return "unknown"
-    if scheme_of(location) == "file":
+    scheme = scheme_of(location)
+    if scheme == "file":
         return "file://" + posixpath.dirname(urlsplit(url).path)
+    if scheme == "rbd":
+        try:
+            rbd = parse_rbd_url(url)
+        except ValueError:
+            return "rbd"
+        return f"rbd://{rbd.fsid}/{quote(rbd.pool or '', safe='')}" if rbd.fsid else "rbd"
     return backend_label(url)
 
 

@@ -309,3 +309,23 @@ def test_backend_key_comes_from_the_url_not_metadata():
     assert backend_key(loc("http://u:p@Host.Example:8080/x", store="whatever")) == "http://host.example:8080"
     assert backend_key(loc("file:///srv/a/b/img")) == "file:///srv/a/b"
     assert backend_key({"metadata": {}}) == "unknown"
+
+
+@pytest.mark.parametrize(
+    "url, key",
+    [
+        pytest.param("rbd://6F1C7B3E-2f4a-4c1e-9d7b-0a1b2c3d4e5f/images/img/snap",
+                     "rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/images", id="rbd-cluster-and-pool"),
+        pytest.param("rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/a%2Fb/img/snap",
+                     "rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/a%2Fb", id="rbd-odd-pool"),
+        pytest.param("rbd://legacy-image", "rbd", id="rbd-legacy-names-no-image"),
+        pytest.param("s3://AK:wJal/rXU@Host:9000/bucket/key", "s3://host:9000", id="s3-without-keys"),
+        pytest.param("s3+https://s3.example/bucket/key", "s3+https://s3.example", id="s3-https"),
+    ],
+)
+def test_backend_keys_of_ceph_locations(url, key):
+    """Health and learning per rbd cluster and pool, per s3 host; never an
+    image name or a key."""
+    from locproxy.strategies import backend_key
+
+    assert backend_key(loc(url)) == key
