@@ -70,8 +70,10 @@ class Context:
     # -- more sidecars -----------------------------------------------------------------
 
     def start_sidecar(self, name: str, config: SidecarConfig, upstream: str | None = None,
-                      file_roots: str | None = None) -> contextlib.AbstractContextManager[servers.Gunicorn]:
-        """Another locproxy sidecar, by default in front of the stand-in upstream."""
+                      file_roots: str | None = None,
+                      env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[servers.Gunicorn]:
+        """Another locproxy sidecar, by default in front of the stand-in upstream
+        (``env``: more environment, e.g. a PYTHONPATH for the rados/rbd bindings)."""
         paste_globals = {
             "upstream": upstream or self.upstream.url,
             "file_roots": file_roots if file_roots is not None else str(IMAGE_DIR),
@@ -82,7 +84,7 @@ class Context:
             **config.extra,
         }
         return servers.sidecar(name, self.work, paste_globals, workers=config.workers, threads=config.threads,
-                               worker_class=config.worker_class)
+                               worker_class=config.worker_class, env=env)
 
     # -- how it went -------------------------------------------------------------------
 

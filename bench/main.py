@@ -6,7 +6,7 @@ stand-in upstream and locproxy under gunicorn, optionally a real Glance from
 table and stops every process it started (also on errors and Ctrl-C).
 
 Rows (``--rows``, declared in ``bench/rows/``): file, http, concurrent,
-fallback, show_sidecar, show_filter, rewrite, rss, failover. ``--sweep`` adds
+fallback, show_sidecar, show_filter, rewrite, rss, failover, ceph. ``--sweep`` adds
 a table of locproxy settings (chunk size, gunicorn workers/threads) instead of
 the main rows.
 """

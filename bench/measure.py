@@ -37,27 +37,28 @@ class Fetch:
         return self.size / MiB / self.seconds if self.seconds else 0.0
 
 
-def _curl_command(url: str, headers: Mapping[str, str] | None) -> list[str]:
-    command = ["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-w", CURL_FORMAT]
+def _curl_command(url: str, headers: Mapping[str, str] | None, args: Sequence[str] = ()) -> list[str]:
+    command = ["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-w", CURL_FORMAT, *args]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     return command + [url]
 
 
-def _parse(output: str, url: str, expect_size: int | None) -> Fetch:
+def _parse(output: str, url: str, expect_size: int | None, expect_status: int = 200) -> Fetch:
     parts = output.split()
     if len(parts) != 4:
         raise BenchError(f"curl {url}: unexpected output {output!r}")
     fetch = Fetch(int(parts[0]), int(float(parts[1])), float(parts[2]), float(parts[3]))
-    if fetch.status != 200 or (expect_size is not None and fetch.size != expect_size):
+    if fetch.status != expect_status or (expect_size is not None and fetch.size != expect_size):
         raise BenchError(f"curl {url}: HTTP {fetch.status}, {fetch.size} bytes (expected {expect_size})")
     return fetch
 
 
 def curl(url: str, headers: Mapping[str, str] | None = None, expect_size: int | None = None,
-         timeout: float = 300) -> Fetch:
-    out = subprocess.run(_curl_command(url, headers), capture_output=True, text=True, timeout=timeout)
-    return _parse(out.stdout, url, expect_size)
+         timeout: float = 300, args: Sequence[str] = (), expect_status: int = 200) -> Fetch:
+    """One download with curl; ``args`` are more curl options (e.g. ``--aws-sigv4``)."""
+    out = subprocess.run(_curl_command(url, headers, args), capture_output=True, text=True, timeout=timeout)
+    return _parse(out.stdout, url, expect_size, expect_status)
 
 
 def curl_many(urls: Sequence[str], headers: Mapping[str, str] | None = None, expect_size: int | None = None,

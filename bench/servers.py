@@ -133,14 +133,14 @@ def gunicorn(name: str, app: str, workdir: Path, *, workers: int = 1, threads: i
 
 @contextlib.contextmanager
 def sidecar(name: str, workdir: Path, paste_globals: Mapping[str, str], *, workers: int, threads: int,
-            worker_class: str) -> Iterator[Gunicorn]:
+            worker_class: str, env: Mapping[str, str] | None = None) -> Iterator[Gunicorn]:
     """The locproxy sidecar as ``locproxy serve`` runs it (the packaged
     gunicorn.conf.py and paste.ini), with ``paste_globals`` and our gunicorn settings."""
 
     def command(port: int) -> list[str]:
         return sidecar_command(paste_globals, _options(port, workers, threads, worker_class))
 
-    with _running(name, workdir, command, workers) as server:
+    with _running(name, workdir, command, workers, env) as server:
         yield server
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
 from locproxy import observability, strategies
 from locproxy.cache import SiteCache
-from locproxy.guards import AllowedHosts, FileRoots
+from locproxy.credentials import S3Credentials
+from locproxy.guards import AllowedHosts, FileRoots, RbdClusters
 from locproxy.options import (
     ConfigError,
     MiB,
@@ -64,6 +66,8 @@ class SecuritySettings:
     locations_visible_to_roles: tuple[str, ...] = ()
     hidden_fields: tuple[str, ...] = ("locations", "direct_url")
     roles_header: str = "X-Roles"
+    rbd_clusters: RbdClusters = RbdClusters()  # rbd:// only from these (locproxy.guards)
+    s3_credentials: S3Credentials = S3Credentials()  # keys for s3:// URLs without any
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,14 @@ class BackendSettings:
     pool_maxsize: int = 32
     verify_checksums: str = "on"  # on, off or background (see locproxy.download.body)
     verify_ahead: bool = False  # verify file copies while idle (locproxy.download.ahead)
+    # rbd:// and s3:// (locproxy.download.backends.rbd, .s3)
+    rbd_default_cluster: str = ""  # fsid of the legacy rbd://<image> form
+    rbd_default_pool: str = ""
+    rbd_block_size: int = 4 * MiB
+    rbd_readahead: int = 4
+    rbd_op_timeout: float = 30.0
+    s3_default_scheme: str = "https"  # transport of plain s3:// URLs
+    s3_region: str = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -209,6 +221,29 @@ def _verification(option: str, value: Any) -> str:
         raise ConfigError(f"{option}: expected true, false or background, got {value!r}") from None
 
 
+def _fsid(option: str, value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a cluster fsid (a UUID)") from None
+
+
+def _name(option: str, value: Any) -> str:
+    text = str(value).strip()
+    if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", text):
+        raise ConfigError(f"{option}: {value!r} is not a name (letters, digits, '_', '.', '-')")
+    return text
+
+
+def _check_rbd(security: dict[str, Any], backends: dict[str, Any]) -> None:
+    """The legacy rbd://<image> form needs both defaults, naming a listed cluster."""
+    cluster, pool = backends.get("rbd_default_cluster", ""), backends.get("rbd_default_pool", "")
+    if bool(cluster) != bool(pool):
+        raise ConfigError("rbd_default_cluster and rbd_default_pool: set both (for rbd://<image>) or neither")
+    if cluster and cluster not in security.get("rbd_clusters", RbdClusters()).fsids:
+        raise ConfigError(f"rbd_default_cluster: {cluster} is not in rbd_clusters")
+
+
 def _seconds_or_off(option: str, value: Any) -> float:
     return 0.0 if str(value).strip() == "0" else parse_seconds(option, value)
 
@@ -236,6 +271,15 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
     "verify_checksums": ("backends", "verify_checksums", _verification),
     "verify_ahead": ("backends", "verify_ahead", parse_bool),
+    "rbd_clusters": ("security", "rbd_clusters", RbdClusters.parse),
+    "rbd_default_cluster": ("backends", "rbd_default_cluster", _fsid),
+    "rbd_default_pool": ("backends", "rbd_default_pool", _name),
+    "rbd_block_size": ("backends", "rbd_block_size", parse_size),
+    "rbd_readahead": ("backends", "rbd_readahead", parse_count),
+    "rbd_op_timeout": ("backends", "rbd_op_timeout", parse_seconds),
+    "s3_credentials": ("security", "s3_credentials", S3Credentials.parse),
+    "s3_default_scheme": ("backends", "s3_default_scheme", one_of("https", "http")),
+    "s3_region": ("backends", "s3_region", _name),
     "metrics_file": ("health", "metrics_file", parse_writable_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),
@@ -272,6 +316,7 @@ def load_filter_settings(
     for option, (group, name, parse) in _FILTER_OPTIONS.items():
         if option in conf and str(conf[option]).strip() != "":
             values[group][name] = parse(option, conf[option])
+    _check_rbd(values["security"], values["backends"])
     health = HealthSettings(**values["health"])
     tracker, shown, verified = _stores(health, previous)
     cache_settings = CacheSettings(**values["cache_settings"])

@@ -23,10 +23,10 @@ import math
 import posixpath
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
-from locproxy.urls import backend_label, scrub_credentials
+from locproxy.urls import backend_label, parse_rbd_url, scrub_credentials
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -54,6 +54,40 @@ def _metadata(location: Location) -> Mapping[str, Any]:
     return metadata if isinstance(metadata, Mapping) else {}
 
 
+def _metric_holders(location: Location) -> tuple[tuple[Mapping[str, Any], str, str], ...]:
+    """Where a location's static metrics may be, first found wins, with the
+    names used there: ``metadata`` (``weight``, ``node_weights``), then the
+    seed's ``"metrics": {"weight": ..., "node-weights": {...}}`` inside
+    ``metadata``, then beside it."""
+    metadata = _metadata(location)
+    holders: list[tuple[Mapping[str, Any], str, str]] = [(metadata, "weight", "node_weights")]
+    for holder in (metadata, location):
+        metrics = holder.get("metrics")
+        if isinstance(metrics, Mapping):
+            holders.append((metrics, "weight", "node-weights"))
+    return tuple(holders)
+
+
+def static_weight(location: Location) -> float | None:
+    """The location's own numeric weight, if it has one."""
+    for holder, name, _ in _metric_holders(location):
+        own = number(holder.get(name))
+        if own is not None:
+            return own
+    return None
+
+
+def node_weight_of(location: Location, node_name: str) -> float | None:
+    """The location's numeric weight for ``node_name``, if it has one."""
+    for holder, _, name in _metric_holders(location):
+        node_weights = holder.get(name)
+        if isinstance(node_weights, Mapping):
+            own = number(node_weights.get(node_name))
+            if own is not None:
+                return own
+    return None
+
+
 def is_active(location: Location) -> bool:
     """True unless the location, or its metadata, carries a status other than active."""
     for holder in (location, _metadata(location)):
@@ -70,14 +104,21 @@ def store_of(location: Location) -> str | None:
 
 def backend_key(location: Location) -> str:
     """The backend a location lives in, from its URL: ``scheme://host[:port]``,
-    or ``file://`` + directory for files. What the measured strategy and the
-    health rule learn about (store names in metadata are not used: image
-    owners may set location metadata)."""
+    ``file://`` + directory for files, ``rbd://<fsid>/<pool>`` for rbd. What
+    the measured strategy and the health rule learn about (store names in
+    metadata are not used: image owners may set location metadata)."""
     url = location.get("url")
     if not isinstance(url, str):
         return "unknown"
-    if scheme_of(location) == "file":
+    scheme = scheme_of(location)
+    if scheme == "file":
         return "file://" + posixpath.dirname(urlsplit(url).path)
+    if scheme == "rbd":
+        try:
+            rbd = parse_rbd_url(url)
+        except ValueError:
+            return "rbd"
+        return f"rbd://{rbd.fsid}/{quote(rbd.pool or '', safe='')}" if rbd.fsid else "rbd"
     return backend_label(url)
 
 
@@ -134,7 +175,7 @@ store_type.options = frozenset({"store_type_preference"})  # type: ignore[attr-d
 
 def _weight_rule(store_weights: Mapping[str, float]) -> Callable[[Location], float]:
     def weight_of(location: Location) -> float:
-        own = number(_metadata(location).get("weight"))
+        own = static_weight(location)
         if own is not None:
             return own
         return store_weights.get(store_of(location) or "", 0.0)
@@ -143,7 +184,9 @@ def _weight_rule(store_weights: Mapping[str, float]) -> Callable[[Location], flo
 
 
 def weight(store_weights: str | Mapping[str, Any] | None = None, **_options: Any) -> SortKey:
-    """Higher weight first: ``metadata["weight"]``, else the store's configured weight, else 0."""
+    """Higher weight first: the location's own weight (``metadata["weight"]``, or
+    ``"metrics": {"weight": ...}`` inside or beside ``metadata``), else the
+    store's configured weight, else 0."""
     weight_of = _weight_rule(parse_weights("store_weights", store_weights))
     return lambda location: -weight_of(location)
 
@@ -156,7 +199,9 @@ def node_weight(
     store_weights: str | Mapping[str, Any] | None = None,
     **_options: Any,
 ) -> SortKey:
-    """Higher ``metadata["node_weights"][node_name]`` first; the ``weight`` rule otherwise."""
+    """Higher weight for ``node_name`` first: ``metadata["node_weights"]``, or
+    ``"metrics": {"node-weights": ...}`` inside or beside ``metadata``; the
+    ``weight`` rule otherwise."""
     if node_name is None:
         node_name = socket.gethostname()
     if not isinstance(node_name, str) or not node_name.strip():
@@ -165,12 +210,8 @@ def node_weight(
     weight_of = _weight_rule(parse_weights("store_weights", store_weights))
 
     def key(location: Location) -> float:
-        node_weights = _metadata(location).get("node_weights")
-        if isinstance(node_weights, Mapping):
-            own = number(node_weights.get(node_name))
-            if own is not None:
-                return -own
-        return -weight_of(location)
+        own = node_weight_of(location, node_name)
+        return -own if own is not None else -weight_of(location)
 
     return key
 

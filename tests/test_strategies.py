@@ -104,6 +104,69 @@ def test_strategy_order(locations, strategy, options, expected):
     assert result is not locations
 
 
+def metrics_loc(url: str, inside: dict | None = None, beside: dict | None = None, **metadata) -> dict:
+    """A location with the seed's ``metrics`` inside ``metadata`` and/or beside it."""
+    location: dict = {"url": url, "metadata": dict(metadata)}
+    if inside is not None:
+        location["metadata"]["metrics"] = inside
+    if beside is not None:
+        location["metrics"] = beside
+    return location
+
+
+@pytest.mark.parametrize(
+    "locations, strategy, options, expected",
+    [
+        pytest.param(
+            [metrics_loc("http://a", inside={"weight": 1}), metrics_loc("http://b", inside={"weight": 9}),
+             metrics_loc("http://c")],
+            "weight", {}, ["http://b", "http://a", "http://c"], id="weight-in-metadata-metrics",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", beside={"weight": 1}), metrics_loc("http://b", beside={"weight": "9"}),
+             metrics_loc("http://c", beside={"weight": -2})],
+            "weight", {}, ["http://b", "http://a", "http://c"], id="weight-in-metrics-beside-metadata",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", inside={"weight": 1}, weight=50), metrics_loc("http://b", beside={"weight": 9}),
+             metrics_loc("http://c", inside={"weight": 20}, beside={"weight": 99})],
+            "weight", {}, ["http://a", "http://c", "http://b"],
+            id="weight-metadata-then-metadata-metrics-then-beside",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", store="fast"), metrics_loc("http://b", store="fast", beside={"weight": "x"}),
+             metrics_loc("http://c", beside={"weight": 200}), metrics_loc("http://d", beside=["weight", 300])],
+            "weight", {"store_weights": "fast:100"}, ["http://c", "http://a", "http://b", "http://d"],
+            id="weight-metrics-not-numeric-or-not-a-mapping-fall-back-to-store-weight",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", inside={"node-weights": {"n1": 1}}),
+             metrics_loc("http://b", beside={"node-weights": {"n1": 5}}),
+             metrics_loc("http://c", node_weights={"n1": 3})],
+            "node_weight", {"node_name": "n1"}, ["http://b", "http://c", "http://a"],
+            id="node-weights-in-metrics-inside-and-beside",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", beside={"node-weights": {"n2": 50}, "weight": 1}),
+             metrics_loc("http://b", inside={"node-weights": {"n1": 2}}, node_weights={"n1": 3}),
+             metrics_loc("http://c", beside={"weight": 4})],
+            "node_weight", {"node_name": "n1"}, ["http://c", "http://b", "http://a"],
+            id="node-weights-other-node-falls-back-to-metrics-weight",
+        ),
+        pytest.param(
+            [metrics_loc("http://a", beside={"node_weights": {"n1": 9}}),
+             metrics_loc("http://b", inside={"node-weights": {"n1": "bad"}}, beside={"node-weights": {"n1": 2}})],
+            "node_weight", {"node_name": "n1"}, ["http://b", "http://a"],
+            id="node-weights-seed-spelling-only-and-bad-values-skipped",
+        ),
+    ],
+)
+def test_seed_metrics_are_static_weights(locations, strategy, options, expected):
+    before = copy.deepcopy(locations)
+    assert urls(order_locations(locations, strategy=strategy, **options)) == expected
+    assert locations == before
+
+
 @pytest.mark.parametrize("strategy", ["location_order", "store_type", "weight", "node_weight"])
 def test_inactive_locations_never_first(strategy):
     locations = [
@@ -246,3 +309,23 @@ def test_backend_key_comes_from_the_url_not_metadata():
     assert backend_key(loc("http://u:p@Host.Example:8080/x", store="whatever")) == "http://host.example:8080"
     assert backend_key(loc("file:///srv/a/b/img")) == "file:///srv/a/b"
     assert backend_key({"metadata": {}}) == "unknown"
+
+
+@pytest.mark.parametrize(
+    "url, key",
+    [
+        pytest.param("rbd://6F1C7B3E-2f4a-4c1e-9d7b-0a1b2c3d4e5f/images/img/snap",
+                     "rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/images", id="rbd-cluster-and-pool"),
+        pytest.param("rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/a%2Fb/img/snap",
+                     "rbd://6f1c7b3e-2f4a-4c1e-9d7b-0a1b2c3d4e5f/a%2Fb", id="rbd-odd-pool"),
+        pytest.param("rbd://legacy-image", "rbd", id="rbd-legacy-names-no-image"),
+        pytest.param("s3://AK:wJal/rXU@Host:9000/bucket/key", "s3://host:9000", id="s3-without-keys"),
+        pytest.param("s3+https://s3.example/bucket/key", "s3+https://s3.example", id="s3-https"),
+    ],
+)
+def test_backend_keys_of_ceph_locations(url, key):
+    """Health and learning per rbd cluster and pool, per s3 host; never an
+    image name or a key."""
+    from locproxy.strategies import backend_key
+
+    assert backend_key(loc(url)) == key

@@ -6,6 +6,7 @@ from __future__ import annotations
 from bench.row import Row
 from bench.rows import (
     cache,
+    ceph,
     concurrent,
     failover,
     fallback,
@@ -30,5 +31,6 @@ ROWS: tuple[Row, ...] = (
     failover.ROW,
     verify.ROW,
     cache.ROW,
+    ceph.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

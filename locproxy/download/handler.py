@@ -10,8 +10,9 @@ The order of events, and why:
    known size are served here; everything else is passed on to the
    upstream's own ``/file``, which knows its own rules best.
 3. The planned sources are opened in turn until one answers; if none opens,
-   the request goes to the upstream's ``/file`` unchanged (rbd, cinder,
-   swift... still work).
+   the request goes to the upstream's ``/file`` (cinder, swift... still
+   work), asking for the strategy's store order with ``?prefer=`` where
+   the upstream allows it (``ImageRequests.as_sent``).
 4. A copy verified before (``locproxy.verified``: by any worker, before a
    restart) is sent without hashing: a local file through the server's
    ``wsgi.file_wrapper`` (sendfile, the socket corked), an http copy with
@@ -110,11 +111,12 @@ class DownloadHandler:
             self.prober.remember(plan.candidates, plan.size)
         if self.ahead is not None:
             self.ahead.note(plan)
+        image_requests.prefer = plan.upstream_prefer  # whenever the upstream's own /file is asked
         cache = settings.cache
         if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             recorder.outcome("upstream", "upstream")
-            return None
+            return image_requests.as_sent()
         if plan.head_only:
             return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         sources = Sources(plan.candidates, self.backends, recorder, image_requests, plan.image_id, plan.size,
@@ -124,7 +126,7 @@ class DownloadHandler:
             body = self._from_sources(plan, sources, req.environ, settings)
         if body is None:
             recorder.outcome(plan.candidates[0].label if plan.candidates else "upstream", "upstream")
-            return None
+            return image_requests.as_sent()
         return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(body))
 
     def _from_sources(self, plan: DownloadPlan, sources: Sources, environ: dict[str, Any],

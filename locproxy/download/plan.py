@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from locproxy.ranges import Unsatisfiable, parse_range
-from locproxy.strategies import Selector, backend_key, copy_key, is_active
+from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of
 from locproxy.urls import backend_label
 
 Digest = tuple[str, str]  # (hashlib name, expected hex value)
@@ -65,6 +65,7 @@ class DownloadPlan:
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
     image_digest: Digest | None = None  # the image's recorded digest (the site cache's key)
+    upstream_prefer: tuple[str, ...] = ()  # ?prefer= for the upstream's own /file (see upstream_prefer())
 
     @property
     def whole(self) -> bool:
@@ -115,6 +116,7 @@ def plan_download(
         candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
         head_only=method == "HEAD",
         image_digest=expected_digest(image),
+        upstream_prefer=upstream_prefer(image, selector, prefer),
     )
 
 
@@ -145,3 +147,37 @@ def expected_digest(image: dict) -> Digest | None:
     if isinstance(checksum, str) and checksum:
         return "md5", checksum
     return None
+
+
+def upstream_prefer(image: dict, selector: Selector, prefer: Sequence[str]) -> tuple[str, ...]:
+    """The ``?prefer=`` that makes the upstream's own ``/file`` try copies in
+    the strategy's order, as far as it can.
+
+    Glance 33 puts the locations of the named stores first but keeps the
+    *image's* order among them (not the order named), then the rest in the
+    image's order. So: the longest prefix of the strategy's store order
+    among whose locations the image's order is the strategy's (at least the
+    best store); nothing when the image's order already is the strategy's,
+    or the best location names no store.
+    """
+    locations = image.get("locations")
+    if not isinstance(locations, list) or not all(isinstance(item, dict) for item in locations):
+        return ()
+    own = [location for location in locations if is_active(location)]
+    ordered = [location for location in selector.order(locations, prefer) if is_active(location)]
+    if ordered == own:
+        return ()
+    stores: list[str] = []
+    for location in ordered:
+        store = store_of(location)
+        if store is None:
+            break  # a copy Glance cannot be asked for by name: the order ends here
+        if store not in stores:
+            stores.append(store)
+    chosen: tuple[str, ...] = ()
+    for count in range(1, len(stores) + 1):
+        named = set(stores[:count])
+        if [item for item in own if store_of(item) in named] != [item for item in ordered if store_of(item) in named]:
+            break
+        chosen = tuple(stores[:count])
+    return chosen

@@ -7,9 +7,11 @@ download path tries locations in order and falls back on ``BackendError``
 raised by ``open``; a mid-stream error must abort the client response, never
 end it as if complete.
 
-What may be read at all is decided by the guards (``locproxy.guards``: file roots,
-allowed hosts); each scheme has its reader (``file.py``, ``http.py``). Only
-the http reader and ``locproxy.transport`` import urllib3.
+What may be read at all is decided by the guards (``locproxy.guards``: file
+roots, allowed hosts, rbd clusters); each scheme has its reader
+(``file.py``, ``http.py``, ``rbd.py``, ``s3.py``). Only the http and s3
+readers and ``locproxy.transport`` import urllib3; only the rbd reader
+imports the rados/rbd bindings, and only when a cluster is configured.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import logging
 from typing import Any, Iterable
 from urllib.parse import SplitResult, urlsplit
 
+from locproxy.credentials import S3Credentials
 from locproxy.download.backends.base import BackendError, BackendStream
 from locproxy.download.backends.file import FileBackend
 from locproxy.download.backends.http import HTTPBackend
+from locproxy.download.backends.rbd import RbdBackend
+from locproxy.download.backends.s3 import S3Backend
 from locproxy.failures import Failure
-from locproxy.guards import AllowedHosts, FileRoots
-from locproxy.urls import backend_label
+from locproxy.guards import AllowedHosts, FileRoots, RbdClusters
+from locproxy.urls import S3_SCHEMES, backend_label
 
 __all__ = ["AllowedHosts", "BackendError", "BackendStream", "Backends", "FileRoots"]
 
@@ -46,6 +51,15 @@ class Backends:
         first_byte_timeout: float = 10.0,
         min_rate: int = 0,
         rate_window: float = 10.0,
+        rbd_clusters: RbdClusters = RbdClusters(),
+        rbd_default_cluster: str = "",
+        rbd_default_pool: str = "",
+        rbd_block_size: int = 4 * 1024 * 1024,
+        rbd_readahead: int = 4,
+        rbd_op_timeout: float = 30.0,
+        s3_credentials: S3Credentials = S3Credentials(),
+        s3_default_scheme: str = "https",
+        s3_region: str = "us-east-1",
     ) -> None:
         if chunk_size < 1 or pool_maxsize < 1:
             raise ValueError("chunk_size and pool_maxsize must be >= 1")
@@ -56,6 +70,10 @@ class Backends:
         self.http = HTTPBackend(allowed, chunk_size=chunk_size, connect_timeout=connect_timeout,
                                 read_timeout=read_timeout, pool_maxsize=pool_maxsize, ca_file=ca_file,
                                 first_byte_timeout=first_byte_timeout, min_rate=min_rate, rate_window=rate_window)
+        self.rbd = RbdBackend(rbd_clusters, default_cluster=rbd_default_cluster, default_pool=rbd_default_pool,
+                              block_size=rbd_block_size, readahead=rbd_readahead, op_timeout=rbd_op_timeout,
+                              connect_timeout=connect_timeout)
+        self.s3 = S3Backend(allowed, s3_credentials, self.http, default_scheme=s3_default_scheme, region=s3_region)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Backends:
@@ -72,6 +90,15 @@ class Backends:
             first_byte_timeout=backends.first_byte_timeout,
             min_rate=backends.min_rate,
             rate_window=backends.rate_window,
+            rbd_clusters=security.rbd_clusters,
+            rbd_default_cluster=backends.rbd_default_cluster,
+            rbd_default_pool=backends.rbd_default_pool,
+            rbd_block_size=backends.rbd_block_size,
+            rbd_readahead=backends.rbd_readahead,
+            rbd_op_timeout=backends.rbd_op_timeout,
+            s3_credentials=security.s3_credentials,
+            s3_default_scheme=backends.s3_default_scheme,
+            s3_region=backends.s3_region,
         )
 
     def clear(self) -> None:
@@ -86,7 +113,7 @@ class Backends:
             return False
         return True
 
-    def _check(self, url: str, label: str) -> tuple[FileBackend | HTTPBackend, SplitResult]:
+    def _check(self, url: str, label: str) -> tuple[FileBackend | HTTPBackend | RbdBackend | S3Backend, SplitResult]:
         """The reader for ``url``, after refusing what may never be read."""
         try:
             parts = urlsplit(url)
@@ -99,6 +126,12 @@ class Backends:
         if scheme in ("http", "https"):
             self.http.check(url, parts, label)
             return self.http, parts
+        if scheme == "rbd":
+            self.rbd.check(url, parts, label)
+            return self.rbd, parts
+        if scheme in S3_SCHEMES:
+            self.s3.check(url, parts, label)
+            return self.s3, parts
         raise BackendError(label, "unsupported scheme", Failure.NOT_ALLOWED)
 
     def open(self, url: str, start: int, length: int, total_size: int | None) -> BackendStream:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import SplitResult, unquote
 
 import urllib3
@@ -176,20 +176,41 @@ class HTTPBackend:
         assert host is not None  # check() refused URLs without a host
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         whole = start == 0 and total_size is not None and length == total_size
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # credentials are not part of it
+        return self.fetch(scheme, host, port, target, _request_headers(parts, start, length, whole), label,
+                          start, length, total_size, identify=lambda response: identity("http", url, response,
+                                                                                         total_size))
+
+    def fetch(self, scheme: str, host: str, port: int, target: str, headers: dict[str, str], label: str,
+              start: int, length: int, total_size: int | None, *,
+              identify: Callable[[urllib3.BaseHTTPResponse], tuple | None] = lambda response: None,
+              error_detail: Callable[[urllib3.BaseHTTPResponse], str] | None = None) -> HTTPStream:
+        """GET ``target`` from exactly ``host:port`` (already allowed by the
+        caller) with only ``headers``; the stream of ``length`` bytes at
+        ``start``, or BackendError before the first byte. The s3 reader
+        sends its signed requests through here too. ``error_detail`` adds
+        to the reason of an error status (e.g. the S3 error code)."""
+        whole = "Range" not in headers
         LOG.debug("GET %s bytes %s+%s%s", label, start, length, "" if whole else " (ranged)")
         try:
-            # Connect to exactly the host/port check() allowed: the URL is not
+            # Connect to exactly the host/port that was allowed: the URL is not
             # handed to urllib3 to be parsed a second time.
             pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
         except (HTTPError, ValueError) as error:
             kind, reason = describe(error)
             raise BackendError(label, reason, kind) from None
         watch = WATCHDOG.watch()
-        response = self._send(pool, target, _request_headers(parts, start, length, whole), label, watch)
+        response = self._send(pool, target, headers, label, watch)
         try:
             if watch.expired:
                 raise BackendError(label, watch.reason, Failure.TOO_SLOW)
-            _check_response(response, label, start, length, total_size)
+            try:
+                check_response(response, label, start, length, total_size)
+            except BackendError as error:
+                if error_detail is None or response.status < 400:
+                    raise
+                raise BackendError(label, error.reason + self._detail(response, error_detail, watch),
+                                   error.kind) from None
         except BaseException:
             # Never drain an unwanted body (it may be a whole image): close
             # the socket, and hand the slot back to the block=True pool.
@@ -197,8 +218,19 @@ class HTTPBackend:
             response.release_conn()
             raise
         stream = HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
-        stream.identity = _identity(parts, response, total_size)
+        stream.identity = identify(response)
         return stream
+
+    def _detail(self, response: urllib3.BaseHTTPResponse, error_detail: Callable[[urllib3.BaseHTTPResponse], str],
+                watch: Watch) -> str:
+        """What ``error_detail`` reads from an error body, within the first-byte bound."""
+        watch.arm(self._first_byte_timeout, "error body too slow")
+        try:
+            return error_detail(response)
+        except (HTTPError, OSError):
+            return ""
+        finally:
+            watch.disarm()
 
     def _send(self, pool: urllib3.HTTPConnectionPool, target: str, headers: dict[str, str], label: str,
               watch: Watch) -> urllib3.BaseHTTPResponse:
@@ -220,19 +252,23 @@ class HTTPBackend:
             watch.disarm()
 
 
-def _identity(parts: SplitResult, response: urllib3.BaseHTTPResponse, total_size: int | None) -> tuple | None:
-    """The copy behind this URL, as the backend describes it: a strong ETag,
-    else Last-Modified (RFC 9110 section 8.8), and the whole length; None
-    without a validator (nothing tells a later answer is the same bytes)."""
+def validator(response: urllib3.BaseHTTPResponse) -> tuple[str, str] | None:
+    """What tells a later answer holds the same bytes: a strong ETag, else
+    Last-Modified (RFC 9110 section 8.8); None without either."""
     etag, modified = response.headers.get("ETag", "").strip(), response.headers.get("Last-Modified", "").strip()
     if etag and not etag.startswith("W/"):
-        validator = ("etag", etag)
-    elif modified:
-        validator = ("last-modified", modified)
-    else:
-        return None
-    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # credentials are not part of it
-    return ("http", url, *validator, total_size)
+        return ("etag", etag)
+    if modified:
+        return ("last-modified", modified)
+    return None
+
+
+def identity(kind: str, url: str, response: urllib3.BaseHTTPResponse, total_size: int | None) -> tuple | None:
+    """The copy behind ``url`` (without credentials), as the backend
+    describes it: its validator and the whole length; None without a
+    validator (nothing tells a later answer is the same bytes)."""
+    found = validator(response)
+    return None if found is None else (kind, url, *found, total_size)
 
 
 def _request_headers(parts: SplitResult, start: int, length: int, whole: bool) -> dict[str, str]:
@@ -249,7 +285,7 @@ def _request_headers(parts: SplitResult, start: int, length: int, whole: bool) -
     return headers
 
 
-def _check_response(response: urllib3.BaseHTTPResponse, label: str, start: int, length: int,
+def check_response(response: urllib3.BaseHTTPResponse, label: str, start: int, length: int,
                     total_size: int | None) -> None:
     status = response.status
     if 300 <= status < 400:

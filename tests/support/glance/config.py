@@ -117,6 +117,25 @@ def render_api_conf(*, workdir: Path, port: int, web_port: int, store_dirs: Mapp
         """), overrides)
 
 
+CEPH_BACKENDS = "fs1:file, fs2:file, web:http, ceph1:rbd, s3:s3"
+
+
+def ceph_store_overrides(*, ceph_conf: Path, pool: str, rgw_endpoint: str, access_key: str, secret_key: str,
+                         bucket: str = "glance") -> dict[str, dict[str, str]]:
+    """glance-api.conf overrides adding the stores ``ceph1`` (rbd) and ``s3``
+    (radosgw) of a Ceph lab beside the file and http ones (see
+    tests/integration/glance_ceph.md). Glance's interpreter needs the
+    rados/rbd bindings on its path (``GlanceServer.extra_pythonpath``)."""
+    return {
+        "DEFAULT": {"enabled_backends": CEPH_BACKENDS},
+        "ceph1": {"store_description": "lab rbd", "rbd_store_ceph_conf": str(ceph_conf), "rbd_store_pool": pool,
+                  "rbd_store_user": "admin", "rbd_store_chunk_size": "4", "rados_connect_timeout": "10"},
+        "s3": {"store_description": "lab rgw", "s3_store_host": rgw_endpoint, "s3_store_access_key": access_key,
+               "s3_store_secret_key": secret_key, "s3_store_bucket": bucket,
+               "s3_store_create_bucket_on_put": "True", "s3_store_bucket_url_format": "path"},
+    }
+
+
 def render_paste_ini(pipeline: Sequence[str] = DEFAULT_PIPELINE, extra: str = "") -> str:
     """Glance's paste file with one flavor-less pipeline, ``glance-api``.
 

@@ -9,6 +9,7 @@ image operations). ``tests.support.glance.lab.glance_server()`` builds one.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class GlanceServer(GlanceAPI):
     store_dirs: dict[str, Path] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     start_seconds: float = 0.0
+    #: Directories appended to Glance's PYTHONPATH at the next (re)start,
+    #: e.g. the rados/rbd bindings of ``tests.support.ceph.bindings_dir()``.
+    extra_pythonpath: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:  # type: ignore[override]
@@ -74,7 +78,7 @@ class GlanceServer(GlanceAPI):
             # (the venv's editable install supplies the entry points for
             # "egg:locproxy#..."), and so does the test-only tokenauth filter
             # (tests.support.glance.tokenauth).
-            PYTHONPATH=str(REPO_ROOT),
+            PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *self.extra_pythonpath]),
             PYTHONUNBUFFERED="1",
         )
 

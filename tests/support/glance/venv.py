@@ -32,8 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CONSTRAINTS_FILE = REPO_ROOT / "tests" / "integration" / "glance-constraints.txt"
 # What the venv is for; versions come from CONSTRAINTS_FILE.
 # setuptools and wheel: to install locproxy editable without build isolation
-# (offline, so a changed setup.cfg re-installs in seconds).
-REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel")
+# (offline, so a changed setup.cfg re-installs in seconds). boto3: Glance's
+# s3 store (glance_store imports it), for the Ceph integration tests; it
+# brings botocore, which locproxy's s3 reader signs with inside Glance.
+REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3")
 
 ENV_VENV = "LOCPROXY_GLANCE_VENV"
 
