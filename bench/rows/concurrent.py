@@ -45,7 +45,7 @@ def measure_concurrent(ctx: Context) -> list[Result]:
                    [f"served: {repeat_path}"]),
         throughput(f"{headline}, file://, first (sha512 verified)", first, results["nginx"] + nginx_first,
                    "nginx sendfile", 0.9, [f"served: {first_path}"]),
-        throughput(f"{headline}, http:// (sha512 verified)", http_results["locproxy"], http_results["nginx"],
+        throughput(f"{headline}, http:// (hashed the first pass, then copies verified before)", http_results["locproxy"], http_results["nginx"],
                    "nginx proxy_pass", 0.9),
     ]
 

@@ -1,5 +1,5 @@
-"""Row ``http``: one big image through an ``http://`` location (always
-verified), against nginx ``proxy_pass`` to the same backend; and, for
+"""Row ``http``: one big image through an ``http://`` location (hashed
+the first time; later, the backend's strong ETag unchanged, sent unhashed), against nginx ``proxy_pass`` to the same backend; and, for
 information, the same with ``verify_checksums = false``."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def measure_http(ctx: Context) -> list[Result]:
         })
     name = human(image.size)
     return [
-        throughput(f"{name} download, http:// location, one stream (sha512 verified, as always for http)",
+        throughput(f"{name} download, http:// location, one stream (hashed the first time, then a copy verified before)",
                    results["locproxy"], results["nginx"], "nginx proxy_pass", 1.0,
                    [f"direct from the backend (nginx sendfile, no proxy): {mib_s(Stat.of(results['direct']))}",
                     ctx.cpu_note("locproxy http", "locproxy http unverified", "nginx (proxy + backend)")]),
