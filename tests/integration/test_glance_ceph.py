@@ -62,15 +62,6 @@ MEMBER = ("member", "reader")  # not admin: Glance refuses ?prefer= (download_fr
 ADMIN_ONLY = "role:admin"
 LOG_TIMEOUT = 20.0
 
-GLANCECLIENT_DOWNLOAD = """
-import hashlib, json, sys
-import glanceclient
-url, image_id, token = sys.argv[1:4]
-client = glanceclient.Client("2", endpoint=url, token=token)
-data = b"".join(client.images.data(image_id))
-print(json.dumps({"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}))
-"""
-
 
 # --------------------------------------------------------------- the lab ---
 
@@ -189,7 +180,7 @@ class Deployment:
 
     def library_download(self, image: Image, roles: tuple[str, ...] | None = None) -> None:
         token = self.glance.token() if roles is None else self.glance.token(roles=roles)
-        proc = self.glance.venv_python_run(GLANCECLIENT_DOWNLOAD, self.url, image.id, token)
+        proc = self.glance.library_download(image.id, url=self.url, token=token)
         assert proc.returncode == 0, f"glanceclient download failed:\n{proc.stderr[-2000:]}\n{self.log_tail()}"
         assert json.loads(proc.stdout) == {"size": image.size, "sha512": hashlib.sha512(image.data).hexdigest()}
 

@@ -64,17 +64,6 @@ LOCATION_FIELDS = ("locations", "direct_url", "stores")
 LOG_TIMEOUT = 20.0  # seconds to wait for a log line (the machine may be loaded)
 TOGGLE_TIMEOUT = 15.0  # seconds for a config_file edit to show (checked once a second)
 
-# python-glanceclient, the library: download through ``url`` (verifies
-# os_hash_value/checksum at the end of the iteration, raising on a mismatch).
-GLANCECLIENT_DOWNLOAD = """
-import hashlib, json, sys
-import glanceclient
-url, image_id, token = sys.argv[1:4]
-client = glanceclient.Client("2", endpoint=url, token=token)
-data = b"".join(client.images.data(image_id))
-print(json.dumps({"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}))
-"""
-
 
 # --------------------------------------------------------------- images ---
 
@@ -334,7 +323,7 @@ class Deployment:
 
     def library_download(self, image: Image) -> None:
         """python-glanceclient's ``images.data`` through locproxy (verifies at the end)."""
-        proc = self.glance.venv_python_run(GLANCECLIENT_DOWNLOAD, self.url, image.id, self.glance.token())
+        proc = self.glance.library_download(image.id, url=self.url)
         assert proc.returncode == 0, f"glanceclient download failed:\n{proc.stderr[-2000:]}\n{self.log_tail()}"
         assert json.loads(proc.stdout) == {"size": len(image.data), "sha512": hashlib.sha512(image.data).hexdigest()}
 

@@ -21,6 +21,17 @@ from tests.support.processes import wait_until
 
 REQUEST_TIMEOUT = 60
 
+# python-glanceclient, the library: download an image (it verifies
+# os_hash_value/checksum at the end of the iteration, raising on a mismatch).
+GLANCECLIENT_DOWNLOAD = """
+import hashlib, json, sys
+import glanceclient
+url, image_id, token = sys.argv[1:4]
+client = glanceclient.Client("2", endpoint=url, token=token)
+data = b"".join(client.images.data(image_id))
+print(json.dumps({"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}))
+"""
+
 DEFAULT_PROJECT = "locproxy-project"
 DEFAULT_USER = "locproxy-user"
 DEFAULT_ROLES = ("admin", "member", "reader")
@@ -211,6 +222,12 @@ class GlanceAPI:
         """Run the ``glance`` CLI of the venv against this server (or ``url``), no keystone."""
         return self._venv_run([str(self.venv / "bin" / "glance"), "--os-image-url", url or self.url,
                                "--os-auth-token", token or self.token(), *args], timeout)
+
+    def library_download(self, image_id: str, *, url: str | None = None,
+                         token: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``glanceclient.Client(...).images.data`` from this server (or ``url``);
+        prints ``{"size": ..., "sha512": ...}`` of what it received."""
+        return self.venv_python_run(GLANCECLIENT_DOWNLOAD, url or self.url, image_id, token or self.token())
 
     def venv_python_run(self, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run Python ``code`` in the Glance venv (e.g. the glanceclient library)."""
