@@ -13,7 +13,11 @@ The order of events, and why:
    the request goes to the upstream's ``/file`` (cinder, swift... still
    work), asking for the strategy's store order with ``?prefer=`` where
    the upstream allows it (``ImageRequests.as_sent``).
-4. A copy verified before (``locproxy.verified``: by any worker, before a
+4. With a site cache (``cache_dir``), a committed entry or a fill in
+   progress serves the bytes from local disk; a miss fills the cache beside
+   the download, from the upstream's ``/file`` too when no copy opens
+   (``caching.py``).
+5. A copy verified before (``locproxy.verified``: by any worker, before a
    restart) is sent without hashing: a local file through the server's
    ``wsgi.file_wrapper`` (sendfile, the socket corked), an http copy with
    plain reads. Anything else streams through ``ImageBody``, which hashes
