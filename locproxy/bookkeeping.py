@@ -66,6 +66,7 @@ class SharedFile:
         self._failing_until = 0.0
         self._last_error = ""
         self._logged_at = float("-inf")
+        self._setup: Callable[[sqlite3.Connection], None] | None = None
 
     # -- use -----------------------------------------------------------------
 
@@ -81,19 +82,26 @@ class SharedFile:
                 self._failed(what, error)
                 return False, None
 
-    def check(self, setup: Callable[[sqlite3.Connection], None]) -> None:
+    def open(self, what: str, setup: Callable[[sqlite3.Connection], None]) -> bool:
         """At load: run ``setup`` (schema) and prove the file is writable.
-        Raises the sqlite or OS error: a bad ``metrics_file`` fails at load.
+
         Workers that load at the same moment wait for each other here (up to
-        ``LOAD_TIMEOUT``), not the ``busy_timeout`` of requests."""
+        ``LOAD_TIMEOUT``), not the ``busy_timeout`` of requests. A file that
+        fails (corrupt, locked for longer, made read-only) is a bookkeeping
+        failure like any other, never a refusal: a worker that starts while
+        it fails, first or a replacement, degrades as running ones do, and
+        ``setup`` runs again when the file is retried. (Options that can
+        never work are refused earlier, by the option's parser.) False if
+        it failed.
+        """
+        self._setup = setup
         with self._lock:
-            db = self._connection(LOAD_TIMEOUT)
             try:
-                setup(db)
-                db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file
-                db.execute("ROLLBACK")
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                self._connection(LOAD_TIMEOUT)
+                return True
+            except _ERRORS as error:
+                self._failed(what, error)
+                return False
 
     @property
     def degraded(self) -> str | None:
@@ -109,13 +117,23 @@ class SharedFile:
     # -- internals -----------------------------------------------------------
 
     def _connection(self, timeout: float | None = None) -> sqlite3.Connection:
-        """This process's connection (one must not cross a fork); call with the lock."""
+        """This process's connection (one must not cross a fork), set up on
+        first use and after a failure; call with the lock."""
         if self._db is None or self._pid != os.getpid():
-            self._db = sqlite3.connect(self.path, timeout=timeout or self.busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
-            self._pid = os.getpid()
-            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            db = sqlite3.connect(self.path, timeout=timeout or self.busy_timeout, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+                db.execute("PRAGMA synchronous=NORMAL")
+                if self._setup is not None:
+                    self._setup(db)
+                    db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file
+                    db.execute("ROLLBACK")
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            except BaseException:
+                db.close()
+                raise
+            self._db, self._pid = db, os.getpid()
         return self._db
 
     def _failed(self, what: str, error: BaseException) -> None:
@@ -126,7 +144,10 @@ class SharedFile:
             try:
                 self._db.execute("ROLLBACK")
             except _ERRORS:
-                self._db = None  # a fresh connection next time
+                pass
+        if self._db is not None and self._pid == os.getpid():
+            self._db.close()
+        self._db = None  # a fresh connection, set up again, when the file is retried
         now = time.monotonic()
         if now - self._logged_at >= LOG_INTERVAL:
             self._logged_at = now

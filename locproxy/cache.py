@@ -108,10 +108,14 @@ class SiteCache:
         for path in (self.entries, self.fills):
             os.makedirs(path, exist_ok=True)
         self.index = SharedFile(os.path.join(directory, "index.sqlite"), on_error=lambda what: None)
-        self.index.check(lambda db: db.execute(_SCHEMA))
+        self.index.open("cache", lambda db: db.execute(_SCHEMA))
         self._verified_here: set[str] = set()  # entries this process has hashed whole
         self._lock = threading.Lock()
         self.remove_stale_fills()
+
+    @property
+    def degraded(self) -> str | None:
+        return self.index.degraded
 
     # -- hits ----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The filter's configuration: every paste option parsed and validated once, at load.
 
 ``load_filter_settings`` turns the string options of a paste ini section
-(plus a ``config_file``'s, on reloads) into a frozen ``FilterSettings``: a few
-nested groups that compare with ``==``, so the shell can tell what a reload
-changed. Errors are ``ConfigError`` (a ``ValueError``) naming the option, the
+(plus a ``config_file``'s, on reloads) into a frozen ``FilterSettings``: plain
+data in a few nested groups, compared whole with ``==``, so a reload can tell
+what changed. What the settings open (the tracker, the site cache, backend
+pools...) is not here: ``locproxy.services`` builds that once per change. Errors are ``ConfigError`` (a ``ValueError``) naming the option, the
 bad value and the valid choices, so a bad deployment fails when the server
 starts, never on a request. (The sidecar proxy app has its own few options,
 in ``locproxy.proxy``.)
@@ -13,34 +14,27 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping
 
-from locproxy import observability, strategies
-from locproxy.cache import SiteCache
-from locproxy.credentials import S3Credentials
-from locproxy.guards import AllowedHosts, FileRoots, RbdClusters
+from locproxy import strategies
+from locproxy.download.backends import READERS, reader_options
 from locproxy.options import (
     ConfigError,
     MiB,
+    one_of,
     parse_bool,
     parse_count,
     parse_list,
-    parse_readable_file,
     parse_seconds,
     parse_size,
     reject_unknown,
+    some_of,
 )
-from locproxy.shown import ShownOrders
 from locproxy.strategies import Selector
-from locproxy.tracker import HealthRule, Tracker
-from locproxy.verified import VerifiedCopies
+from locproxy.tracker import HealthRule
 
 __all__ = ["ConfigError", "FilterSettings", "load_filter_settings"]
-
-T = TypeVar("T")
 
 
 # -- settings -----------------------------------------------------------------
@@ -49,30 +43,34 @@ T = TypeVar("T")
 class SelectionSettings:
     """Which copy is best, and how image JSON shows it."""
 
-    selector: Selector = field(default_factory=Selector)
+    strategy: str = "location_order"
+    strategy_options: tuple[tuple[str, Any], ...] = ()  # validated at load
     add_direct_url: bool = False
     max_rewrite_size: int = 16 * MiB
+
+    def selector(self, stats: Any = None) -> Selector:
+        """The strategy, with what this node measured (``measured``) as ``stats``."""
+        options = dict(self.strategy_options)
+        if self.strategy == "measured":
+            options["stats"] = stats
+        return Selector(self.strategy, **options)
 
 
 @dataclass(frozen=True)
 class SecuritySettings:
-    """What may be read, and what each client may see."""
+    """What each client may see and download. (What may be read at all is
+    each backend reader's own option: ``file_roots``, ``allowed_hosts``...)"""
 
-    file_roots: FileRoots = FileRoots()
-    allowed_hosts: AllowedHosts = AllowedHosts()
-    backend_ca_file: str = ""
     download_authorization: str = "show"
     scrub_credentials: bool = False
     locations_visible_to_roles: tuple[str, ...] = ()
     hidden_fields: tuple[str, ...] = ("locations", "direct_url")
     roles_header: str = "X-Roles"
-    rbd_clusters: RbdClusters = RbdClusters()  # rbd:// only from these (locproxy.guards)
-    s3_credentials: S3Credentials = S3Credentials()  # keys for s3:// URLs without any
 
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """How backends are read."""
+    """How every backend is read (each reader has options of its own too)."""
 
     serve_downloads: bool = True
     chunk_size: int = 1 * MiB
@@ -82,16 +80,8 @@ class BackendSettings:
     min_rate: int = 64 * 1024  # bytes per second; 0: no minimum
     rate_window: float = 10.0
     pool_maxsize: int = 32
-    verify_checksums: str = "on"  # on, off or background (see locproxy.download.body)
+    verify_checksums: str = "on"  # on, off or background (see locproxy.download.policy)
     verify_ahead: bool = False  # verify file copies while idle (locproxy.download.ahead)
-    # rbd:// and s3:// (locproxy.download.backends.rbd, .s3)
-    rbd_default_cluster: str = ""  # fsid of the legacy rbd://<image> form
-    rbd_default_pool: str = ""
-    rbd_block_size: int = 4 * MiB
-    rbd_readahead: int = 4
-    rbd_op_timeout: float = 30.0
-    s3_default_scheme: str = "https"  # transport of plain s3:// URLs
-    s3_region: str = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -129,18 +119,15 @@ class ObservabilitySettings:
 
 @dataclass(frozen=True)
 class FilterSettings:
-    """Settings of the ``locproxy`` filter, and the stores they opened."""
+    """Settings of the ``locproxy`` filter: plain data, compared whole."""
 
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
+    readers: tuple[tuple[str, Any], ...] = field(default_factory=reader_options)  # (reader name, its options)
     health: HealthSettings = field(default_factory=HealthSettings)
-    cache_settings: CacheSettings = field(default_factory=CacheSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
-    tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
-    shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
-    verified: VerifiedCopies = field(default_factory=VerifiedCopies, compare=False, repr=False)
-    cache: SiteCache | None = field(default=None, compare=False, repr=False)
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -190,27 +177,6 @@ def parse_header_name(option: str, value: Any) -> str:
     return name
 
 
-def one_of(*valid: str) -> Callable[[str, Any], str]:
-    def parse(option: str, value: Any) -> str:
-        text = str(value).strip()
-        if text not in valid:
-            raise ConfigError(f"{option}: unknown value {text!r}; valid choices: {', '.join(valid)}")
-        return text
-
-    return parse
-
-
-def some_of(*valid: str) -> Callable[[str, Any], tuple[str, ...]]:
-    def parse(option: str, value: Any) -> tuple[str, ...]:
-        items = parse_list(option, value)
-        bad = [item for item in items if item not in valid]
-        if bad:
-            raise ConfigError(f"{option}: unknown value {bad[0]!r}; valid choices: {', '.join(valid)}")
-        return items
-
-    return parse
-
-
 def _verification(option: str, value: Any) -> str:
     """``background``, or a boolean: on / off."""
     if str(value).strip().lower() == "background":
@@ -219,29 +185,6 @@ def _verification(option: str, value: Any) -> str:
         return "on" if parse_bool(option, value) else "off"
     except ConfigError:
         raise ConfigError(f"{option}: expected true, false or background, got {value!r}") from None
-
-
-def _fsid(option: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value).strip()))
-    except ValueError:
-        raise ConfigError(f"{option}: {value!r} is not a cluster fsid (a UUID)") from None
-
-
-def _name(option: str, value: Any) -> str:
-    text = str(value).strip()
-    if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", text):
-        raise ConfigError(f"{option}: {value!r} is not a name (letters, digits, '_', '.', '-')")
-    return text
-
-
-def _check_rbd(security: dict[str, Any], backends: dict[str, Any]) -> None:
-    """The legacy rbd://<image> form needs both defaults, naming a listed cluster."""
-    cluster, pool = backends.get("rbd_default_cluster", ""), backends.get("rbd_default_pool", "")
-    if bool(cluster) != bool(pool):
-        raise ConfigError("rbd_default_cluster and rbd_default_pool: set both (for rbd://<image>) or neither")
-    if cluster and cluster not in security.get("rbd_clusters", RbdClusters()).fsids:
-        raise ConfigError(f"rbd_default_cluster: {cluster} is not in rbd_clusters")
 
 
 def _seconds_or_off(option: str, value: Any) -> float:
@@ -253,9 +196,6 @@ def _seconds_or_off(option: str, value: Any) -> float:
 _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "add_direct_url": ("selection", "add_direct_url", parse_bool),
     "max_rewrite_size": ("selection", "max_rewrite_size", parse_size),
-    "file_roots": ("security", "file_roots", FileRoots.parse),
-    "allowed_hosts": ("security", "allowed_hosts", AllowedHosts.parse),
-    "backend_ca_file": ("security", "backend_ca_file", parse_readable_file),
     "download_authorization": ("security", "download_authorization", one_of("show", "file")),
     "scrub_credentials": ("security", "scrub_credentials", parse_bool),
     "locations_visible_to_roles": ("security", "locations_visible_to_roles", parse_list),
@@ -271,15 +211,6 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
     "verify_checksums": ("backends", "verify_checksums", _verification),
     "verify_ahead": ("backends", "verify_ahead", parse_bool),
-    "rbd_clusters": ("security", "rbd_clusters", RbdClusters.parse),
-    "rbd_default_cluster": ("backends", "rbd_default_cluster", _fsid),
-    "rbd_default_pool": ("backends", "rbd_default_pool", _name),
-    "rbd_block_size": ("backends", "rbd_block_size", parse_size),
-    "rbd_readahead": ("backends", "rbd_readahead", parse_count),
-    "rbd_op_timeout": ("backends", "rbd_op_timeout", parse_seconds),
-    "s3_credentials": ("security", "s3_credentials", S3Credentials.parse),
-    "s3_default_scheme": ("backends", "s3_default_scheme", one_of("https", "http")),
-    "s3_region": ("backends", "s3_region", _name),
     "metrics_file": ("health", "metrics_file", parse_writable_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),
@@ -287,98 +218,52 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "probe_interval": ("health", "probe_interval", _seconds_or_off),
     "probe_size": ("health", "probe_size", parse_size),
     "shown_order_ttl": ("health", "shown_order_ttl", parse_seconds),
-    "cache_dir": ("cache_settings", "directory", parse_directory),
-    "cache_max_size": ("cache_settings", "max_size", parse_size),
-    "cache_verify_interval": ("cache_settings", "verify_interval", parse_seconds),
+    "cache_dir": ("cache", "directory", parse_directory),
+    "cache_max_size": ("cache", "max_size", parse_size),
+    "cache_verify_interval": ("cache", "verify_interval", parse_seconds),
     "healthcheck_path": ("observability", "healthcheck_path", parse_path),
     "metrics_path": ("observability", "metrics_path", parse_path),
 }
 
 _GROUPS = {"selection": SelectionSettings, "security": SecuritySettings, "backends": BackendSettings,
-           "health": HealthSettings, "cache_settings": CacheSettings, "observability": ObservabilitySettings}
+           "health": HealthSettings, "cache": CacheSettings, "observability": ObservabilitySettings}
+
+#: Each backend reader's own options: option -> (reader, field, parser).
+_READER_OPTIONS = {option: (reader.name, name, parse) for reader in READERS
+                   for option, (name, parse) in reader.parsers.items()}
 
 
 # -- loading --------------------------------------------------------------------
 
-def load_filter_settings(
-    global_conf: Mapping[str, Any], local_conf: Mapping[str, Any], previous: FilterSettings | None = None
-) -> FilterSettings:
-    """Validate a paste filter section; unknown local options are errors (typos).
-
-    ``previous`` (on a reload): its tracker and shown orders are kept while
-    the options they were opened with are unchanged, so what was learnt in
-    memory survives.
-    """
+def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> FilterSettings:
+    """Validate a paste filter section; unknown local options are errors (typos)."""
     strategy_keys = _strategy_option_names()
-    reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
+    reject_unknown(local_conf, set(_FILTER_OPTIONS) | set(_READER_OPTIONS) | strategy_keys)
     conf = {**global_conf, **local_conf}
     values: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for option, (group, name, parse) in _FILTER_OPTIONS.items():
-        if option in conf and str(conf[option]).strip() != "":
+        if _given(conf, option):
             values[group][name] = parse(option, conf[option])
-    _check_rbd(values["security"], values["backends"])
-    health = HealthSettings(**values["health"])
-    tracker, shown, verified = _stores(health, previous)
-    cache_settings = CacheSettings(**values["cache_settings"])
+    readers: dict[str, dict[str, Any]] = {}
+    for option, (reader, name, parse) in _READER_OPTIONS.items():
+        if _given(conf, option):
+            readers.setdefault(reader, {})[name] = parse(option, conf[option])
+    cache = CacheSettings(**values["cache"])
+    if cache.directory and not cache.max_size:
+        raise ConfigError("cache_max_size: required with cache_dir (the cache never holds more), e.g. 50G")
     return FilterSettings(
-        selection=SelectionSettings(selector=load_selector(conf, tracker), **values["selection"]),
+        selection=SelectionSettings(**load_strategy(conf), **values["selection"]),
         security=SecuritySettings(**values["security"]),
         backends=BackendSettings(**values["backends"]),
-        health=health,
-        cache_settings=cache_settings,
+        readers=reader_options(readers),
+        health=HealthSettings(**values["health"]),
+        cache=cache,
         observability=ObservabilitySettings(**values["observability"]),
-        tracker=tracker,
-        shown=shown,
-        verified=verified,
-        cache=_open_cache(cache_settings, previous),
     )
 
 
-def _stores(health: HealthSettings, previous: FilterSettings | None) -> tuple[Tracker, ShownOrders, VerifiedCopies]:
-    """The tracker, the shown orders and the verified copies for ``health``:
-    the previous ones while their own options are unchanged, else opened
-    anew (at load: a metrics_file that cannot be used fails here, naming the
-    option)."""
-    old = previous.health if previous is not None else None
-    if old is not None and (old.metrics_file, old.rule) == (health.metrics_file, health.rule):
-        tracker = previous.tracker  # type: ignore[union-attr]
-    else:
-        tracker = _open_metrics_file(
-            lambda path: Tracker(path, health.rule, on_error=observability.bookkeeping_error), health.metrics_file)
-    if old is not None and (old.metrics_file, old.shown_order_ttl) == (health.metrics_file, health.shown_order_ttl):
-        shown = previous.shown  # type: ignore[union-attr]
-    else:
-        shown = _open_metrics_file(
-            lambda path: ShownOrders(path, health.shown_order_ttl, on_error=observability.bookkeeping_error),
-            health.metrics_file)
-    if old is not None and old.metrics_file == health.metrics_file:
-        verified = previous.verified  # type: ignore[union-attr]
-    else:
-        verified = _open_metrics_file(lambda path: VerifiedCopies(path, on_error=observability.bookkeeping_error),
-                                      health.metrics_file)
-    return tracker, shown, verified
-
-
-def _open_cache(settings: CacheSettings, previous: FilterSettings | None) -> SiteCache | None:
-    """The site cache, or None when it is off; the previous one while its options are unchanged."""
-    if not settings.directory:
-        return None
-    if previous is not None and previous.cache_settings == settings and previous.cache is not None:
-        return previous.cache
-    if not settings.max_size:
-        raise ConfigError("cache_max_size: required with cache_dir (the cache never holds more), e.g. 50G")
-    try:
-        return SiteCache(settings.directory, settings.max_size, verify_interval=settings.verify_interval,
-                         on_event=observability.cache_event)
-    except (sqlite3.Error, OSError) as error:
-        raise ConfigError(f"cache_dir: {settings.directory!r} cannot be used: {error}") from None
-
-
-def _open_metrics_file(open_file: Callable[[str | None], T], path: str) -> T:
-    try:
-        return open_file(path or None)
-    except (sqlite3.Error, OSError) as error:
-        raise ConfigError(f"metrics_file: {path!r} cannot be used: {error}") from None
+def _given(conf: Mapping[str, Any], option: str) -> bool:
+    return option in conf and str(conf[option]).strip() != ""
 
 
 def _strategy_option_names() -> set[str]:
@@ -388,8 +273,9 @@ def _strategy_option_names() -> set[str]:
     return names
 
 
-def load_selector(conf: Mapping[str, Any], tracker: Tracker | None = None) -> Selector:
-    """The strategy named by ``location_strategy`` with its options.
+def load_strategy(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``strategy`` and ``strategy_options`` of ``SelectionSettings``, named by
+    ``location_strategy`` with its options.
 
     Options of the other strategies are validated too, so that a bad value
     fails now rather than when an operator switches strategy later.
@@ -400,12 +286,11 @@ def load_selector(conf: Mapping[str, Any], tracker: Tracker | None = None) -> Se
             declared = strategies.strategy_options(name)
             if name != strategy and declared & conf.keys():
                 strategies.get_strategy(name)(**_options_for(name, conf))
-        options = _options_for(strategy, conf)
-        if strategy == "measured":
-            options["stats"] = tracker  # what this node learnt, not an ini value
-        return Selector(strategy, **options)
+        options = tuple(sorted(_options_for(strategy, conf).items()))
+        SelectionSettings(strategy, options).selector()  # validates them
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    return {"strategy": strategy, "strategy_options": options}
 
 
 def _options_for(strategy: str, conf: Mapping[str, Any]) -> dict[str, Any]:

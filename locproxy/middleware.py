@@ -29,10 +29,11 @@ from webob import Request, Response
 
 from locproxy import bodies, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
-from locproxy.download import DownloadHandler
+from locproxy.download.handler import DownloadHandler
 from locproxy.options import parse_list
 from locproxy.reloading import Reloading, install_sighup, read_options
 from locproxy.responses import json_error
+from locproxy.services import Services
 from locproxy.shown import client_key
 from locproxy.strategies import strategy_names
 from locproxy.upstream import ImageRequests
@@ -52,21 +53,23 @@ class LocationFilter:
         self._reloading = settings if isinstance(settings, Reloading) else None
         initial = self._reloading.current() if self._reloading else settings
         assert isinstance(initial, FilterSettings)
-        self._state = _State(initial, DownloadHandler(initial))
-        observability.show_strategy(initial.selection.selector.strategy, strategy_names())
+        self._state = _state(Services(initial))
 
     @property
     def settings(self) -> FilterSettings:
         return self._state.settings
 
+    @property
+    def services(self) -> Services:
+        return self._state.services
+
     def _current(self) -> _State:
-        """Settings and download handler for one request, swapped together."""
+        """Settings, services and download handler for one request, swapped together."""
         state = self._state
         if self._reloading is not None:
             settings = self._reloading.current()
             if settings is not state.settings:
-                state = self._state = _State(settings, state.downloads.for_settings(settings))
-                observability.show_strategy(settings.selection.selector.strategy, strategy_names())
+                state = self._state = _state(Services(settings, state.services))
         return state
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
@@ -77,8 +80,7 @@ class LocationFilter:
             if environ["REQUEST_METHOD"] == "GET" and path:
                 settings = state.settings
                 if path == settings.observability.healthcheck_path:
-                    response = observability.healthcheck_response(
-                        settings.selection.selector.strategy, settings.tracker, settings.shown, settings.cache)
+                    response = observability.healthcheck_response(state.services)
                     return response(environ, start_response)
                 if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)
@@ -97,7 +99,7 @@ class LocationFilter:
             if state.settings.backends.serve_downloads and method in ("GET", "HEAD"):
                 observability.request("download")
                 image = ImageRequests(self.app, req, match.group("base"), image_id)
-                response = state.downloads(req, image, state.settings, prefer)
+                response = state.downloads(req, image, prefer)
                 return self.app if response is None else response
             return self.app
         if sub == "/locations":
@@ -111,18 +113,18 @@ class LocationFilter:
         observability.request(kind if method != "PATCH" else "patch")
         if method == "PATCH":
             image = ImageRequests(self.app, req, match.group("base"), image_id)
-            refusal = self._translate_patch(req, image, state.settings)
+            refusal = self._translate_patch(req, image, state.services)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind, rewrite_policy(req, state.settings, prefer), state.settings,
+        return self._rewrite_response(req, kind, rewrite_policy(req, state.services, prefer), state.services,
                                       image_id)
 
     # -- responses ---------------------------------------------------------
 
     def _rewrite_response(
-        self, req: Request, kind: str, policy: rewrite.RewritePolicy, settings: FilterSettings,
-        image_id: str | None,
+        self, req: Request, kind: str, policy: rewrite.RewritePolicy, services: Services, image_id: str | None,
     ) -> Response:
+        settings = services.settings
         # Ask for identity so the JSON can be read; gzip is still handled.
         req.headers["Accept-Encoding"] = "identity"
         resp = req.get_response(self.app)
@@ -137,12 +139,12 @@ class LocationFilter:
         plain = None if body is None else bodies.plain_body(resp, body, settings.selection.max_rewrite_size)
         new, document = (None, None) if plain is None else rewrite.rewrite_body(plain, kind, policy)
         # What this client now sees, so its JSON-patch indexes can be translated.
-        settings.shown.remember(client_key(req.headers), rewrite.shown_orders(document, kind, image_id))
+        services.shown.remember(client_key(req.headers), rewrite.shown_orders(document, kind, image_id))
         if new is None:  # oversized, undecodable, not an image, or already in order
             observability.rewrite("unchanged" if plain is not None else "passed_through")
             return resp
         observability.rewrite("rewritten")
-        LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selection.selector.strategy)
+        LOG.debug("rewrote %s %s with strategy %s", req.method, req.path, settings.selection.strategy)
         resp.content_encoding = None
         resp.etag = None
         resp.content_md5 = None
@@ -151,12 +153,12 @@ class LocationFilter:
 
     # -- JSON patch --------------------------------------------------------
 
-    def _translate_patch(self, req: Request, image: ImageRequests, settings: FilterSettings) -> Response | None:
+    def _translate_patch(self, req: Request, image: ImageRequests, services: Services) -> Response | None:
         """Point ``/locations/N`` at the copy the client saw at N. Returns a
         response to send instead of forwarding, or None to go on."""
         if req.content_type not in rewrite.JSON_PATCH_TYPES:
             return None
-        limit = settings.selection.max_rewrite_size
+        limit = services.settings.selection.max_rewrite_size
         if req.content_length is not None and req.content_length > limit:
             return json_error(413, f"JSON-patch bodies are limited to {limit} bytes.")
         raw = req.body_file.read(limit + 1)
@@ -180,7 +182,7 @@ class LocationFilter:
         if not rewrite.well_formed(locations):
             return None  # never reordered: the client saw the upstream's order
         upstream = [rewrite.location_token(location) for location in locations]
-        view = settings.shown.recall(client_key(req.headers), image.image_id)
+        view = services.shown.recall(client_key(req.headers), image.image_id)
         if view is None and len(upstream) > 1:
             return _unknown_order(image.image_id, "locproxy does not know which order of its locations you saw")
         try:
@@ -200,11 +202,18 @@ def _unknown_order(image_id: str, why: str) -> Response:
 
 class _State(NamedTuple):
     settings: FilterSettings
+    services: Services
     downloads: DownloadHandler
 
 
-def rewrite_policy(req: Request, settings: FilterSettings, prefer: tuple[str, ...]) -> rewrite.RewritePolicy:
+def _state(services: Services) -> _State:
+    observability.show_strategy(services.settings.selection.strategy, strategy_names())
+    return _State(services.settings, services, DownloadHandler(services))
+
+
+def rewrite_policy(req: Request, services: Services, prefer: tuple[str, ...]) -> rewrite.RewritePolicy:
     """How to rewrite this client's responses: its ``prefer``, what it may see."""
+    settings = services.settings
     security = settings.security
     hide: tuple[str, ...] = ()
     if security.locations_visible_to_roles:
@@ -212,7 +221,7 @@ def rewrite_policy(req: Request, settings: FilterSettings, prefer: tuple[str, ..
         if not roles & {role.lower() for role in security.locations_visible_to_roles}:
             hide = security.hidden_fields
     return rewrite.RewritePolicy(
-        selector=settings.selection.selector,
+        selector=services.selector,
         prefer=prefer,
         add_direct_url=settings.selection.add_direct_url,
         scrub_credentials=security.scrub_credentials,
@@ -236,7 +245,7 @@ def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[
     settings: FilterSettings | Reloading[FilterSettings]
     if config_file:
         def build(options: Mapping[str, str], previous: FilterSettings | None) -> FilterSettings:
-            return load_filter_settings(global_conf, {**local_conf, **options}, previous)
+            return load_filter_settings(global_conf, {**local_conf, **options})
 
         read_options(config_file)  # fail at load, naming config_file, if unreadable
         settings = Reloading(config_file, build)

@@ -25,8 +25,7 @@ from webob import Response
 from locproxy.failures import Failure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.cache import SiteCache
-    from locproxy.shown import ShownOrders
+    from locproxy.services import Services
     from locproxy.tracker import Tracker
 
 LOG = logging.getLogger(__name__)
@@ -166,20 +165,21 @@ def metrics_response() -> Response:
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
 
 
-def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders, cache: SiteCache | None = None) -> Response:
+def healthcheck_response(services: Services) -> Response:
     """Cheap and local: no upstream call. Counts what the health rule demotes
-    (``locproxy stats`` names them), the site cache's use, and says when the
-    metrics_file fails (downloads go on: still 200). This endpoint may be
-    reachable by anyone: no names, paths or error texts."""
+    (``locproxy stats`` names them), the site cache's use, and says when a
+    store fails (downloads go on: still 200). This endpoint may be reachable
+    by anyone: no names, paths or error texts."""
     now = time.time()
-    demoted = [key for key, stats in tracker.stats().items() if stats.demoted(now)]
+    demoted = [key for key, stats in services.tracker.stats().items() if stats.demoted(now)]
     copies = sum(1 for key in demoted if "#" in key)
-    body: dict[str, Any] = {"status": "ok", "strategy": strategy,
+    body: dict[str, Any] = {"status": "ok", "strategy": services.settings.selection.strategy,
                             "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
+    cache = services.cache
     if cache is not None:
         used, entries = cache.usage()
         body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
-    if tracker.degraded or shown.degraded or (cache is not None and cache.index.degraded):
+    if services.degraded:
         body["status"] = "degraded"
         body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,

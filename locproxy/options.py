@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Mapping
+import uuid
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 KiB = 1024
@@ -136,6 +137,41 @@ def parse_readable_file(option: str, value: Any) -> str:
     if not os.path.isabs(path) or not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise ConfigError(f"{option}: {value!r} is not a readable file (absolute path)")
     return path
+
+
+def parse_fsid(option: str, value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a cluster fsid (a UUID)") from None
+
+
+def parse_name(option: str, value: Any) -> str:
+    text = str(value).strip()
+    if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", text):
+        raise ConfigError(f"{option}: {value!r} is not a name (letters, digits, '_', '.', '-')")
+    return text
+
+
+def one_of(*valid: str) -> Callable[[str, Any], str]:
+    def parse(option: str, value: Any) -> str:
+        text = str(value).strip()
+        if text not in valid:
+            raise ConfigError(f"{option}: unknown value {text!r}; valid choices: {', '.join(valid)}")
+        return text
+
+    return parse
+
+
+def some_of(*valid: str) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(option: str, value: Any) -> tuple[str, ...]:
+        items = parse_list(option, value)
+        bad = [item for item in items if item not in valid]
+        if bad:
+            raise ConfigError(f"{option}: unknown value {bad[0]!r}; valid choices: {', '.join(valid)}")
+        return items
+
+    return parse
 
 
 def parse_http_url(option: str, value: Any) -> str:

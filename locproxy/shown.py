@@ -70,7 +70,7 @@ class ShownOrders:
         self._pruned_at = float("-inf")
         if path:
             self._file = SharedFile(path, on_error=on_error)
-            self._file.check(lambda db: db.execute(_SCHEMA))
+            self._file.open("shown_orders", lambda db: db.execute(_SCHEMA))
 
     def remember(self, client: str, shown: Iterable[tuple[str, tuple[str, ...]]]) -> None:
         """Record ``(image id, tokens in the order shown)`` pairs of one response."""

@@ -279,7 +279,7 @@ class _SqliteStore(_Store):
 
     def __init__(self, path: str, on_error: Callable[[str], None] | None, refresh: float = 1.0) -> None:
         self.file = SharedFile(path, on_error=on_error)
-        self.file.check(_create_schema)  # raises at load: the caller names the option
+        self.file.open("tracker", _create_schema)
         self.refresh = refresh
         self._lock = threading.Lock()
         self._cache: dict[str, BackendStats] = {}

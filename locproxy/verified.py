@@ -56,7 +56,7 @@ class VerifiedCopies:
         self._pruned_at = float("-inf")
         if path:
             self._file = SharedFile(path, on_error=on_error)
-            self._file.check(lambda db: db.execute(_SCHEMA))
+            self._file.open("verified_copies", lambda db: db.execute(_SCHEMA))
 
     def contains(self, identity: Identity | None, digest: Digest) -> bool:
         """Whether this copy, as it is now, was verified to hold ``digest``."""

@@ -52,21 +52,31 @@ def tree(tmp_path: Path) -> dict[str, Path]:
     return {"root": root, "outside": outside, "sibling": sibling}
 
 
+#: Test shorthands for the common options' ini names.
+_INI_NAMES = {"connect_timeout": "backend_connect_timeout", "read_timeout": "backend_read_timeout",
+              "pool_maxsize": "backend_pool_maxsize", "first_byte_timeout": "backend_first_byte_timeout",
+              "min_rate": "backend_min_rate", "rate_window": "backend_rate_window", "ca_file": "backend_ca_file"}
+
+
+def configure(**options: object) -> Backends:
+    return Backends.configure(**{_INI_NAMES.get(name, name): value for name, value in options.items()})
+
+
 @pytest.fixture
 def make_backends(tree: dict[str, Path]) -> Iterator[Callable[..., Backends]]:
     created: list[Backends] = []
 
     def make(**overrides: object) -> Backends:
         options: dict = {
-            "file_roots": (str(tree["root"]),),
-            "allowed_hosts": frozenset({"127.0.0.1"}),
+            "file_roots": str(tree["root"]),
+            "allowed_hosts": "127.0.0.1",
             "chunk_size": CHUNK,
             "connect_timeout": 1.0,
             "read_timeout": 1.0,
             "pool_maxsize": 2,
         }
         options.update(overrides)
-        backends = Backends(**options)
+        backends = configure(**options)
         created.append(backends)
         return backends
 
@@ -671,8 +681,8 @@ def test_from_settings(tree: dict, server: FaultServer) -> None:
     })
     backends = Backends.from_settings(settings)
     try:
-        assert backends.file.chunk_size == backends.http.chunk_size == 4096
-        assert backends.file.roots.roots == (str(tree["root"]),)
+        assert backends.readers["file"].chunk_size == backends.readers["http"].chunk_size == 4096
+        assert backends.readers["file"].roots.roots == (str(tree["root"]),)
         assert read_all(backends.open(server.url(), 0, SIZE, SIZE)) == DATA
         with backends.open(f"file://{tree['root']}/img", 0, SIZE, SIZE) as stream:
             assert [len(chunk) for chunk in stream][:2] == [4096, 4096]
@@ -738,15 +748,14 @@ def https_backend(tmp_path):
 
 def test_https_backend_is_verified_against_the_configured_ca(https_backend):
     url, ca_file, data = https_backend
-    common = dict(file_roots=(), allowed_hosts=frozenset({"127.0.0.1"}), chunk_size=4096,
-                  connect_timeout=5, read_timeout=5, pool_maxsize=2)
-    untrusted = Backends(**common)
+    common = dict(allowed_hosts="127.0.0.1", chunk_size=4096, connect_timeout=5, read_timeout=5, pool_maxsize=2)
+    untrusted = configure(**common)
     try:
         with pytest.raises(BackendError, match="TLS error"):
             untrusted.open(url, 0, len(data), len(data))
     finally:
         untrusted.clear()
-    trusted = Backends(**common, ca_file=ca_file)
+    trusted = configure(**common, ca_file=ca_file)
     try:
         stream = trusted.open(url, 0, len(data), len(data))
         with stream:

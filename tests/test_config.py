@@ -13,8 +13,8 @@ from tests.support.unprivileged import make_read_only, run_unprivileged, shared_
 
 def test_defaults():
     settings = load_filter_settings({}, {})
-    assert settings == FilterSettings(selection=SelectionSettings(selector=settings.selection.selector))
-    assert settings.selection.selector.strategy == "location_order"
+    assert settings == FilterSettings()
+    assert settings.selection == SelectionSettings("location_order", ())
 
 
 def test_full_filter_section(tmp_path):
@@ -39,14 +39,16 @@ def test_full_filter_section(tmp_path):
         },
     )
     selection, security, backends = settings.selection, settings.security, settings.backends
-    assert selection.selector.strategy == "weight"
-    assert selection.selector.options == {"store_weights": "fast:100, slow:10"}
+    assert selection.strategy == "weight"
+    assert selection.strategy_options == (("store_weights", "fast:100, slow:10"),)
+    assert selection.selector().options == {"store_weights": "fast:100, slow:10"}
     assert selection.add_direct_url and security.scrub_credentials and backends.verify_checksums == "off"
     assert security.locations_visible_to_roles == ("admin", "service")
     assert security.hidden_fields == ("locations",)
     assert selection.max_rewrite_size == 4 * 1024 * 1024
-    assert security.file_roots.roots == (str(tmp_path), str(tmp_path))
-    assert security.allowed_hosts == AllowedHosts(frozenset({("127.0.0.1", 8080), ("store.example", None),
+    readers = dict(settings.readers)
+    assert readers["file"].roots.roots == (str(tmp_path), str(tmp_path))
+    assert readers["http"].allowed_hosts == AllowedHosts(frozenset({("127.0.0.1", 8080), ("store.example", None),
                                                              ("::1", 9000)}))
     assert backends.chunk_size == 256 * 1024
     assert backends.connect_timeout == 0.5
@@ -96,7 +98,7 @@ def test_bad_filter_options(local_conf, message):
 
 def test_unknown_global_options_are_ignored():
     """Glance's own [DEFAULT] options reach every section's global_conf."""
-    assert load_filter_settings({"bind_port": "9292"}, {}).selection.selector.strategy == "location_order"
+    assert load_filter_settings({"bind_port": "9292"}, {}).selection.strategy == "location_order"
 
 
 @pytest.mark.parametrize("text, expected", [("1", 1), ("64k", 65536), ("1MiB", 1 << 20), ("2 GB", 2 << 30)])

@@ -9,7 +9,6 @@ start.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import http.client
 import logging
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
-from locproxy import observability
+from locproxy import observability, services
 from locproxy.config import load_filter_settings
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from locproxy.middleware import LocationFilter
@@ -428,8 +427,8 @@ def test_broken_bookkeeping_never_fails_a_download(tmp_path: Path, caplog: pytes
     root.mkdir()
     (root / "img").write_bytes(DATA)
     api = DemoImageAPI()
-    settings = dataclasses.replace(load_filter_settings({}, {"file_roots": str(root)}), tracker=BrokenTracker())
-    app = TestApp(LocationFilter(api, settings), lint=True)
+    monkeypatch.setattr(services, "Tracker", lambda *args, **kwargs: BrokenTracker())
+    app = TestApp(LocationFilter(api, load_filter_settings({}, {"file_roots": str(root)})), lint=True)
     image_id = api.add_image(data=DATA, locations=[location(f"file://{root}/missing", "disk"),
                                                    location(f"file://{root}/img", "disk")])
     with caplog.at_level(logging.WARNING, logger="locproxy.observability"):

@@ -209,7 +209,7 @@ def test_rbd_cluster_without_bindings_is_refused_at_load(conf_files: tuple[str, 
     assert text.startswith("rbd_clusters: the rados/rbd Python bindings are not importable"), text
     assert "python3-rados" in text and "python3-rbd" in text
     # Without a cluster the bindings are never needed.
-    assert not load_filter_settings({}, {}).security.rbd_clusters
+    assert not dict(load_filter_settings({}, {}).readers)["rbd"].clusters
 
 
 def test_s3_without_botocore_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:

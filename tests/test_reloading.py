@@ -32,7 +32,7 @@ def upstream():
 
 
 def make_filter(upstream, config_file, interval=0.0):
-    reloading = Reloading(str(config_file), lambda options, previous: load_filter_settings({}, options, previous), interval=interval)
+    reloading = Reloading(str(config_file), lambda options, previous: load_filter_settings({}, options), interval=interval)
     return TestApp(LocationFilter(upstream, reloading), lint=True)
 
 
@@ -89,7 +89,7 @@ def test_checks_at_most_once_per_interval(tmp_path, upstream):
 def test_sighup_requests_a_reload(tmp_path, upstream):
     config = tmp_path / "locproxy.ini"
     write(config, "[locproxy]\nlocation_strategy = location_order\n")
-    reloading = Reloading(str(config), lambda options, previous: load_filter_settings({}, options, previous), interval=3600)
+    reloading = Reloading(str(config), lambda options, previous: load_filter_settings({}, options), interval=3600)
     app = TestApp(LocationFilter(upstream, reloading), lint=True)
     write(config, "[locproxy]\nlocation_strategy = store_type\nstore_type_preference = rbd\n")
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: reloading.request_reload())
@@ -105,7 +105,7 @@ def test_factory_config_file_overrides_paste_options(tmp_path, upstream):
     write(config, "[locproxy]\nlocation_strategy = store_type\n")
     make = filter_factory({}, config_file=str(config), store_type_preference="http")
     app = TestApp(make(upstream), lint=True)
-    assert app.app.settings.selection.selector.strategy == "store_type"
+    assert app.app.settings.selection.strategy == "store_type"
     assert stores_seen(app) == ["web", "disk", "ceph"]
 
 

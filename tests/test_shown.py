@@ -97,7 +97,7 @@ def test_prefer_on_read_only():
 def test_strategy_switched_between_read_and_patch(tmp_path: Path):
     config = tmp_path / "locproxy.ini"
     config.write_text("[locproxy]\nlocation_strategy = weight\nstore_weights = web:100, fs2:50\n")
-    reloading = Reloading(str(config), lambda options, previous: load_filter_settings({}, options, previous),
+    reloading = Reloading(str(config), lambda options, previous: load_filter_settings({}, options),
                           interval=0)
     world = World()
     app = world.app(reloading)
@@ -110,10 +110,9 @@ def test_strategy_switched_between_read_and_patch(tmp_path: Path):
 def measured_app(world: World) -> tuple[Any, TestApp]:
     """The filter with the ``measured`` strategy, nothing learnt yet, and a
     client that has read the image (in the upstream's order)."""
-    options = settings(location_strategy="measured")
-    app = world.app(options)
+    app = world.app(settings(location_strategy="measured"))
     assert world.read(app) == ["fs1", "fs2", "web"], "nothing learnt yet: the upstream's order"
-    return options, app
+    return app.app.services, app
 
 
 def test_measured_strategy_learnt_between_read_and_patch():
@@ -138,14 +137,13 @@ def test_another_worker_with_other_figures_shares_what_was_shown(tmp_path: Path)
     the PATCH on the other (which learnt nothing): the shared metrics_file
     tells the second what the first showed."""
     world = World()
-    one = settings(location_strategy="measured", metrics_file=str(tmp_path / "metrics.sqlite"))
+    worker_one = world.app(settings(location_strategy="measured", metrics_file=str(tmp_path / "metrics.sqlite")))
     for _ in range(3):
-        one.tracker.record_transfer("http://web.example", 64 * MiB, 0.01)
-    worker_one = world.app(one)
+        worker_one.app.services.tracker.record_transfer("http://web.example", 64 * MiB, 0.01)
     assert world.read(worker_one) == ["web", "fs1", "fs2"]
-    two = settings(location_strategy="measured", metrics_file=str(tmp_path / "metrics.sqlite"))
-    two.tracker.record_transfer("file:///srv/fs1", 64 * MiB, 0.01)  # figures the first worker never saw
-    worker_two = world.app(two)
+    worker_two = world.app(settings(location_strategy="measured", metrics_file=str(tmp_path / "metrics.sqlite")))
+    # figures the first worker never saw:
+    worker_two.app.services.tracker.record_transfer("file:///srv/fs1", 64 * MiB, 0.01)
     removed(world, world.remove(worker_two, 0), "web")
 
 

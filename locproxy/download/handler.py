@@ -39,15 +39,14 @@ from locproxy import bodies, observability
 from locproxy.cache import Fill, SiteCache
 from locproxy.config import FilterSettings
 from locproxy.download import caching
-from locproxy.download.ahead import ACTIVITY, VerifyAhead
-from locproxy.download.backends import Backends
+from locproxy.download.ahead import ACTIVITY
 from locproxy.download.body import Check, ImageBody
 from locproxy.download.digests import Digest, file_digest_matches, submit
 from locproxy.download.plan import CACHE, Candidate, DownloadPlan, Refusal, plan_download
-from locproxy.download.probing import Prober
 from locproxy.download.sources import Opened, Sources
 from locproxy.observability import Recorder
 from locproxy.responses import json_error
+from locproxy.services import Services
 from locproxy.upstream import ImageRequests
 from locproxy.verified import VerifiedCopies
 
@@ -55,34 +54,14 @@ LOG = logging.getLogger(__package__)  # one logger for the whole download path
 
 
 class DownloadHandler:
-    """Serves ``/file`` for the filter; returns None to let the upstream answer.
+    """Serves ``/file`` for the filter; returns None to let the upstream answer."""
 
-    Holds what outlives a settings reload: the backend connection pools, kept
-    while the backend settings are unchanged.
-    """
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
 
-    def __init__(self, settings: FilterSettings) -> None:
-        self.settings = settings
-        self.backends = Backends.from_settings(settings)
-        self.ahead = None
-        if settings.backends.verify_ahead:
-            self.ahead = VerifyAhead(self.backends, settings.verified, Recorder(settings.tracker), ACTIVITY)
-        self.prober = None
-        if settings.health.probe_interval:
-            self.prober = Prober(self.backends, Recorder(settings.tracker), settings.health.probe_interval,
-                                 settings.health.probe_size)
-
-    def for_settings(self, settings: FilterSettings) -> DownloadHandler:
-        """This handler if ``settings`` read the same backends the same way, else a new one."""
-        if _same_backends(settings, self.settings):
-            return self
-        for worker in (self.prober, self.ahead):
-            if worker is not None:
-                worker.stop()
-        return DownloadHandler(settings)
-
-    def __call__(self, req: Request, image_requests: ImageRequests, settings: FilterSettings,
-                 prefer: Sequence[str] = ()) -> Response | None:
+    def __call__(self, req: Request, image_requests: ImageRequests, prefer: Sequence[str] = ()) -> Response | None:
+        settings, services = self.settings, self.services
         shown = image_requests.show()
         if shown.status_code != 200:
             # Refused (or failing): the client's own /file request goes to the
@@ -94,8 +73,8 @@ class DownloadHandler:
         except bodies.BodyBroken:
             return json_error(502, "The image API's response ended before it was complete.")
         plan = plan_download(
-            image, method=req.method, range_header=req.headers.get("Range"), selector=settings.selection.selector,
-            prefer=prefer, readable=self.backends.readable, demoted=settings.tracker.demoted,
+            image, method=req.method, range_header=req.headers.get("Range"), selector=services.selector,
+            prefer=prefer, readable=services.backends.readable, demoted=services.tracker.demoted,
             verify_checksums=settings.backends.verify_checksums != "off",
         )
         if plan is None:
@@ -106,24 +85,25 @@ class DownloadHandler:
             refusal = _download_refused(image_requests)
             if refusal is not None:
                 return refusal
-        return self.render(plan, req, image_requests, Recorder(settings.tracker), settings)
+        return self.render(plan, req, image_requests, services.recorder, settings)
 
     def render(self, plan: DownloadPlan, req: Request, image_requests: ImageRequests, recorder: Recorder,
                settings: FilterSettings) -> Response | None:
         """The response for ``plan``: headers only, sendfile, or a streamed body."""
-        if self.prober is not None:
-            self.prober.remember(plan.candidates, plan.size)
-        if self.ahead is not None:
-            self.ahead.note(plan)
+        services = self.services
+        if services.prober is not None:
+            services.prober.remember(plan.candidates, plan.size)
+        if services.ahead is not None:
+            services.ahead.note(plan)
         image_requests.prefer = plan.upstream_prefer  # whenever the upstream's own /file is asked
-        cache = settings.cache
+        cache = services.cache
         if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             recorder.outcome("upstream", "upstream")
             return image_requests.as_sent()
         if plan.head_only:
             return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
-        sources = Sources(plan.candidates, self.backends, recorder, image_requests, plan.image_id, plan.size,
+        sources = Sources(plan.candidates, services.backends, recorder, image_requests, plan.image_id, plan.size,
                           plan.end)
         body = None if cache is None else self._from_cache(cache, plan, sources, req.environ, settings)
         if body is None:
@@ -144,14 +124,14 @@ class DownloadHandler:
             return None
         if fill is not None:  # hashed whatever verify_checksums says: only verified bytes are committed
             check = Check.BACKGROUND if settings.backends.verify_checksums != "on" else Check.VERIFY
-            return ImageBody(sources, first, plan.start, plan.end, plan.image_digest, check, settings.verified, fill)
+            return ImageBody(sources, first, plan.start, plan.end, plan.image_digest, check, self.services.verified, fill)
         return self._body(plan, first, sources, environ, settings)
 
     def _from_cache(self, cache: SiteCache, plan: DownloadPlan, sources: Sources, environ: dict[str, Any],
                     settings: FilterSettings) -> Any:
         """A hit, a fill in progress to follow, or a new fill's body; None
         when the cache cannot serve or hold this download."""
-        chunk_size, verified = settings.backends.chunk_size, settings.verified
+        chunk_size, verified = settings.backends.chunk_size, self.services.verified
         for attempt in range(3):  # again when a fill was being committed between the lookup and the fill
             if attempt:
                 time.sleep(0.02)  # the commit: a rename and an index row
@@ -179,15 +159,15 @@ class DownloadHandler:
     def _body(self, plan: DownloadPlan, first: Opened, sources: Sources, environ: dict[str, Any],
               settings: FilterSettings) -> Any:
         candidate, stream = first
-        check = _check(plan.digest, stream.identity, settings.backends.verify_checksums, settings.verified)
+        check = _check(plan.digest, stream.identity, settings.backends.verify_checksums, self.services.verified)
         file_wrapper = environ.get("wsgi.file_wrapper")
         # A file wrapper may send to the end of the file, whatever Content-Length says: whole bodies only.
         if stream.fileobj is None or file_wrapper is None or not plan.whole or check is Check.VERIFY:
-            return ImageBody(sources, first, plan.start, plan.end, plan.digest, check, settings.verified)
+            return ImageBody(sources, first, plan.start, plan.end, plan.digest, check, self.services.verified)
         if check is Check.BACKGROUND:
             assert plan.digest is not None
             _verify_later(stream.fileobj, plan.digest, stream.identity, candidate, plan.image_id, sources.recorder,
-                          settings.verified)
+                          self.services.verified)
         LOG.info("image %s: bytes %d-%d sent from %s (sendfile%s)", plan.image_id, plan.start, plan.end - 1,
                  candidate.label, {Check.TRUST: f", {plan.digest and plan.digest[0]} verified before",
                                    Check.BACKGROUND: ", checked beside"}.get(check, ""))
@@ -266,10 +246,3 @@ def _download_refused(image_requests: ImageRequests) -> Response | None:
         bodies.close_iterable(probe.app_iter)  # unread: a 200 may be the whole image
         return None
     return probe
-
-
-def _same_backends(settings: FilterSettings, other: FilterSettings) -> bool:
-    """Whether a handler built for ``other`` serves ``settings`` as well."""
-    return (settings.security == other.security and settings.backends == other.backends
-            and settings.health.probe_interval == other.health.probe_interval
-            and settings.health.probe_size == other.health.probe_size and settings.tracker is other.tracker)

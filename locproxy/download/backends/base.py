@@ -3,7 +3,8 @@ bytes asked for, or a ``BackendError`` that says why not."""
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from locproxy.failures import Failure
 
@@ -75,3 +76,28 @@ class BackendStream:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label} bytes {self.start}+{self.length}>"
+
+
+Parser = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One row of the backend table (``locproxy.download.backends.READERS``).
+
+    ``options`` is the reader's own frozen dataclass, whose defaults mean
+    "not configured"; ``parsers`` maps each of its ini options to the field
+    it sets and the parser that validates it at load (a parser of an
+    optional dependency's options refuses at load, with the install hint,
+    when the dependency is missing: the reader then stays in the table and
+    refuses its URLs). ``build(options, common, built)`` makes the reader
+    from its options, the options every reader shares
+    (``config.BackendSettings``) and the readers built before it (s3 reads
+    through the http reader's pools).
+    """
+
+    name: str
+    schemes: frozenset[str]
+    options: type
+    parsers: Mapping[str, tuple[str, Parser]]
+    build: Callable[[Any, Any, Mapping[str, Any]], Any]

@@ -11,10 +11,11 @@ import errno
 import logging
 import os
 import stat
-from typing import BinaryIO, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator, Mapping
 from urllib.parse import SplitResult
 
-from locproxy.download.backends.base import BackendError, BackendStream
+from locproxy.download.backends.base import BackendError, BackendStream, Reader
 from locproxy.failures import Failure
 from locproxy.guards import FileRoots
 
@@ -71,12 +72,17 @@ class FileStream(BackendStream):
             self.fileobj.close()
 
 
+@dataclass(frozen=True)
+class FileOptions:
+    roots: FileRoots = FileRoots()
+
+
 class FileBackend:
     """Opens ``file://`` locations inside ``roots``."""
 
-    def __init__(self, roots: FileRoots, chunk_size: int) -> None:
-        self.roots = roots
-        self.chunk_size = chunk_size
+    def __init__(self, options: FileOptions, common: Any, built: Mapping[str, Any] = {}) -> None:
+        self.roots = options.roots
+        self.chunk_size = common.chunk_size
 
     def check(self, url: str, parts: SplitResult, label: str) -> None:
         """Refuse, without I/O, what may never be read."""
@@ -159,3 +165,6 @@ def _checked_file(fd: int, real: str, label: str, start: int, length: int, total
         fileobj.close()
         raise
     return fileobj
+
+
+READER = Reader("file", frozenset({"file"}), FileOptions, {"file_roots": ("roots", FileRoots.parse)}, FileBackend)

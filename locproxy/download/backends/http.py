@@ -15,15 +15,17 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import SplitResult, unquote
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from locproxy.download.backends.base import BackendError, BackendStream
+from locproxy.download.backends.base import BackendError, BackendStream, Reader
 from locproxy.failures import Failure
 from locproxy.guards import DEFAULT_PORTS, AllowedHosts
+from locproxy.options import parse_readable_file
 from locproxy.transport import LazyPoolManager, describe, urlopen_retrying
 from locproxy.watchdog import WATCHDOG, Watch, attach_current
 
@@ -136,24 +138,28 @@ class HTTPStream(BackendStream):
         response.release_conn()
 
 
-class HTTPBackend:
-    """Opens ``http(s)://`` locations on ``allowed`` hosts, with pooled connections."""
+@dataclass(frozen=True)
+class HTTPOptions:
+    allowed_hosts: AllowedHosts = AllowedHosts()
+    ca_file: str = ""  # https backends are verified against it, else the system CAs
 
-    def __init__(self, allowed: AllowedHosts, *, chunk_size: int, connect_timeout: float, read_timeout: float,
-                 pool_maxsize: int, ca_file: str | None, first_byte_timeout: float, min_rate: int,
-                 rate_window: float) -> None:
-        self.allowed = allowed
-        self.chunk_size = chunk_size
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+
+class HTTPBackend:
+    """Opens ``http(s)://`` locations on allowed hosts, with pooled connections."""
+
+    def __init__(self, options: HTTPOptions, common: Any, built: Mapping[str, Any] = {}) -> None:
+        self.allowed = options.allowed_hosts
+        self.chunk_size = common.chunk_size
+        self._timeout = urllib3.Timeout(connect=common.connect_timeout, read=common.read_timeout)
         # Waiting for a free pool slot is bounded too: if every slot is busy
         # (or leaked), fail this location instead of hanging the worker.
-        self._pool_timeout = connect_timeout
-        self._first_byte_timeout = first_byte_timeout
-        self._rate = MinimumRate(min_rate, rate_window) if min_rate else None
-        # https backends are verified: against ca_file, else the system CAs.
-        tls = {"ca_certs": ca_file} if ca_file else {}
+        self._pool_timeout = common.connect_timeout
+        self._first_byte_timeout = common.first_byte_timeout
+        self._rate = MinimumRate(common.min_rate, common.rate_window) if common.min_rate else None
+        tls = {"ca_certs": options.ca_file} if options.ca_file else {}
         self._pools = LazyPoolManager({"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool},
-                                      maxsize=pool_maxsize, block=True, timeout=self._timeout, retries=False, **tls)
+                                      maxsize=common.pool_maxsize, block=True, timeout=self._timeout, retries=False,
+                                      **tls)
 
     def clear(self) -> None:
         """Close pooled connections (idle ones; in-flight ones when released)."""
@@ -328,3 +334,9 @@ def _parse_length(value: str) -> int | None:
         return None
     (item,) = values
     return int(item) if item.isdigit() else None
+
+
+READER = Reader("http", frozenset({"http", "https"}), HTTPOptions, {
+    "allowed_hosts": ("allowed_hosts", AllowedHosts.parse),
+    "backend_ca_file": ("ca_file", parse_readable_file),
+}, HTTPBackend)

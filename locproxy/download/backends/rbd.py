@@ -61,12 +61,14 @@ import math
 import os
 import threading
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 from urllib.parse import SplitResult
 
-from locproxy.download.backends.base import BackendError, BackendStream
+from locproxy.download.backends.base import BackendError, BackendStream, Reader
 from locproxy.failures import Failure
 from locproxy.guards import RbdCluster, RbdClusters
+from locproxy.options import ConfigError, MiB, parse_count, parse_fsid, parse_name, parse_seconds, parse_size
 from locproxy.urls import RbdURL, parse_rbd_url
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
@@ -280,20 +282,35 @@ def _release(label: str, image: Any, ioctx: Any) -> None:
                 LOG.debug("%s: closing %s: %s", label, type(handle).__name__, _kind_and_text(error)[1])
 
 
+@dataclass(frozen=True)
+class RbdOptions:
+    clusters: RbdClusters = RbdClusters()
+    default_cluster: str = ""  # fsid of the legacy rbd://<image> form
+    default_pool: str = ""
+    block_size: int = 4 * MiB
+    readahead: int = 4
+    op_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        """The legacy rbd://<image> form needs both defaults, naming a listed cluster."""
+        if bool(self.default_cluster) != bool(self.default_pool):
+            raise ConfigError("rbd_default_cluster and rbd_default_pool: set both (for rbd://<image>) or neither")
+        if self.default_cluster and self.default_cluster not in self.clusters.fsids:
+            raise ConfigError(f"rbd_default_cluster: {self.default_cluster} is not in rbd_clusters")
+
+
 class RbdBackend:
     """Opens ``rbd://`` locations of the configured clusters (see the module docstring)."""
 
-    def __init__(self, clusters: RbdClusters, *, default_cluster: str = "", default_pool: str = "",
-                 block_size: int, readahead: int, op_timeout: float, connect_timeout: float) -> None:
-        if block_size < 1 or readahead < 1 or op_timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("block_size, readahead, op_timeout and connect_timeout must be positive")
-        self.clusters = clusters
-        self.default_cluster = default_cluster
-        self.default_pool = default_pool
-        self.block_size = block_size
-        self.readahead = readahead
-        self.op_timeout = op_timeout
-        self.connect_timeout = connect_timeout
+    def __init__(self, options: RbdOptions, common: Any, built: Mapping[str, Any] = {}) -> None:
+        self.clusters = options.clusters
+        self.default_cluster = options.default_cluster
+        self.default_pool = options.default_pool
+        self.block_size = options.block_size
+        self.readahead = options.readahead
+        self.op_timeout = options.op_timeout
+        self.connect_timeout = common.connect_timeout
+        clusters = self.clusters
         self._bindings: tuple[Any, Any] | None = None
         if clusters:
             import rados  # noqa: PLC0415 - optional, from the distribution (checked at load)
@@ -371,3 +388,13 @@ def connected_clusters() -> tuple[str, ...]:
 def shutdown_clusters() -> None:
     """Shut every cluster handle of this process down (tests)."""
     _HANDLES.shutdown()
+
+
+READER = Reader("rbd", frozenset({"rbd"}), RbdOptions, {
+    "rbd_clusters": ("clusters", RbdClusters.parse),
+    "rbd_default_cluster": ("default_cluster", parse_fsid),
+    "rbd_default_pool": ("default_pool", parse_name),
+    "rbd_block_size": ("block_size", parse_size),
+    "rbd_readahead": ("readahead", parse_count),
+    "rbd_op_timeout": ("op_timeout", parse_seconds),
+}, RbdBackend)

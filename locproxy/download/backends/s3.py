@@ -39,17 +39,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 from urllib.parse import SplitResult, quote
 
 import urllib3
 
 from locproxy.credentials import S3Credentials, S3Keys
-from locproxy.download.backends.base import BackendError
+from locproxy.download.backends.base import BackendError, Reader
 from locproxy.download.backends.http import USER_AGENT, HTTPBackend, HTTPStream, identity
 from locproxy.failures import Failure
-from locproxy.guards import DEFAULT_PORTS, AllowedHosts
-from locproxy.urls import S3URL, netloc_label, parse_s3_url
+from locproxy.guards import DEFAULT_PORTS
+from locproxy.options import one_of, parse_name
+from locproxy.urls import S3_SCHEMES, S3URL, netloc_label, parse_s3_url
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
@@ -75,16 +77,22 @@ def import_botocore() -> tuple[Any, Any, Any]:
     return S3SigV4Auth, AWSRequest, Credentials
 
 
-class S3Backend:
-    """Opens s3 locations on ``allowed`` hosts, signed, through ``http``'s pools."""
+@dataclass(frozen=True)
+class S3Options:
+    credentials: S3Credentials = S3Credentials()  # keys for s3:// URLs without any
+    default_scheme: str = "https"  # transport of plain s3:// URLs
+    region: str = "us-east-1"
 
-    def __init__(self, allowed: AllowedHosts, credentials: S3Credentials, http: HTTPBackend, *,
-                 default_scheme: str = "https", region: str = "us-east-1") -> None:
-        self.allowed = allowed
-        self.credentials = credentials
-        self.http = http
-        self.default_scheme = default_scheme
-        self.region = region
+
+class S3Backend:
+    """Opens s3 locations on allowed hosts, signed, through the http reader's pools."""
+
+    def __init__(self, options: S3Options, common: Any, built: Mapping[str, Any]) -> None:
+        self.http: HTTPBackend = built["http"]
+        self.allowed = self.http.allowed
+        self.credentials = options.credentials
+        self.default_scheme = options.default_scheme
+        self.region = options.region
         try:
             self._signing: tuple[Any, Any, Any] | None = import_botocore()
         except ImportError:
@@ -154,3 +162,10 @@ def _error_code(response: urllib3.BaseHTTPResponse) -> str:
     body = response.read(_ERROR_BODY_LIMIT, decode_content=False)
     match = _ERROR_CODE.search(body or b"")
     return f" ({match.group(1).decode()})" if match else ""
+
+
+READER = Reader("s3", frozenset(S3_SCHEMES), S3Options, {
+    "s3_credentials": ("credentials", S3Credentials.parse),
+    "s3_default_scheme": ("default_scheme", one_of("https", "http")),
+    "s3_region": ("region", parse_name),
+}, S3Backend)

@@ -1,0 +1,105 @@
+"""What the filter's settings open: the stores and workers of one process.
+
+``FilterSettings`` (``locproxy.config``) is plain data. ``Services`` holds what
+those settings open, built once per settings change: the selector (with
+what ``measured`` learnt), the tracker, the shown orders, the verified
+copies, the site cache, the backend readers and their pools, the prober
+and the verify-ahead worker.
+
+One reuse rule covers them all: on a reload, a service is kept when what it
+was opened from (its slice of the settings, and the services it uses) is
+unchanged, so what was learnt in memory, the open files and the pooled
+connections survive a strategy toggle. A background worker that is
+replaced is stopped.
+
+Opening never refuses: options that can never work were refused by their
+parsers at load; a store that fails now (a corrupt or locked
+``metrics_file``, a cache directory that cannot be used) degrades, logs and
+counts, as it would while running (``locproxy.bookkeeping``), so a worker
+started by a server in place of a dead one never fails to boot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any, Callable
+
+from locproxy import observability
+from locproxy.cache import SiteCache
+from locproxy.config import FilterSettings
+from locproxy.download.ahead import ACTIVITY, VerifyAhead
+from locproxy.download.backends import Backends
+from locproxy.download.probing import Prober
+from locproxy.observability import Recorder
+from locproxy.shown import ShownOrders
+from locproxy.tracker import Tracker
+from locproxy.verified import VerifiedCopies
+
+LOG = logging.getLogger(__name__)
+
+
+class Services:
+    """The services for ``settings``, reusing those of ``previous`` that are unchanged."""
+
+    def __init__(self, settings: FilterSettings, previous: Services | None = None) -> None:
+        self.settings = settings
+        self._previous = previous
+        self._keys: dict[str, Any] = {}
+        health, metrics_file = settings.health, settings.health.metrics_file or None
+        on_error = observability.bookkeeping_error
+        self.tracker: Tracker = self._service("tracker", (metrics_file, health.rule),
+                                              lambda: Tracker(metrics_file, health.rule, on_error=on_error))
+        self.shown: ShownOrders = self._service(
+            "shown", (metrics_file, health.shown_order_ttl),
+            lambda: ShownOrders(metrics_file, health.shown_order_ttl, on_error=on_error))
+        self.verified: VerifiedCopies = self._service("verified", metrics_file,
+                                                      lambda: VerifiedCopies(metrics_file, on_error=on_error))
+        self.cache: SiteCache | None = self._service("cache", settings.cache, lambda: _open_cache(settings))
+        self.backends: Backends = self._service("backends", (settings.readers, settings.backends),
+                                                lambda: Backends.from_settings(settings))
+        self.recorder = Recorder(self.tracker)
+        self.selector = settings.selection.selector(self.tracker)
+        self.prober: Prober | None = self._service(
+            "prober", (health.probe_interval, health.probe_size, self.backends, self.tracker),
+            lambda: Prober(self.backends, self.recorder, health.probe_interval, health.probe_size)
+            if health.probe_interval else None)
+        self.ahead: VerifyAhead | None = self._service(
+            "ahead", (settings.backends.verify_ahead, self.backends, self.verified, self.tracker),
+            lambda: VerifyAhead(self.backends, self.verified, self.recorder, ACTIVITY)
+            if settings.backends.verify_ahead else None)
+        self._previous = None  # only needed while building
+
+    def _service(self, name: str, key: Any, make: Callable[[], Any]) -> Any:
+        """The previous services' ``name`` if it was opened from ``key``, else a new one."""
+        self._keys[name] = key
+        previous = self._previous
+        if previous is not None and previous._keys.get(name) == key:
+            return getattr(previous, name)
+        if previous is not None:
+            stop = getattr(getattr(previous, name), "stop", None)
+            if stop is not None:
+                stop()  # a background worker of the replaced settings
+        return make()
+
+    @property
+    def degraded(self) -> bool:
+        """Whether a store is failing now (``/healthcheck`` says so)."""
+        cache = self.cache
+        return bool(self.tracker.degraded or self.shown.degraded or self.verified.degraded
+                    or (cache is not None and cache.degraded))
+
+
+def _open_cache(settings: FilterSettings) -> SiteCache | None:
+    """The site cache, or None when it is off (or cannot be opened now: then
+    downloads go on without it)."""
+    cache = settings.cache
+    if not cache.directory:
+        return None
+    try:
+        return SiteCache(cache.directory, cache.max_size, verify_interval=cache.verify_interval,
+                         on_event=observability.cache_event)
+    except (OSError, sqlite3.Error) as error:
+        LOG.warning("cache_dir %s cannot be used (%s); downloads go on without the site cache", cache.directory,
+                    error)
+        return None
