@@ -53,9 +53,10 @@ class SharedFile:
     it in Prometheus; ``what`` names the user ("tracker", "shown_orders").
     """
 
-    def __init__(self, path: str, *, on_error: Callable[[str], None] | None = None,
+    def __init__(self, path: str, *, on_error: Callable[[str], None] | None = None, name: str = "metrics_file",
                  busy_timeout: float = BUSY_TIMEOUT, retry_after: float = RETRY_AFTER) -> None:
         self.path = path
+        self.name = name  # what the file is to an operator, in the log
         self.on_error = on_error
         self.busy_timeout = busy_timeout
         self.retry_after = retry_after
@@ -151,8 +152,8 @@ class SharedFile:
         now = time.monotonic()
         if now - self._logged_at >= LOG_INTERVAL:
             self._logged_at = now
-            LOG.warning("metrics_file %s failed (%s); carrying on from memory, retrying in %.0f s "
-                        "(%d errors so far)", self.path, self._last_error, self.retry_after, self.errors)
+            LOG.warning("%s %s failed (%s); carrying on from memory, retrying in %.0f s "
+                        "(%d errors so far)", self.name, self.path, self._last_error, self.retry_after, self.errors)
         if self.on_error is not None:
             try:
                 self.on_error(what)

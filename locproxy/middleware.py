@@ -108,6 +108,8 @@ class LocationFilter:
             kind = {"GET": rewrite.IMAGES, "POST": rewrite.IMAGE}.get(method)
         else:
             kind = rewrite.IMAGE if method in ("GET", "PATCH") else None
+        if method == "DELETE" and image_id is not None and sub is None and state.services.cache is not None:
+            return self._delete(req, state.services, image_id)
         if kind is None:
             return self.app
         observability.request(kind if method != "PATCH" else "patch")
@@ -149,6 +151,14 @@ class LocationFilter:
         resp.etag = None
         resp.content_md5 = None
         resp.body = new  # also sets Content-Length
+        return resp
+
+    def _delete(self, req: Request, services: Services, image_id: str) -> Response:
+        """An image deleted through locproxy leaves the site cache at once."""
+        resp = req.get_response(self.app)
+        if resp.status_code in (200, 204) and services.cache is not None:
+            dropped = services.cache.drop_image(image_id)
+            LOG.debug("image %s deleted: %d site cache entries dropped", image_id, dropped)
         return resp
 
     # -- JSON patch --------------------------------------------------------

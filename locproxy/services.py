@@ -2,8 +2,8 @@
 
 ``FilterSettings`` (``locproxy.config``) is plain data. ``Services`` holds what
 those settings open, built once per settings change: the selector (with
-what ``measured`` learnt), the tracker, the shown orders, the verified
-copies, the site cache, the backend readers and their pools, the prober
+what ``measured`` learnt), the tracker, the shown orders, the
+fingerprints, the site cache, the backend readers and their pools, the prober
 and the verify-ahead worker.
 
 One reuse rule covers them all: on a reload, a service is kept when what it
@@ -31,10 +31,10 @@ from locproxy.config import FilterSettings
 from locproxy.download.ahead import ACTIVITY, VerifyAhead
 from locproxy.download.backends import Backends
 from locproxy.download.probing import Prober
+from locproxy.fingerprints import Fingerprints
 from locproxy.observability import Recorder
 from locproxy.shown import ShownOrders
 from locproxy.tracker import Tracker
-from locproxy.verified import VerifiedCopies
 
 LOG = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class Services:
         self.shown: ShownOrders = self._service(
             "shown", (metrics_file, health.shown_order_ttl),
             lambda: ShownOrders(metrics_file, health.shown_order_ttl, on_error=on_error))
-        self.verified: VerifiedCopies = self._service("verified", metrics_file,
-                                                      lambda: VerifiedCopies(metrics_file, on_error=on_error))
+        self.fingerprints: Fingerprints = self._service("fingerprints", metrics_file,
+                                                        lambda: Fingerprints(metrics_file, on_error=on_error))
         self.cache: SiteCache | None = self._service("cache", settings.cache, lambda: _open_cache(settings))
         self.backends: Backends = self._service("backends", (settings.readers, settings.backends),
                                                 lambda: Backends.from_settings(settings))
@@ -65,8 +65,8 @@ class Services:
             lambda: Prober(self.backends, self.recorder, health.probe_interval, health.probe_size)
             if health.probe_interval else None)
         self.ahead: VerifyAhead | None = self._service(
-            "ahead", (settings.backends.verify_ahead, self.backends, self.verified, self.tracker),
-            lambda: VerifyAhead(self.backends, self.verified, self.recorder, ACTIVITY)
+            "ahead", (settings.backends.verify_ahead, self.backends, self.fingerprints, self.tracker),
+            lambda: VerifyAhead(self.backends, self.fingerprints, self.recorder, ACTIVITY)
             if settings.backends.verify_ahead else None)
         self._previous = None  # only needed while building
 
@@ -86,7 +86,7 @@ class Services:
     def degraded(self) -> bool:
         """Whether a store is failing now (``/healthcheck`` says so)."""
         cache = self.cache
-        return bool(self.tracker.degraded or self.shown.degraded or self.verified.degraded
+        return bool(self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded
                     or (cache is not None and cache.degraded))
 
 

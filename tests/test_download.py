@@ -252,10 +252,11 @@ def test_fallback_before_the_first_byte(world: World, broken: str):
         first = location(world.web2.url().replace("http://", f"http://{CREDENTIALS}@"), "web2")
     image_id = world.add_image(first, location(world.web.url(), "web"))
     mark = len(world.sidecar.log())
-    range_header = {"Range": "bytes=10-"} if broken == "ignore_range" else {}
+    # Past the first block: a checked range is read from its block's start, which here needs a Range.
+    range_header = {"Range": "bytes=1048586-"} if broken == "ignore_range" else {}
     result = download(world, image_id, headers=range_header)
     assert result.complete
-    assert result.body == (DATA[10:] if range_header else DATA)
+    assert result.body == (DATA[1048586:] if range_header else DATA)
     log = log_since(world, mark)
     if broken != "outside-roots":  # not a readable location at all: skipped silently
         assert re.search(r"WARNING locproxy\.download: image \S+: backend \S+ failed before the first byte", log), log
@@ -307,16 +308,44 @@ def test_no_readable_location_streams_the_upstreams_file(world: World):
     assert world.api.calls["GET file"] == before + 1
 
 
-@pytest.mark.parametrize("fault", ["corrupt_byte:2500000", "corrupt_byte:0", f"corrupt_byte:{len(DATA) - 1}"])
-def test_corrupt_body_is_aborted_never_completed(world: World, fault: str):
+CORRUPT_BYTES = ["corrupt_byte:2500000", "corrupt_byte:0", f"corrupt_byte:{len(DATA) - 1}"]
+
+
+@pytest.mark.parametrize("fault", CORRUPT_BYTES)
+def test_a_corrupt_first_read_is_aborted_never_completed(world: World, fault: str):
+    """No fingerprint yet (an image never read here): the digest judges the
+    whole body; the last block waits for it, so a bad body is cut short."""
+    data = demo_bytes(f"first-read-{fault}", len(DATA))
+    with FaultServer(data) as web:
+        web.mode = fault
+        image_id = world.add_image(location(web.url(), "web"), world.file_location(world.root_a, data=data),
+                                   data=data)
+        mark = len(world.sidecar.log())
+        result = download(world, image_id)
+    assert result.status == 200
+    assert not result.complete, "the client must see a broken transfer, not a finished bad body"
+    assert len(result.body) < len(data)
+    assert re.search(r"ERROR locproxy\.download: image \S+: sha512 digest mismatch from http://127\.0\.0\.1:\d+; "
+                     r"aborting the download", log_since(world, mark))
+
+
+@pytest.mark.parametrize("fault", CORRUPT_BYTES)
+def test_a_corrupt_block_of_a_fingerprinted_image_is_never_sent(world: World, fault: str):
+    """Once the image's fingerprint is known, the bad block is caught before
+    it is sent and the body goes on, unbroken, from the next copy."""
+    warm = world.add_image(world.file_location(world.root_a))
+    assert download(world, warm).body == DATA  # fingerprints DATA
     world.web.mode = fault
     image_id = world.add_image(location(world.web.url(), "web"), world.file_location(world.root_a))
     mark = len(world.sidecar.log())
     result = download(world, image_id)
-    assert result.status == 200
-    assert not result.complete, "the client must see a broken transfer, not a finished bad body"
-    assert len(result.body) < len(DATA)
-    assert re.search(r"ERROR locproxy\.download: image \S+: sha512 digest mismatch", log_since(world, mark))
+    assert (result.status, result.complete) == (200, True)
+    assert result.body == DATA, "exact bytes, the bad block from the next copy"
+    bad_block = int(fault.split(":")[1]) // (1 << 20)
+    log = log_since(world, mark)
+    assert re.search(rf"ERROR locproxy\.download: image {image_id}: block {bad_block} from http://127\.0\.0\.1:\d+ "
+                     r"does not match the image's fingerprint; not sent", log), log
+    assert re.search(r"sent from http://127\.0\.0\.1:\d+, file \(every block checked", log), log
 
 
 def test_corrupt_range_is_not_checked_but_size_is(world: World):

@@ -1,16 +1,16 @@
 """Verification ahead of need (``verify_ahead``, off by default).
 
-A first download of a file copy is as fast as hashing it; a copy already
-verified is sent with sendfile. So when a worker has nothing to send, it
-verifies the file copies of images it was asked about that are not verified
-yet, one at a time, and pauses whenever a download starts. A copy verified
-here is remembered like any other (``locproxy.verified``); a mismatch
-demotes and forgets it, as a download would.
+A first download of an image is as fast as hashing it with its digest; once
+its fingerprint is known, every later download is checked block by block at
+about the speed of sending. So when a worker has nothing to send, it reads
+a file copy of each image it was asked about whose fingerprint is not known
+yet, one at a time, pausing whenever a download starts, and records the
+fingerprint if the copy matched the image's digest (``verify.judge``, as a
+download would: a mismatch demotes the copy).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -18,16 +18,16 @@ from collections import OrderedDict
 from typing import Any
 
 from locproxy.download.backends import BackendError, Backends
-from locproxy.download.digests import Digest, digest_matches
-from locproxy.download.plan import DownloadPlan
+from locproxy.download.digests import file_digest_matches
+from locproxy.download.plan import Candidate, DownloadPlan
+from locproxy.download.verify import Verdict, judge
+from locproxy.fingerprints import FingerprintBuilder, Fingerprints
 from locproxy.observability import Recorder
-from locproxy.verified import VerifiedCopies
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
 
 #: Copies waiting to be verified, per process (the oldest are dropped).
 MAX_QUEUED = 1024
-CHUNK = 1 << 20
 
 
 class Activity:
@@ -69,28 +69,30 @@ ACTIVITY = Activity()
 
 
 class VerifyAhead:
-    """Remembers unverified file copies of planned downloads; a daemon
-    thread verifies them while the process sends nothing."""
+    """Remembers images of planned downloads without a fingerprint; a daemon
+    thread fingerprints them from a file copy while the process sends nothing."""
 
-    def __init__(self, backends: Backends, verified: VerifiedCopies, recorder: Recorder, activity: Activity) -> None:
+    def __init__(self, backends: Backends, fingerprints: Fingerprints, recorder: Recorder,
+                 activity: Activity) -> None:
         self.backends = backends
-        self.verified = verified
+        self.fingerprints = fingerprints
         self.recorder = recorder
         self.activity = activity
         self._lock = threading.Lock()
-        self._queue: OrderedDict[str, tuple[DownloadPlan, Any]] = OrderedDict()
+        self._queue: OrderedDict[str, tuple[DownloadPlan, Candidate]] = OrderedDict()
         self._wakeup = threading.Event()
         self._pid = 0
         self._stopped = False
 
     def note(self, plan: DownloadPlan) -> None:
-        """Queue the file copies of ``plan`` (whole-image digests only)."""
-        if plan.digest is None:
+        """Queue ``plan``'s image if it has a file copy and no fingerprint yet."""
+        if plan.digest is None or self.fingerprints.get(plan.digest, plan.size) is not None:
+            return
+        copy = next((candidate for candidate in plan.candidates if candidate.url.startswith("file:")), None)
+        if copy is None:
             return
         with self._lock:
-            for candidate in plan.candidates:
-                if candidate.url.startswith("file:") and candidate.url not in self._queue:
-                    self._queue[candidate.url] = (plan, candidate)
+            self._queue[plan.image_id] = (plan, copy)
             while len(self._queue) > MAX_QUEUED:
                 self._queue.popitem(last=False)
             if self._pid != os.getpid():  # first use in this (forked) process
@@ -110,36 +112,25 @@ class VerifyAhead:
                 with self._lock:
                     if not self._queue:
                         break
-                    _url, (plan, candidate) = self._queue.popitem(last=False)
+                    _image, (plan, candidate) = self._queue.popitem(last=False)
                 self.verify(plan, candidate)
 
-    def verify(self, plan: DownloadPlan, candidate: Any) -> bool | None:
-        """Hash one file copy (pausing while downloads run); True or False,
-        or None when it could not be read or was verified already."""
-        assert plan.digest is not None
+    def verify(self, plan: DownloadPlan, candidate: Candidate) -> bool | None:
+        """Hash and fingerprint one file copy (pausing while downloads run);
+        True or False, or None when it could not be read or was known already."""
+        digest = plan.digest
+        assert digest is not None
+        if self.fingerprints.get(digest, plan.size) is not None:
+            return None
         try:
             stream = self.backends.open(candidate.url, 0, plan.size, plan.size)
         except BackendError:
             return None  # a download will find out, and tell the health rule
+        built = FingerprintBuilder()
         with stream:
-            if self.verified.contains(stream.identity, plan.digest):
-                return None
-            good = self._hash(stream, plan.digest)
+            good = file_digest_matches(stream.fileobj, digest, built, lambda: self.activity.wait_idle(60.0))
+        judge(Verdict(plan.image_id, digest, (candidate,), good), built.fingerprint(plan.size), self.fingerprints,
+              self.recorder, "found while verifying ahead of need")
         if good:
-            self.verified.add(stream.identity, plan.digest)
             LOG.info("image %s: copy at %s verified ahead of need", plan.image_id, candidate.label)
-        else:
-            self.verified.forget(stream.identity)
-            self.recorder.corrupt(candidate.key, candidate.copy, candidate.label, plan.image_id)
-            LOG.error("image %s: %s digest mismatch from %s (verified ahead of need); the copy is demoted",
-                      plan.image_id, plan.digest[0], candidate.label)
         return good
-
-    def _hash(self, stream: Any, digest: Digest) -> bool:
-        hasher = hashlib.new(digest[0])
-        fd, offset = stream.fileobj.fileno(), 0
-        while chunk := os.pread(fd, CHUNK, offset):
-            self.activity.wait_idle(60.0)  # downloads first
-            hasher.update(chunk)
-            offset += len(chunk)
-        return digest_matches(hasher, digest[1])

@@ -1,206 +1,219 @@
-"""The body of one download: streams from its sources, resumes, verifies.
+"""The body of one download: the byte pump from its sources to the client.
 
-How much checking a body gets (``Check``):
+``ImageBody`` moves the bytes ``[start, end)`` of an image from the first
+source that opened, then from the next ones (``Sources``), through a
+``Verifier`` (``verify.py``: what is checked is decided there and in
+``policy.py``, not here). Its rules:
 
-* ``VERIFY``: every byte is hashed (beside the transfer: ``PipelinedHash``)
-  and the final chunk is held back until the whole body matches the image's
-  digest; a mismatch raises, so the server aborts the connection and the
-  client sees a truncated body, never a complete bad one.
-* ``TRUST``: the first source is a copy verified before (``locproxy.verified``):
-  nothing is hashed. If it fails mid-stream, the copy that takes over is not
-  known to be good, so it is read and hashed *whole* from its first byte
-  (the bytes already sent are skipped, not sent twice) and checked as in
-  ``VERIFY``.
-* ``BACKGROUND``: every byte is hashed, nothing is held back (for clients
-  that verify themselves); a mismatch is logged, demotes and forgets the
-  copy, but the body has been sent.
-* ``NONE``: a range (no digest covers it) or ``verify_checksums = off``.
+* Bytes move in **blocks** of the image (``fingerprints.BLOCK``) whenever
+  anything is checked: a source is read from the start of the block that
+  holds the next byte needed, and only whole blocks that passed their check
+  go out (the parts of the first and last block inside the span).
+* A source that fails mid-stream, or sends a block that is not the image's
+  (``BLOCKS``), is left for the next one **at that block**; the client gets
+  one unbroken body. The upstream's own ``/file`` may have to start at byte
+  0 (Glance refuses Ranges for most stores): the blocks already sent are
+  then read again, compared with what was sent, and skipped.
+* ``DIGEST`` holds the last block back until the whole body matched; a
+  mismatch found before any byte went out (an image of one block) starts
+  again from the next source, so a small corrupt copy falls through to a
+  good one or to the upstream; found later, it aborts the connection: a
+  client never gets a complete body that does not match.
+* ``prime()`` reads until the first bytes may go out, before the response
+  starts: a download that cannot start gets a JSON error, never a server's
+  error page.
 
 Transfers are learnt (``Recorder.transferred``) only once their bytes
-verified: corrupt bytes teach nothing good, and are recorded against the
-copies that sent them. A copy that alone produced a good body is remembered
-as verified.
-
-A ``Sink`` sees every byte sent, in order, and the verdict: the site cache
-fills an entry that way (``locproxy.download.caching``). A source may offer
-a new sink when it fails (a fill followed by this body whose filler died:
-this body takes the fill over).
+passed their check: corrupt bytes teach nothing good.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
-from typing import Iterator, Protocol
+from typing import Iterator
 
 from locproxy.download.backends import BackendError
-from locproxy.download.digests import Digest, PipelinedHash
-from locproxy.download.plan import Candidate
+from locproxy.download.plan import Candidate, DownloadPlan
+from locproxy.download.policy import read_span
 from locproxy.download.sources import Opened, Sources
-from locproxy.verified import VerifiedCopies
+from locproxy.download.verify import Check, ChecksumMismatch, Verdict, Verifier, corrupt_block, judge
+from locproxy.fingerprints import BLOCK, Fingerprints
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
 
-
-class Check(enum.Enum):
-    NONE = "none"
-    VERIFY = "verify"
-    TRUST = "trust"
-    BACKGROUND = "background"
+_CHECKED = {Check.DIGEST: "verified", Check.BESIDE: "checked after sending",
+            Check.BLOCKS: "every block checked against the image's fingerprint"}
 
 
-class Sink(Protocol):
-    def write(self, offset: int, chunk: bytes) -> None: ...
-
-    def finish(self, verified: bool) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class ChecksumMismatch(Exception):
-    """The delivered image does not match its recorded digest."""
+class Rejected(Exception):
+    """A source sent a block that is not the image's."""
 
 
 class ImageBody:
     """The WSGI iterable of one download (``close()`` closes its current source)."""
 
-    def __init__(self, sources: Sources, first: Opened, start: int, end: int, digest: Digest | None,
-                 check: Check, verified: VerifiedCopies, sink: Sink | None = None) -> None:
-        self.sources = sources
-        self.sink = sink
-        self.verdict: bool | None = None  # the digest's, once judged
-        self.current = first
-        self.start = start
-        self.offset = start
-        self.end = end
-        self.digest = digest
-        self.check = check if digest is not None else Check.NONE
-        self.verified = verified
-        self.used: list[tuple[Candidate, tuple | None]] = []
-        self.hasher: PipelinedHash | None = None
-        self.hold = False  # the last chunk back until the digest is judged
+    def __init__(self, plan: DownloadPlan, sources: Sources, first: Opened, verifier: Verifier,
+                 fingerprints: Fingerprints) -> None:
+        self.plan, self.sources, self.current = plan, sources, first
+        self.verifier, self.fingerprints = verifier, fingerprints
+        self.offset = plan.start  # the next byte the client needs
+        self.used: list[Candidate] = []
+        self.sent = False  # a byte went to the client: a mismatch can no longer start again
         self.held = b""
-        self.skip = 0  # bytes of the current source to hash but not send again
+        self.primed: list[bytes] = []
+        self.failures_before = sources.failures
+        self._pump = self._chunks()
+
+    # -- the WSGI iterable --------------------------------------------------------
+
+    def prime(self) -> None:
+        """Read until the first bytes may go out (raises ``BackendError`` or
+        ``ChecksumMismatch`` if no source can start the body)."""
+        for chunk in self._pump:
+            self.primed.append(chunk)
+            if chunk:
+                return
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.digest and self.check in (Check.VERIFY, Check.BACKGROUND):
-            self.hasher = PipelinedHash(self.digest[0])
-        self.hold = self.check is Check.VERIFY
-        first_label, failures_before = self.current[0].label, self.sources.failures
-        try:
-            while True:
-                candidate, stream = self.current
-                self.used.append((candidate, stream.identity))
-                read, started = 0, time.monotonic()
-                try:
-                    for chunk in stream:
-                        read += len(chunk)
-                        if sendable := self._take(chunk):
-                            yield sendable
-                except BackendError as error:
-                    self.sources.failed(candidate, error, self.offset)
-                    if self.sink is None:
-                        self.sink = getattr(stream, "take_over", lambda: None)()
-                finally:
-                    stream.close()
-                if self.offset >= self.end:
-                    break
-                self._resume()
-            good = self._finish(candidate, read, time.monotonic() - started, first_label)
-            if self.held:
-                yield self.held
-        except BackendError:  # the upstream's /file failed too: abort
-            self.sources.recorder.outcome(first_label, "failed")
-            raise
-        finally:
-            # After the last byte went out (the client does not wait for an
-            # fsync), or when the client went away after the verdict: finish
-            # the sink; a body that ended otherwise aborts it.
-            self._close_sink()
-        self._report(good, first_label, failures_before)
-
-    def _take(self, chunk: bytes) -> bytes:
-        """Hash, skip, keep and hold back one chunk read from a source;
-        returns what can be sent now."""
-        if self.hasher is not None:
-            self.hasher.update(chunk)
-        if self.skip:  # already sent from the previous source
-            cut = min(self.skip, len(chunk))
-            self.skip, chunk = self.skip - cut, chunk[cut:]
-            if not chunk:
-                return b""
-        if self.sink is not None:
-            self.sink.write(self.offset, chunk)
-        self.offset += len(chunk)
-        if self.hold:  # the last chunk waits for the verdict
-            chunk, self.held = self.held, chunk
-        return chunk
-
-    def _resume(self) -> None:
-        if self.check is Check.TRUST and self.hasher is None:
-            # The rest comes from a copy not known to be good: check it whole.
-            self.hasher, self.hold, self.skip = PipelinedHash(self.digest[0]), True, self.offset  # type: ignore[index]
-            self.current = self.sources.resume(0)
-        else:
-            self.current = self.sources.resume(self.offset)
-
-    def _report(self, good: bool, first_label: str, failures_before: int) -> None:
-        if good:
-            outcome = "resumed" if len(self.used) > 1 else "served" if failures_before == 0 else "fell_back"
-            self.sources.recorder.outcome(first_label, outcome)
-        LOG.info("image %s: bytes %d-%d sent from %s%s", self.sources.image_id, self.start, self.end - 1,
-                 ", ".join(candidate.label for candidate, _ in self.used), self._checked())
-
-    def _finish(self, last: Candidate, read: int, seconds: float, first_label: str) -> bool:
-        """Judge the body before its last chunk goes: learn and remember, or
-        abort (raises; in ``BACKGROUND``, only reports: False)."""
-        hasher = self.hasher
-        matched = hasher is None or self.digest is None or hasher.matches(self.digest[1])
-        self.verdict = matched and hasher is not None
-        if not matched:
-            self._mismatch(first_label)
-            return False
-        if last.backend:
-            self.sources.recorder.transferred(last.key, last.copy, last.label, read, seconds)
-        hashed = self.used if self.check is not Check.TRUST else self.used[1:]
-        if hasher is not None and len(hashed) == 1 and self.digest is not None:
-            self.verified.add(hashed[0][1], self.digest)  # this copy alone produced the good body
-        return True
-
-    def _mismatch(self, first_label: str) -> None:
-        sources, digest = self.sources, self.digest
-        assert digest is not None
-        hashed = self.used if self.check is not Check.TRUST else self.used[1:]
-        for candidate, identity in hashed:
-            self.verified.forget(identity)
-            if candidate.backend:
-                sources.recorder.corrupt(candidate.key, candidate.copy, candidate.label, sources.image_id)
-        sources.recorder.outcome(first_label, "checksum_mismatch")
-        labels = ", ".join(candidate.label for candidate, _ in hashed)
-        if self.check is Check.BACKGROUND:
-            LOG.error("image %s: %s digest mismatch from %s; the body was sent (verify_checksums = background), "
-                      "the copy is demoted", sources.image_id, digest[0], labels)
-            return
-        LOG.error("image %s: %s digest mismatch from %s; aborting the download", sources.image_id, digest[0], labels)
-        raise ChecksumMismatch(f"image {sources.image_id}: {digest[0]} mismatch")
-
-    def _checked(self) -> str:
-        if self.digest is None or self.check is Check.NONE:
-            return ""
-        if self.check is Check.TRUST and len(self.used) == 1:
-            return f" ({self.digest[0]} verified before)"
-        return f" ({self.digest[0]} {'checked after sending' if self.check is Check.BACKGROUND else 'verified'})"
-
-    def _close_sink(self) -> None:
-        """Give the sink the verdict once it is known (``_finish``), else abort it."""
-        if self.sink is not None:
-            sink, self.sink = self.sink, None
-            if self.verdict is None:
-                sink.abort()
-            else:
-                sink.finish(self.verdict)
+        for chunk in self.primed:
+            self.sent = True
+            yield chunk
+        self.primed = []
+        for chunk in self._pump:
+            self.sent = True
+            yield chunk
 
     def close(self) -> None:
         self.current[1].close()
-        self._close_sink()
+        self._pump.close()
+
+    # -- the pump -------------------------------------------------------------------
+
+    def _chunks(self) -> Iterator[bytes]:
+        first_label = self.current[0].label
+        try:
+            yield from self._from_sources()
+            while self.verifier.matched() is False and self._start_again():
+                yield from self._from_sources()
+            yield from self._release_held()
+        except BackendError:  # the upstream's /file failed too: abort
+            self.sources.recorder.outcome(first_label, "failed")
+            raise
+        self._report(first_label)
+
+    def _from_sources(self) -> Iterator[bytes]:
+        while self.offset < self.plan.end:
+            candidate, stream = self.current
+            self.used.append(candidate)
+            read, started = 0, time.monotonic()
+            try:
+                for position, data in self._pieces(stream):
+                    read += len(data)
+                    if sendable := self._take(candidate, position, data):
+                        yield from self._hold(sendable)
+            except BackendError as error:
+                self.sources.failed(candidate, error, self.offset)
+            except Rejected:
+                getattr(stream, "rejected", lambda: None)()  # a cache entry: removed
+            finally:
+                stream.close()
+            if self.offset >= self.plan.end:
+                self.last = (candidate, read, time.monotonic() - started)
+                return
+            self.current = self.sources.resume(*read_span(self.plan, self.offset, self.verifier.aligned))
+
+    def _pieces(self, stream: object) -> Iterator[tuple[int, bytes]]:
+        """``(image offset, bytes)`` of what ``stream`` sends: its chunks as they
+        come, or whole blocks of the image when they are checked."""
+        position = getattr(stream, "start", self.offset)
+        if not self.verifier.aligned:
+            for chunk in stream:  # type: ignore[attr-defined]
+                yield position, chunk
+                position += len(chunk)
+            return
+        parts: list[bytes] = []
+        have, want = 0, min(BLOCK, self.plan.size - position)
+        for chunk in stream:  # type: ignore[attr-defined]
+            while chunk:
+                take = chunk if len(chunk) <= want - have else chunk[:want - have]
+                chunk = chunk[len(take):]
+                parts.append(take)
+                have += len(take)
+                if have == want:
+                    yield position, parts[0] if len(parts) == 1 else b"".join(parts)
+                    position += have
+                    parts, have, want = [], 0, min(BLOCK, self.plan.size - position)
+
+    def _take(self, candidate: Candidate, position: int, data: bytes) -> bytes:
+        """Check one piece; what of it the client still needs. Raises
+        ``Rejected`` for a block that is not the image's."""
+        index, end = position // BLOCK, position + len(data)
+        if end <= self.offset:  # sent already (a source that starts earlier)
+            if not self.verifier.admitted_before(index, data):
+                self._reject(candidate, index)
+            return b""
+        if self.verifier.aligned and not self.verifier.admit(index, data):
+            self._reject(candidate, index)
+        piece = data[max(0, self.offset - position):self.plan.end - position]
+        self.offset = min(end, self.plan.end)
+        return piece
+
+    def _reject(self, candidate: Candidate, index: int) -> None:
+        corrupt_block(candidate, self.plan.image_id, index, self.sources.recorder)
+        raise Rejected()
+
+    def _hold(self, piece: bytes) -> Iterator[bytes]:
+        """The last piece waits for the verdict where the check holds it back."""
+        if self.verifier.holds_last:
+            piece, self.held = self.held, piece
+        if piece:
+            self.sent = True
+            yield piece
+
+    def _release_held(self) -> Iterator[bytes]:
+        held, self.held = self.held, b""
+        if held:
+            self.sent = True
+            yield held
+
+    def _start_again(self) -> bool:
+        """The whole body does not match its digest: judge it; True when it
+        starts again from the next source (nothing went out yet), False
+        when it was sent anyway (``BESIDE``); aborts otherwise."""
+        plan, verifier = self.plan, self.verifier
+        assert plan.digest is not None
+        beside = verifier.check is Check.BESIDE
+        consequence = ("the body was sent (verify_checksums = background)" if beside
+                       else "aborting the download" if self.sent else "nothing was sent: starting again")
+        judge(Verdict(plan.image_id, plan.digest, self.used, False), None, self.fingerprints,
+              self.sources.recorder, consequence)
+        self.sources.recorder.outcome(self.used[0].label, "checksum_mismatch")
+        if beside:
+            return False
+        if self.sent:
+            raise ChecksumMismatch(f"image {plan.image_id}: {plan.digest[0]} mismatch")
+        self.verifier = Verifier(verifier.check, plan.digest, None)
+        self.offset, self.held, self.used = plan.start, b"", []
+        self.current = self.sources.resume(*read_span(plan, plan.start, True))
+        return True
+
+    def _report(self, first_label: str) -> None:
+        candidate, read, seconds = self.last
+        matched = self.verifier.matched()
+        if matched and self.plan.digest is not None:
+            judge(Verdict(self.plan.image_id, self.plan.digest, self.used, True),
+                  self.verifier.recorded(self.plan.size), self.fingerprints, self.sources.recorder)
+        if candidate.backend:
+            self.sources.recorder.transferred(candidate.key, candidate.copy, candidate.label, read, seconds)
+        resumed = len(set(self.used)) > 1
+        outcome = "resumed" if resumed else "served" if self.sources.failures == self.failures_before else "fell_back"
+        self.sources.recorder.outcome(first_label, outcome)
+        LOG.info("image %s: bytes %d-%d sent from %s%s", self.plan.image_id, self.plan.start, self.plan.end - 1,
+                 ", ".join(dict.fromkeys(c.label for c in self.used)), self._checked())
+
+    def _checked(self) -> str:
+        label = _CHECKED.get(self.verifier.check)
+        if label is None or self.plan.digest is None:
+            return ""
+        return f" ({label})" if self.verifier.check is Check.BLOCKS else f" ({self.plan.digest[0]} {label})"

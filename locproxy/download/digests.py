@@ -21,6 +21,8 @@ import os
 import threading
 from typing import Any
 
+from locproxy.fingerprints import BLOCK
+
 Digest = tuple[str, str]  # (hashlib name, expected hex value)
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -46,10 +48,13 @@ def submit(task: Any) -> concurrent.futures.Future[Any]:
 
 class PipelinedHash:
     """A hashlib object whose ``update`` returns at once and runs on a helper
-    thread; the next ``update`` (or ``matches``) waits for the previous one."""
+    thread; the next ``update`` (or ``matches``) waits for the previous one.
+    With ``blocks`` (a ``FingerprintBuilder``), each update is one block of
+    the image, fingerprinted on the same thread."""
 
-    def __init__(self, algorithm: str) -> None:
+    def __init__(self, algorithm: str, blocks: Any = None) -> None:
         self._hasher = hashlib.new(algorithm)
+        self._blocks = blocks
         self._pending: concurrent.futures.Future[None] | None = None
 
     @property
@@ -58,7 +63,12 @@ class PipelinedHash:
 
     def update(self, data: bytes) -> None:
         self.wait()
-        self._pending = _executor().submit(self._hasher.update, data)
+        self._pending = _executor().submit(self._update, data)
+
+    def _update(self, data: bytes) -> None:
+        self._hasher.update(data)
+        if self._blocks is not None:
+            self._blocks.add(data)
 
     def wait(self) -> None:
         """Until every chunk given so far is hashed."""
@@ -79,14 +89,20 @@ def digest_matches(hasher: Any, expected: str) -> bool:
     return hasher.hexdigest() == expected.lower()
 
 
-def file_digest_matches(fileobj: Any, digest: Digest, chunk_size: int = 1 << 20) -> bool:
-    """Hash an open file from its start (its own descriptor position is kept
-    for the caller: reads use pread)."""
+def file_digest_matches(fileobj: Any, digest: Digest, blocks: Any = None, pause: Any = None) -> bool:
+    """Hash an open file from its start, a block of the image at a time
+    (its own descriptor position is kept for the caller: reads use pread);
+    with ``blocks`` (a ``FingerprintBuilder``), fingerprint it too; with
+    ``pause``, call it before each block (background work giving way)."""
     hasher = hashlib.new(digest[0])
     fd, offset = fileobj.fileno(), 0
     while True:
-        chunk = os.pread(fd, chunk_size, offset)
+        if pause is not None:
+            pause()
+        chunk = os.pread(fd, BLOCK, offset)
         if not chunk:
             return digest_matches(hasher, digest[1])
         hasher.update(chunk)
+        if blocks is not None:
+            blocks.add(chunk)
         offset += len(chunk)

@@ -2,9 +2,10 @@
 
 ``plan_download`` turns the image the upstream showed this client, the
 request's method and ``Range``, and the order of the copies locproxy may
-read into a ``DownloadPlan``: status, headers, byte span, the digest to
-verify, the sources in order, and whether the server may ``sendfile``.
-The shell (``handler.py``) renders the plan; nothing here does I/O.
+read into a ``DownloadPlan``: status, headers, byte span, the image's
+digest and the sources in order. How the body is checked and sent is
+``policy.py``'s; the shell (``handler.py``) renders both.
+Nothing here does I/O.
 
 Returned instead of a plan: ``None`` (the upstream's own ``/file`` decides:
 not an active image with data, or not understood) or a ``Refusal`` (answered
@@ -61,10 +62,9 @@ class DownloadPlan:
     end: int  # exclusive
     size: int
     headers: tuple[tuple[str, str], ...]
-    digest: Digest | None  # what to verify; None: not verifiable (a range) or not asked for
+    digest: Digest | None  # the image's recorded digest (what checks it, and keys its fingerprint and cache entry)
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
-    image_digest: Digest | None = None  # the image's recorded digest (the site cache's key)
     upstream_prefer: tuple[str, ...] = ()  # ?prefer= for the upstream's own /file (see upstream_prefer())
 
     @property
@@ -88,7 +88,6 @@ def plan_download(
     prefer: Sequence[str],
     readable: Callable[[str], bool],
     demoted: Callable[[str, str], bool],
-    verify_checksums: bool,
 ) -> DownloadPlan | Refusal | None:
     """The plan for this client's download of ``image`` (the upstream's JSON)."""
     size = image.get("size") if isinstance(image, dict) else None
@@ -112,10 +111,9 @@ def plan_download(
         end=end,
         size=size,
         headers=tuple(headers),
-        digest=None if span or not verify_checksums else expected_digest(image),
+        digest=expected_digest(image),
         candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
         head_only=method == "HEAD",
-        image_digest=expected_digest(image),
         upstream_prefer=upstream_prefer(image, selector, prefer),
     )
 

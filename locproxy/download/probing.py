@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Iterable
 
 from locproxy.download.backends import BackendError, Backends
-from locproxy.download.plan import Candidate
+from locproxy.download.plan import Candidate, DownloadPlan
 from locproxy.observability import Recorder
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
@@ -41,8 +41,12 @@ class Prober:
         self._pid = 0
         self._stop = threading.Event()
 
+    def note(self, plan: DownloadPlan) -> None:
+        """Note the backends of one download's candidates."""
+        self.remember(plan.candidates, plan.size)
+
     def remember(self, candidates: Iterable[Candidate], image_size: int) -> None:
-        """Note the backends of one download's candidates; start the thread if needed."""
+        """Note the backends of these candidates; start the thread if needed."""
         with self._lock:
             for candidate in candidates:
                 self._known[candidate.key] = (candidate, image_size)

@@ -32,20 +32,19 @@ class Sources:
     LOGGED_FAILURES = 3
 
     def __init__(self, candidates: tuple[Candidate, ...], backends: Backends, recorder: Recorder,
-                 image_requests: ImageRequests, image_id: str, size: int, end: int) -> None:
+                 image_requests: ImageRequests, image_id: str, size: int) -> None:
         self.remaining = list(candidates)
         self.backends = backends
         self.recorder = recorder
         self.image_requests = image_requests
         self.image_id = image_id
         self.size = size
-        self.end = end
         self.failures = 0
         self.unlogged = 0
         self.upstream_tried = False
 
-    def open_next(self, offset: int) -> Opened | None:
-        """The next candidate that opens at ``offset``, or None when none is left."""
+    def open_next(self, offset: int, end: int) -> Opened | None:
+        """The next candidate that opens for ``[offset, end)``, or None when none is left."""
         tracker, deferred = self.recorder.tracker, set()  # candidates put back once
         try:
             while self.remaining:
@@ -58,7 +57,7 @@ class Sources:
                 started = time.monotonic()
                 try:
                     with tracker.attempt(candidate.key):
-                        stream = self.backends.open(candidate.url, offset, self.end - offset, self.size)
+                        stream = self.backends.open(candidate.url, offset, end - offset, self.size)
                 except BackendError as error:
                     self.failed(candidate, error, offset, before_first_byte=True)
                     continue
@@ -68,16 +67,17 @@ class Sources:
         finally:
             self._log_unlogged()
 
-    def resume(self, offset: int) -> Opened:
-        """A source for the rest from ``offset``: a location, else the
-        upstream's ``/file`` (once: if that fails too, the download fails)."""
-        opened = self.open_next(offset)
+    def resume(self, offset: int, end: int) -> Opened:
+        """A source for ``[offset, end)``: a location, else the upstream's
+        ``/file`` (once: if that fails too, the download fails). The
+        upstream's may start before ``offset`` (``UpstreamStream``)."""
+        opened = self.open_next(offset, end)
         if opened is not None:
             return opened
         if self.upstream_tried:
             raise BackendError("all", f"no source could resume at byte {offset}")
         self.upstream_tried = True
-        return UPSTREAM, UpstreamStream(self.image_requests, offset, self.end)
+        return UPSTREAM, UpstreamStream(self.image_requests, offset, end, self.size)
 
     def failed(self, candidate: Candidate, error: BackendError, offset: int, before_first_byte: bool = False) -> None:
         self.failures += 1
@@ -98,36 +98,48 @@ class Sources:
 
 
 class UpstreamStream:
-    """The upstream's own ``/file`` as a last-resort source, from ``offset``.
+    """The upstream's own ``/file`` as a last-resort source of ``[offset, end)``.
 
-    Requested as the client (same credentials), with a Range, so it needs no
-    more authority than the client's own download.
+    Requested as the client (same credentials), so it needs no more
+    authority than the client's own download. With a Range where one is
+    needed; Glance refuses any Range (400) for stores that cannot read at
+    random (rbd, swift, s3, http...): that is its limit, not a refusal, so
+    the whole ``/file`` is read instead and ``start`` says where its bytes
+    begin (0): the body skips, and checks, what it already sent.
     """
 
     fileobj = None
     identity = None  # never trusted as a verified copy
 
-    def __init__(self, image_requests: ImageRequests, offset: int, end: int) -> None:
-        self.response = image_requests.download(headers={"Range": f"bytes={offset}-{end - 1}"})
-        self.length = end - offset
+    def __init__(self, image_requests: ImageRequests, offset: int, end: int, size: int) -> None:
+        self.start, self.end = offset, end
+        whole = offset == 0 and end == size
+        self.response = image_requests.download(headers=None if whole else {"Range": f"bytes={offset}-{end - 1}"})
+        if not whole and self.response.status_code == 400:
+            bodies.close_iterable(self.response.app_iter)
+            self.start, self.end = 0, size
+            self.response = image_requests.download()
+        self.length = self.end - self.start
+        self.expected_status = 200 if (self.start, self.end) == (0, size) else 206
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.response.status_code != 206 or self.response.content_length != self.length:
-            raise BackendError("upstream", f"HTTP {self.response.status_code} to a resume Range", Failure.HTTP_STATUS)
+        response = self.response
+        if response.status_code != self.expected_status or response.content_length != self.length:
+            raise BackendError("upstream", f"HTTP {response.status_code} to a resume request", Failure.HTTP_STATUS)
         sent = 0
         try:
-            for chunk in self.response.app_iter:
+            for chunk in response.app_iter:
                 chunk = chunk[: self.length - sent]
                 sent += len(chunk)
                 yield chunk
         except BackendError:
             raise
         except Exception as error:  # whatever the upstream app raised: a broken source
-            raise BackendError("upstream", f"ended early at byte {sent}: {type(error).__name__}",
+            raise BackendError("upstream", f"ended early at byte {self.start + sent}: {type(error).__name__}",
                                Failure.TRUNCATED) from error
         if sent < self.length:
-            raise BackendError("upstream", f"ended early at byte {sent}", Failure.TRUNCATED)
+            raise BackendError("upstream", f"ended early at byte {self.start + sent}", Failure.TRUNCATED)
 
     def close(self) -> None:
         if not self._closed:
