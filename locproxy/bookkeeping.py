@@ -83,7 +83,7 @@ class SharedFile:
                 self._failed(what, error)
                 return False, None
 
-    def open(self, what: str, setup: Callable[[sqlite3.Connection], None]) -> bool:
+    def open(self, what: str, setup: Callable[[sqlite3.Connection], None], timeout: float = LOAD_TIMEOUT) -> bool:
         """At load: run ``setup`` (schema) and prove the file is writable.
 
         Workers that load at the same moment wait for each other here (up to
@@ -98,7 +98,7 @@ class SharedFile:
         self._setup = setup
         with self._lock:
             try:
-                self._connection(LOAD_TIMEOUT)
+                self._connection(timeout)
                 return True
             except _ERRORS as error:
                 self._failed(what, error)

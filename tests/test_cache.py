@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from locproxy.cache import Fill, SiteCache, cache_key
+from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key
+from locproxy.cache import store
+from locproxy.fingerprints import BLOCK, Fingerprint, FingerprintBuilder
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
 from tests.support.client import Fetched, fetch
 from tests.support.faultserver import FaultServer
@@ -33,64 +36,175 @@ DIGEST = ("sha512", hashlib.sha512(DATA).hexdigest())
 
 # -- the store ----------------------------------------------------------------------------
 
-def fill(cache: SiteCache, image_id: str, data: bytes = DATA, verified: bool = True) -> bool:
-    started = cache.fill(cache_key(image_id, DIGEST), image_id, len(data))
+def fingerprint_of(data: bytes) -> Fingerprint:
+    built = FingerprintBuilder()
+    for start in range(0, len(data), BLOCK):
+        built.add(data[start:start + BLOCK])
+    return built.fingerprint(len(data))
+
+
+def begin(cache: SiteCache, image_id: str, size: int = len(DATA), whole: bool = True) -> Any:
+    return cache.begin(cache_key(image_id, DIGEST), image_id, size, DIGEST, whole=whole, stall=0.5)
+
+
+def fill(cache: SiteCache, image_id: str, data: bytes = DATA) -> bool:
+    started = begin(cache, image_id, len(data))
     assert isinstance(started, Fill), started
-    started.write(0, data)
-    return started.finish(verified)
+    started.write(data)
+    return started.commit(fingerprint_of(data))
 
 
-def test_only_verified_whole_fills_are_committed(tmp_path: Path) -> None:
+def test_only_whole_fills_are_committed_with_their_fingerprint(tmp_path: Path) -> None:
     cache = SiteCache(str(tmp_path), 100 * MiB)
-    assert not fill(cache, "unverified", verified=False)
-    partial = cache.fill(cache_key("partial", DIGEST), "partial", len(DATA))
-    partial.write(0, DATA[:1000])
-    assert not partial.finish(True), "an incomplete fill is never committed"
+    aborted = begin(cache, "aborted")
+    aborted.write(DATA)
+    aborted.abort()
+    partial = begin(cache, "partial")
+    partial.write(DATA[:1000])
+    assert not partial.commit(fingerprint_of(DATA)), "an incomplete fill is never committed"
     assert fill(cache, "good")
     assert [entry["image"] for entry in cache.list()] == ["good"]
     assert os.listdir(tmp_path / "fills") == [], "nothing left behind"
-    entry = cache.lookup(cache_key("good", DIGEST), len(DATA))
-    assert entry is not None and entry.fileobj.read() == DATA
-    entry.fileobj.close()
-    assert cache.lookup(cache_key("good", ("sha512", "0" * 128)), len(DATA)) is None, "another digest: another key"
+    hit = begin(cache, "good")
+    assert isinstance(hit, Hit) and hit.fileobj.read() == DATA
+    assert hit.fingerprint is not None and hit.fingerprint.blocks == fingerprint_of(DATA).blocks
+    hit.fileobj.close()
+    other = cache.begin(cache_key("good", ("sha512", "0" * 128)), "good", len(DATA), ("sha512", "0" * 128),
+                        whole=False)
+    assert other is None, "another digest: another key"
+
+
+def test_a_second_begin_follows_the_fill_in_progress(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 100 * MiB)
+    started = begin(cache, "x")
+    follow = begin(cache, "x", whole=False)
+    assert isinstance(follow, Follow)
+    started.write(DATA[:BLOCK])
+    chunks = follow.chunks(0, BLOCK, 64 * 1024)
+    assert b"".join(next(chunks) for _ in range(16)) == DATA[:BLOCK]
+    started.abort()
+    with pytest.raises(FillerGone):
+        list(follow.chunks(BLOCK, len(DATA), 64 * 1024))
+    follow.close()
+
+
+def test_the_cap_holds_for_fills_started_together(tmp_path: Path) -> None:
+    """Reservations are made under the cache's lock: of eight images of
+    which two fit, two fills start, however they race."""
+    cache = SiteCache(str(tmp_path), 2 * len(DATA) + 10)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        started = list(pool.map(lambda n: begin(cache, f"image-{n}"), range(8)))
+    fills = [item for item in started if isinstance(item, Fill)]
+    assert len(fills) == 2 and started.count(None) == 6
+    for item in fills:
+        item.write(DATA)
+        assert item.commit(fingerprint_of(DATA))
+    assert sum(entry["size"] for entry in cache.list()) <= cache.max_size
 
 
 def test_the_cap_evicts_the_least_recently_used_never_one_being_read(tmp_path: Path) -> None:
     cache = SiteCache(str(tmp_path), 2 * len(DATA) + 10)
     assert fill(cache, "a") and fill(cache, "b")
     time.sleep(0.01)
-    reading = cache.lookup(cache_key("a", DIGEST), len(DATA))  # a: most recently used, and open
-    assert reading is not None
+    reading = begin(cache, "a", whole=False)  # a: most recently used, and open
+    assert isinstance(reading, Hit)
     assert fill(cache, "c"), "b, the least recently used, made room"
     assert sorted(entry["image"] for entry in cache.list()) == ["a", "c"]
     time.sleep(0.01)
-    cache.lookup(cache_key("c", DIGEST), len(DATA)).fileobj.close()  # c used after a
+    begin(cache, "c", whole=False).fileobj.close()  # c used after a
     assert fill(cache, "d"), "a is least recently used but being read: c goes"
     assert sorted(entry["image"] for entry in cache.list()) == ["a", "d"]
-    assert cache.fill(cache_key("e", DIGEST), "e", len(DATA) * 3) is None, "larger than the cache: not cached"
+    assert begin(cache, "e", size=len(DATA) * 3) is None, "larger than the cache: not cached"
     reading.fileobj.close()
-    assert sum(entry["size"] for entry in cache.list()) <= cache.max_size
 
 
-def test_stale_fills_are_removed_at_start(tmp_path: Path) -> None:
-    cache = SiteCache(str(tmp_path), 100 * MiB)
-    started = cache.fill(cache_key("x", DIGEST), "x", len(DATA))
-    started.write(0, DATA[:100])
+def test_a_dead_fillers_leftovers_and_orphans_are_removed_and_counted(tmp_path: Path) -> None:
+    events: list[tuple[str, int]] = []
+    cache = SiteCache(str(tmp_path), 100 * MiB, on_event=lambda event, amount: events.append((event, amount)))
+    started = begin(cache, "x")
+    started.write(DATA[:100])
     os.close(started.fd)  # as a killed process would: the lock goes, the file stays
     started.fd = -1
-    assert os.listdir(tmp_path / "fills")
-    SiteCache(str(tmp_path), 100 * MiB)
-    assert os.listdir(tmp_path / "fills") == []
+    assert fill(cache, "kept")
+    (tmp_path / "entries" / ("0" * 40)).write_bytes(b"an orphan: its index row is gone")
+    restarted = SiteCache(str(tmp_path), 100 * MiB, on_event=lambda event, amount: events.append((event, amount)))
+    assert os.listdir(tmp_path / "fills") == [], "the dead fill went"
+    assert sorted(os.listdir(tmp_path / "entries")) == [cache_key("kept", DIGEST)], "the orphan went"
+    assert ("orphan", 32) in events
+    assert isinstance(begin(restarted, "x"), Fill), "and the image can be cached again"
 
 
-def test_an_entry_changed_on_disk_is_removed_not_served(tmp_path: Path) -> None:
+def test_an_index_lost_leaves_no_space_lost(tmp_path: Path) -> None:
+    cache = SiteCache(str(tmp_path), 2 * len(DATA) + 10)
+    assert fill(cache, "a") and fill(cache, "b")
+    for name in os.listdir(tmp_path):
+        if name.startswith("index.sqlite"):
+            os.unlink(tmp_path / name)
+    again = SiteCache(str(tmp_path), 2 * len(DATA) + 10)
+    assert os.listdir(tmp_path / "entries") == [] and again.usage() == (0, 0)
+    assert fill(again, "a") and fill(again, "b"), "cached again, within the cap"
+
+
+def test_owner_only_modes_and_no_symlink_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "keep").write_bytes(b"not the cache's")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o755)
+    (cache_dir / "fills").symlink_to(secret)  # planted before the cache starts
+    cache = SiteCache(str(cache_dir), 100 * MiB)
+    assert (secret / "keep").exists(), "a start never removes what a link points at"
+    assert cache.degraded and begin(cache, "x") is None, "the cache steps aside"
+    os.unlink(cache_dir / "fills")
+    cache = SiteCache(str(cache_dir), 100 * MiB)
+    assert fill(cache, "x")
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [cache_dir, *cache_dir.rglob("*")]}
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+    entry = cache_dir / "entries" / cache_key("x", DIGEST)
+    entry.unlink()
+    entry.symlink_to(secret / "keep")  # an entry swapped for a link
+    assert begin(cache, "x", whole=False) is None
+
+
+def test_a_corrupt_entry_is_removed_even_while_it_is_read(tmp_path: Path) -> None:
     cache = SiteCache(str(tmp_path), 100 * MiB)
     assert fill(cache, "x")
-    path = tmp_path / "entries" / cache_key("x", DIGEST)
-    with open(path, "r+b") as stream:
-        stream.write(b"X")
-    assert cache.lookup(cache_key("x", DIGEST), len(DATA)) is None
-    assert not path.exists() and cache.list() == []
+    reading = begin(cache, "x", whole=False)
+    reading.rejected()
+    assert cache.list() == [] and os.listdir(tmp_path / "entries") == []
+    assert reading.fileobj.read() == DATA, "its reader keeps its open file (and checks every block)"
+    reading.fileobj.close()
+
+
+@pytest.mark.parametrize("broken", ["fills-removed", "lock-held"])
+def test_a_failing_cache_steps_aside_at_once_and_heals(tmp_path: Path, broken: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "RETRY_AFTER", 0.5)
+    events: list[str] = []
+    cache = SiteCache(str(tmp_path), 100 * MiB, on_event=lambda event, amount: events.append(event))
+    holder = None
+    if broken == "fills-removed":
+        os.rmdir(tmp_path / "fills")
+    else:  # another process holds the cache's lock and never lets go
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                                   "fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+                                   "print('locked', flush=True); time.sleep(60)", str(tmp_path / "lock")],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "locked"
+    try:
+        started = time.monotonic()
+        assert begin(cache, "x") is None
+        assert time.monotonic() - started < store.LOCK_TIMEOUT + 0.5, "a bounded wait"
+        assert begin(cache, "x") is None and time.monotonic() - started < store.LOCK_TIMEOUT + 0.6, "aside: at once"
+        assert cache.degraded and events.count("error") == 1
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(10)
+            holder.stdout.close()
+    time.sleep(0.6)
+    assert fill(cache, "x"), "after the back-off the cache works again"
+    assert not cache.degraded
 
 
 # -- a sidecar ---------------------------------------------------------------------------------
@@ -148,7 +262,7 @@ def test_sixteen_cold_downloads_read_the_backend_once(lab: Lab, tmp_path: Path) 
     assert all(exact(result) for result in results + again), [result.describe() for result in results]
     assert backend.request_count == 1 and bytes_sent(backend) == len(DATA), "one backend read for 20 downloads"
     assert health["cache"] == {"bytes": len(DATA), "max_bytes": 1 << 30, "entries": 1}
-    assert log.count("sent from cache") == 19, "15 followed the fill, 4 hit the entry"
+    assert log.count("sent from cache") == 20, "16 followed the fill (the first one too), 4 hit the entry"
 
 
 def test_hits_and_ranges_come_from_disk(lab: Lab, tmp_path: Path) -> None:
@@ -163,7 +277,8 @@ def test_hits_and_ranges_come_from_disk(lab: Lab, tmp_path: Path) -> None:
     assert exact(first) and all(exact(hit) for hit in hits)
     assert [result.body for result in ranges] == [DATA[:100], DATA[5000000:], DATA[-17:]]
     assert backend.request_count == 1
-    assert log.count("sent from cache (sendfile)") >= 2, "a worker that checked an entry sends it with sendfile"
+    assert log.count("sent from cache (every block checked against the image's fingerprint)") == 7, \
+        "every hit and range checked block by block"
 
 
 def test_a_range_during_a_fill_reads_the_part_already_written(lab: Lab, tmp_path: Path) -> None:
@@ -200,10 +315,11 @@ def _filler_pid(part: Path) -> int:
 
 
 def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
-    """kill -9 of the worker filling: its own client sees an aborted body;
-    a client following the fill (in another worker of the node: here another
-    sidecar on the same cache_dir) finishes with exact bytes, taking the fill
-    over from where the bytes end, and no partial entry is ever committed."""
+    """kill -9 of the worker filling: its own client sees an aborted body; a
+    client following the fill (in another worker of the node: here another
+    sidecar on the same cache_dir) finishes with exact bytes, going on from
+    the backend at the block it reached; no partial entry is ever committed,
+    and the next download fills the cache again."""
     cache_dir = tmp_path / "cache"
     with FaultServer(DATA, mode="slow:4000000") as backend:
         image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
@@ -220,9 +336,9 @@ def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
     assert not filled.complete, "the killed worker's client sees an aborted body"
     assert exact(followed), followed.describe()
     assert "the cache fill stopped at byte" in log, "it followed, then resumed from the backend"
-    assert exact(later) and re.findall(r"sent from (\S+)", log)[-1] == "cache", "then a hit"
+    assert exact(later) and re.findall(r"sent from (\S+)", log)[-1] == "cache", "then from the cache again"
     entries = list((cache_dir / "entries").iterdir())
-    assert [entry.read_bytes() == DATA for entry in entries] == [True], "the follower's fill was committed"
+    assert [entry.read_bytes() == DATA for entry in entries] == [True], "the next download's fill was committed"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -242,42 +358,37 @@ def test_a_full_disk_stops_the_fill_never_the_download(lab: Lab, tmp_path: Path)
         subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
     assert all(exact(result) for result in results)
     assert entries == [] and fills == [], "nothing committed, nothing left behind"
-    assert "cache: fill of" in log and "ENOSPC" in log
+    assert "cache fill stopped at byte" in log and "No space left on device" in log
 
 
-@pytest.mark.parametrize("how", ["rewritten", "silently"])
-def test_a_corrupt_entry_is_never_served_whole(lab: Lab, tmp_path: Path, how: str) -> None:
-    """Rewritten: its identity changed, it is removed at once. Silently (the
-    same identity, as bit rot would leave it): the first use after a restart
-    re-hashes it, aborts that download, and removes it. Either way the next
-    download is exact, from the backend."""
+@pytest.mark.parametrize("how", ["rewritten", "bit-rot"])
+def test_a_corrupt_entry_never_sends_a_bad_block(lab: Lab, tmp_path: Path, how: str) -> None:
+    """Whatever changed an entry (a rewrite, or rot that keeps its inode and
+    times), the bad block is refused before it is sent: that download goes
+    on from the backend at that block, exact, and the entry is removed."""
     with FaultServer(DATA) as backend:
         image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
         cache_dir = tmp_path / "cache"
         with lab.sidecar(cache_dir) as server:
             assert exact(fetch(server.port, f"/v2/images/{image_id}/file"))
+            server.log_after("committed", 1)
         entry = cache_dir / "entries" / cache_key(image_id, DIGEST)
+        before = entry.stat()
         with open(entry, "r+b") as stream:
-            stream.seek(4 * MiB)
-            stream.write(bytes([DATA[4 * MiB] ^ 1]))
-        if how == "silently":
-            stat = os.stat(entry)
-            identity = json.dumps([stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
-            subprocess.run([sys.executable, "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
-                            "db.execute('UPDATE entries SET identity = ?', (sys.argv[2],)); db.commit()",
-                            str(cache_dir / "index.sqlite"), identity], check=True, timeout=30)
+            stream.seek(4 * MiB + 10)
+            stream.write(bytes([DATA[4 * MiB + 10] ^ 1]))
+        if how == "bit-rot":
+            os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
         with lab.sidecar(cache_dir) as server:
             first = fetch(server.port, f"/v2/images/{image_id}/file")
+            log = server.log_after("sent from", 1)
             second = fetch(server.port, f"/v2/images/{image_id}/file")
-            log = server.log()
-    if how == "silently":
-        assert first.status == 200 and not first.complete, "re-hashed while served: aborted"
-        assert "does not match its digest: removed" in log
-    else:
-        assert exact(first), "removed before serving, fetched again"
-        assert "changed on disk since it was committed" in log
-    assert exact(second)
-    assert backend.request_count == 2, "the fill, then one fetch again"
+            server.log_after("sent from", 2)
+    assert exact(first) and exact(second)
+    assert re.search(rf"ERROR locproxy\.download: image {image_id}: block 4 from cache does not match", log), log
+    assert f"cache entry {cache_key(image_id, DIGEST)} removed: a block does not match" in log
+    assert re.search(rf"image {image_id}: bytes 0-\d+ sent from cache, http://127\.0\.0\.1:\d+ \(every block", log)
+    assert backend.request_count == 3, "the fill, the rest from block 4, the fill again"
 
 
 def test_an_image_larger_than_the_cache_is_served_not_cached(lab: Lab, tmp_path: Path) -> None:

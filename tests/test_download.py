@@ -342,7 +342,8 @@ def test_a_corrupt_block_of_a_fingerprinted_image_is_never_sent(world: World, fa
     assert (result.status, result.complete) == (200, True)
     assert result.body == DATA, "exact bytes, the bad block from the next copy"
     bad_block = int(fault.split(":")[1]) // (1 << 20)
-    log = log_since(world, mark)
+    sent = rf"image {image_id}: bytes 0-{len(DATA) - 1} sent from"
+    log = world.sidecar.log_after(sent, count=1)[mark:]
     assert re.search(rf"ERROR locproxy\.download: image {image_id}: block {bad_block} from http://127\.0\.0\.1:\d+ "
                      r"does not match the image's fingerprint; not sent", log), log
     assert re.search(r"sent from http://127\.0\.0\.1:\d+, file \(every block checked", log), log

@@ -66,6 +66,6 @@ def test_sidecar_survived_every_fault(lab: FaultLab) -> None:
 
 
 # Raised on purpose to abort a transfer that cannot be completed correctly.
-DELIBERATE_ABORTS = {"locproxy.download.body.ChecksumMismatch", "locproxy.download.backends.base.BackendError"}
+DELIBERATE_ABORTS = {"locproxy.download.verify.ChecksumMismatch", "locproxy.download.backends.base.BackendError"}
 # Chained causes printed with the tracebacks of KNOWN_BUGS (remove with the fix).
 KNOWN_BUG_EXCEPTIONS: set[str] = set()

@@ -30,7 +30,7 @@ from locproxy.strategies import Selector
 from tests.support.faultserver import FaultServer
 from tests.support.upstreams import IMAGE_ID, json_response
 
-DATA = bytes(range(256)) * 1200  # 300 KiB
+DATA = bytes(range(256)) * 12800  # 3.125 MiB: resumes happen at a block (1 MiB) of the image
 STORES = ("fs1", "cinder1", "ceph1", "s31", "web")
 
 
@@ -166,15 +166,16 @@ def test_no_prefer_when_the_upstreams_order_is_the_strategys() -> None:
 
 @pytest.mark.parametrize("headers", [pytest.param(ADMIN, id="admin"), pytest.param(MEMBER, id="member")])
 def test_resume_from_the_upstream_asks_in_the_strategys_order(headers: dict[str, str]) -> None:
-    """A readable http copy breaks mid-stream: the rest comes from the
-    upstream's /file with a Range, and ?prefer= (or plain, if refused)."""
-    with FaultServer(DATA, mode="truncate_after:100000") as web:
+    """A readable http copy breaks mid-stream: the rest, from the block it
+    broke in, comes from the upstream's /file with a Range, and ?prefer= (or
+    plain, if refused)."""
+    with FaultServer(DATA, mode="truncate_after:1500000") as web:
         upstream = Glance33([loc("file:///a", "fs1"), loc(web.url(), "web"), loc("rbd://f/p/i/s", "ceph1")])
         app = filtered(upstream, store_type_preference="http, rbd, file", allowed_hosts="127.0.0.1",
                        chunk_size="64K")
         response = app.get(PATH, headers=headers)
         assert (response.status_int, response.body) == (200, DATA)
-    wanted = [("GET", "prefer=web,ceph1", "bytes=100000-307199")]
+    wanted = [("GET", "prefer=web,ceph1", f"bytes=1048576-{len(DATA) - 1}")]
     if headers is MEMBER:
-        wanted.append(("GET", "", "bytes=100000-307199"))
+        wanted.append(("GET", "", f"bytes=1048576-{len(DATA) - 1}"))
     assert upstream.files == wanted

@@ -62,7 +62,6 @@ class CacheDirectory:
     def __init__(self, path: str) -> None:
         self.path = path
         self.root = self.entries = self.fills = -1
-        self.open()
 
     def open(self) -> None:
         """(Re)open the directories, creating what is missing, owner-only
@@ -89,18 +88,19 @@ class CacheDirectory:
                 os.close(fd)
                 setattr(self, name, -1)
 
-    @property
-    def index_path(self) -> str:
-        """The index, refused if it is anything but a regular file (or absent)."""
-        path = os.path.join(self.path, "index.sqlite")
-        for suffix in ("", "-wal", "-shm"):
+    def check_index(self) -> None:
+        """The index is opened by path (sqlite's way): it must be a regular
+        file, owner-only (sqlite gives its -wal and -shm the same mode)."""
+        os.close(self.open_file(self.root, "index.sqlite", os.O_RDWR | os.O_CREAT))
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
             try:
-                mode = os.lstat(path + suffix).st_mode
+                fd = self.open_file(self.root, name)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(mode):
-                raise OSError(errno.ELOOP, f"{path + suffix} is not a regular file")
-        return path
+            try:
+                _private(fd)
+            finally:
+                os.close(fd)
 
     # -- files -----------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class CacheDirectory:
 
 
 def _private(fd: int) -> None:
-    """Owner-only, for a directory this process owns."""
+    """Owner-only, for a file or directory this process owns."""
     status = os.fstat(fd)
     if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) & 0o077:
         os.fchmod(fd, stat.S_IMODE(status.st_mode) & 0o700)

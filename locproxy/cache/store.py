@@ -79,10 +79,10 @@ class SiteCache:
         self._aside_until = 0.0
         self._last_error = ""
         self._logged_at = float("-inf")
-        self._reopen = False
+        self._reopen = True  # opened by the first use: a start that fails degrades, as a later failure does
         self.dir = CacheDirectory(directory)
-        self.index = SharedFile(self.dir.index_path, name="cache index", on_error=lambda what: None)
-        self.index.open("cache", lambda db: [db.execute(statement) for statement in _SCHEMA])
+        self.index = SharedFile(os.path.join(directory, "index.sqlite"), name="cache index",
+                                on_error=lambda what: None)
         self._guarded("start", self.tidy, None)
 
     # -- the guard -------------------------------------------------------------------
@@ -93,12 +93,19 @@ class SiteCache:
             return default
         try:
             if self._reopen:
-                self.dir.open()
-                self._reopen = False
+                self._open()
             return operation()
         except _ERRORS as error:
             self._failed(what, error)
             return default
+
+    def _open(self) -> None:
+        """(Re)open the directory and the index (which must be a regular file, never a link)."""
+        self.dir.open()
+        self.dir.check_index()
+        if not self.index.open("cache", lambda db: [db.execute(statement) for statement in _SCHEMA], LOCK_TIMEOUT):
+            raise IndexFailing(f"the index cannot be used: {self.index.degraded}")
+        self._reopen = False
 
     def _failed(self, what: str, error: BaseException) -> None:
         self.errors += 1
@@ -216,6 +223,7 @@ class SiteCache:
                 self.dir.commit(fill.key)
                 self._sql(lambda db: _replace_fill_by_entry(db, fill, fingerprint, now))
             self._event("fill", fill.size)
+            LOG.info("cache entry %s committed: image %s, %d bytes", fill.key, fill.image_id, fill.size)
             return True
 
         if self._guarded("commit", commit, False):

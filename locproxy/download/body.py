@@ -54,8 +54,9 @@ class ImageBody:
     """The WSGI iterable of one download (``close()`` closes its current source)."""
 
     def __init__(self, plan: DownloadPlan, sources: Sources, first: Opened, verifier: Verifier,
-                 fingerprints: Fingerprints) -> None:
+                 fingerprints: Fingerprints, done: str = "sent") -> None:
         self.plan, self.sources, self.current = plan, sources, first
+        self.done = done  # what the log says became of the bytes
         self.verifier, self.fingerprints = verifier, fingerprints
         self.offset = plan.start  # the next byte the client needs
         self.used: list[Candidate] = []
@@ -209,8 +210,8 @@ class ImageBody:
         resumed = len(set(self.used)) > 1
         outcome = "resumed" if resumed else "served" if self.sources.failures == self.failures_before else "fell_back"
         self.sources.recorder.outcome(first_label, outcome)
-        LOG.info("image %s: bytes %d-%d sent from %s%s", self.plan.image_id, self.plan.start, self.plan.end - 1,
-                 ", ".join(dict.fromkeys(c.label for c in self.used)), self._checked())
+        LOG.info("image %s: bytes %d-%d %s from %s%s", self.plan.image_id, self.plan.start, self.plan.end - 1,
+                 self.done, ", ".join(dict.fromkeys(c.label for c in self.used)), self._checked())
 
     def _checked(self) -> str:
         label = _CHECKED.get(self.verifier.check)

@@ -105,7 +105,7 @@ class Filler(threading.Thread):
         try:
             verifier = Verifier(self.check, self.plan.digest, self.fingerprint)
             body = ImageBody(self.plan, self.sources, self.sources.resume(0, self.plan.size), verifier,
-                             self.fingerprints)
+                             self.fingerprints, done="read into the site cache")
             for chunk in body:
                 fill.write(chunk)
             fingerprint = self.fingerprint or verifier.recorded(self.plan.size)

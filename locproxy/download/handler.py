@@ -82,13 +82,13 @@ class DownloadHandler:
             if worker is not None:
                 worker.note(plan)
         image_requests.prefer = plan.upstream_prefer  # whenever the upstream's own /file is asked
-        if plan.head_only:
-            return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         cache = services.cache
         if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             services.recorder.outcome("upstream", "upstream")
             return image_requests.as_sent()
+        if plan.head_only:
+            return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         cached = None if cache is None else caching.begin(cache, plan, backends.first_byte_timeout)
         _count(cache, cached)
         fingerprint = services.fingerprints.get(plan.digest, plan.size)

@@ -12,6 +12,7 @@ from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import (
     DATA,
     SHA512,
+    BLOCK_REFUSED,
     FaultLab,
     Scenarios,
     check_download,
@@ -82,31 +83,56 @@ def _bad_files(lab: FaultLab) -> tuple[str, str]:
     return outcome + " (fell back to the 3rd location)", checked
 
 
-@scenario("backend", "wrong byte (corrupt copy first)")
+@scenario("backend", "wrong byte (corrupt copy first), a first read")
+def _corrupt_first_read(lab: FaultLab) -> tuple[str, str]:
+    broken = lab.backend("corrupt_byte:600000")
+    with lab.first_reads():
+        image_id = lab.image(lab.web(broken), lab.file_copy())
+        return check_download(lab, image_id, "aborted")
+
+
+@scenario("backend", "wrong byte (corrupt copy first), image read before")
 def _corrupt(lab: FaultLab) -> tuple[str, str]:
     broken = lab.backend("corrupt_byte:600000")
     image_id = lab.image(lab.web(broken), lab.file_copy())
-    return check_download(lab, image_id, "aborted")
+    return check_download(lab, image_id, "caught", via="backend")
 
 
-@scenario("backend", "wrong byte in the last chunk")
+@scenario("backend", "wrong byte in the last chunk, the only copy, a first read")
 def _corrupt_last(lab: FaultLab) -> tuple[str, str]:
     broken = lab.backend(f"corrupt_byte:{len(DATA) - 1}")
-    image_id = lab.image(lab.web(broken))
-    return check_download(lab, image_id, "aborted")
+    with lab.first_reads():
+        image_id = lab.image(lab.web(broken))
+        return check_download(lab, image_id, "aborted")
 
 
-@scenario("backend", "wrong byte, Range request", path="download + Range")
+@scenario("backend", "wrong byte, Range request, image read before", path="download + Range")
 def _corrupt_range(lab: FaultLab) -> tuple[str, str]:
-    """A Range cannot be checked against a whole-image digest: the corrupt
-    byte is served (a documented limit, as in Glance). Length and offsets stay exact."""
+    """The image's fingerprint covers every block: a range is checked too."""
     broken = lab.backend("corrupt_byte:1000")
     image_id = lab.image(lab.web(broken), lab.file_copy())
+    mark = lab.log_mark()
     result = lab.download(image_id, headers={"Range": "bytes=0-4095"})
+    assert (result.status, result.complete) == (206, True), result.describe()
+    assert result.body == DATA[:4096], "the exact range, its block from the next copy"
+    assert re.search(BLOCK_REFUSED, lab.log_since(mark, until=rf"image {image_id}: bytes 0-4095 sent from"))
+    return "206, the exact range; the bad block refused, the range from the next copy", \
+        f"exact range ✓ ({len(result.body)} B)"
+
+
+@scenario("backend", "wrong byte, Range request, a first read", path="download + Range")
+def _corrupt_range_first_read(lab: FaultLab) -> tuple[str, str]:
+    """Never read whole here: no fingerprint, no per-range digest. The
+    corrupt byte is served (a documented limit, as in Glance); length and
+    offsets stay exact."""
+    broken = lab.backend("corrupt_byte:1000")
+    with lab.first_reads():
+        image_id = lab.image(lab.web(broken), lab.file_copy())
+        result = lab.download(image_id, headers={"Range": "bytes=0-4095"})
     assert (result.status, result.complete, len(result.body)) == (206, True, 4096), result.describe()
     wrong = sum(1 for a, b in zip(result.body, DATA[:4096]) if a != b)
     assert wrong == 1
-    return "206, exact length; ranges are not verifiable (no per-range digest)", \
+    return "206, exact length; a range of an image never read whole is not checked", \
         "sha512 ✗: 1 wrong byte of 4096 (limitation)"
 
 
@@ -121,20 +147,20 @@ def _gzip_range(lab: FaultLab) -> tuple[str, str]:
     return "206, the exact range from the next location (coded body refused)", f"exact range ✓ ({len(result.body)} B)"
 
 
-@scenario("backend", "a verified file copy rewritten in place (same size, mtime restored)")
+@scenario("backend", "a file copy read before, rewritten in place (same size, mtime restored)")
 def _rewritten_in_place(lab: FaultLab) -> tuple[str, str]:
-    """The second download must not trust the first's verification: the
-    file's ctime changed, so it is hashed again, and the bad byte aborts it."""
-    copy = lab.file_copy()
-    image_id = lab.image(copy)
-    check_download(lab, image_id, "served", via="backend")  # verified: later ones may use sendfile
+    """Content, not identity: the changed block is refused before it is
+    sent, and the body goes on from the next copy."""
+    copy, other = lab.file_copy(), lab.file_copy()
+    image_id = lab.image(copy, other)
+    check_download(lab, image_id, "served", via="backend")
     path = Path(copy["url"][len("file://"):])
     before = path.stat()
     with open(path, "r+b") as stream:
         stream.seek(500_000)
         stream.write(bytes([DATA[500_000] ^ 0xFF]))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    return check_download(lab, image_id, "aborted")
+    return check_download(lab, image_id, "caught", via="backend")
 
 
 def _many_missing(lab: FaultLab, directories: int) -> tuple[Fetched, list[str]]:
@@ -202,10 +228,17 @@ def _all_broken_mid_stream(lab: FaultLab) -> tuple[str, str]:
     return outcome + " (resumed from it with a Range)", checked
 
 
-@scenario("all at once", "the same 16 plus one silently corrupt copy")
+@scenario("all at once", "the same 16 plus one silently corrupt copy, a first read")
 def _all_broken_corrupt(lab: FaultLab) -> tuple[str, str]:
+    with lab.first_reads():
+        image_id = lab.image(*all_broken(lab, detectable_only=False))
+        return check_download(lab, image_id, "aborted")
+
+
+@scenario("all at once", "the same 16 plus one silently corrupt copy, image read before")
+def _all_broken_corrupt_known(lab: FaultLab) -> tuple[str, str]:
     image_id = lab.image(*all_broken(lab, detectable_only=False))
-    return check_download(lab, image_id, "aborted")
+    return check_download(lab, image_id, "caught", via="upstream")
 
 
 @scenario("all at once", "every location broken and the upstream's /file fails too (503)")
@@ -223,8 +256,9 @@ def _nothing_resumes(lab: FaultLab) -> tuple[str, str]:
         before = lab.upstream_file_calls
         result = fetch(sidecar.port, f"/nofile/v2/images/{image_id}/file", timeout=4)
         asked = lab.upstream_file_calls - before
-    assert result.status == 200 and not result.complete, result.describe()
-    assert DATA.startswith(result.body), "what was sent is a correct prefix"
+    # It broke inside the first block: nothing could go out yet, so the client gets an answer, not a cut.
+    assert result.status == 502 and result.headers["content-type"] == "application/json", result.describe()
+    assert DATA[:1024] not in result.body, "an error response carries no image bytes"
     assert asked == 1, f"the upstream's /file was asked {asked} times to resume one download"
-    assert result.seconds < 3, f"the transfer must be aborted at once, not after {result.seconds:.1f} s"
-    return "200 headers, connection aborted at byte 400000 (upstream asked once)", verified(result)
+    assert result.seconds < 3, f"the download must end at once, not after {result.seconds:.1f} s"
+    return "502 (JSON) before any byte: it broke inside the first block (upstream asked once)", verified(result)

@@ -265,6 +265,17 @@ class FaultLab:
         with run_gunicorn(ini, threads=4) as sidecar:
             yield sidecar
 
+    @contextmanager
+    def first_reads(self) -> Iterator[None]:
+        """The rows inside run against a sidecar of their own that has read
+        no image yet (no fingerprint known: every download is a first read)."""
+        with self.private_sidecar() as sidecar:
+            shared, self.sidecar = self.sidecar, sidecar
+            try:
+                yield
+            finally:
+                self.sidecar = shared
+
     def down_sidecar(self) -> Any:
         """A second sidecar whose upstream refuses connections (started on first use)."""
         if self._down_sidecar is None:
@@ -279,6 +290,9 @@ class FaultLab:
 def fault_lab(base: Path) -> Iterator[FaultLab]:
     with ExitStack() as stack:
         yield FaultLab(base, stack)
+
+
+BLOCK_REFUSED = r"ERROR locproxy\.download: image \S+: block \d+ from \S+ does not match the image's fingerprint"
 
 
 # -- checking one download ---------------------------------------------------------
@@ -308,9 +322,10 @@ def check_download(
 ) -> tuple[str, str]:
     """Download and assert the row's promise; returns (outcome, verified).
 
-    ``expect``: "served" (200, complete, sha512 equal), "aborted" (200
-    headers, connection cut before Content-Length, ERROR logged) or a status
-    code (an error response carrying no image bytes). ``via``: "backend"
+    ``expect``: "served" (200, complete, sha512 equal), "caught" (served,
+    and an ERROR says a block was refused), "aborted" (200 headers,
+    connection cut before Content-Length, ERROR logged) or a status code (an
+    error response carrying no image bytes). ``via``: "backend"
     (the upstream's /file untouched), "upstream" (the upstream's /file
     used), or None (either). ``untouched``: servers that must see no request.
     """
@@ -320,15 +335,22 @@ def check_download(
     result = lab.download(image_id, prefix, headers=headers)
     used_upstream = lab.upstream_file_calls > before
     log = lab.log_since(mark)
-    if expect == "served":
+    if expect in ("served", "caught"):
         assert (result.status, result.complete) == (200, True), result.describe()
         assert sha512(result.body) == SHA512, "a complete body must be the image"
         outcome = "200, correct body"
+        if expect == "caught":
+            log = lab.log_since(mark, until=rf"image {image_id}: bytes \d+-\d+ sent from")
+            assert re.search(BLOCK_REFUSED, log), log[-3000:]
+            outcome += " (the bad block refused before it was sent, ERROR logged; the rest from the next copy)"
     elif expect == "aborted":
         assert result.status == 200 and not result.complete, result.describe()
         assert len(result.body) < len(DATA)
-        assert re.search(r"ERROR locproxy\.download: .*digest mismatch", log), log[-3000:]
-        outcome = "200 headers, then the connection is aborted (digest mismatch, ERROR logged)"
+        if re.search(BLOCK_REFUSED, log):
+            outcome = "200 headers, then the connection is aborted (a bad block refused, no copy had it right)"
+        else:
+            assert re.search(r"ERROR locproxy\.download: .*digest mismatch", log), log[-3000:]
+            outcome = "200 headers, then the connection is aborted (digest mismatch, ERROR logged)"
     else:
         assert result.status == expect, result.describe()
         assert DATA[:1024] not in result.body, "an error response must carry no image bytes"
