@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import re
 import signal
@@ -21,10 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key
-from locproxy.cache import store
-from locproxy.fingerprints import BLOCK, Fingerprint, FingerprintBuilder
+from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key, store
 from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
+from locproxy.fingerprints import BLOCK, Fingerprint, FingerprintBuilder
 from tests.support.client import Fetched, fetch
 from tests.support.faultserver import FaultServer
 from tests.support.servers import run_gunicorn, sidecar_ini

@@ -266,7 +266,7 @@ def test_an_http_copy_replaced_with_the_same_size_is_refused_by_content(lab: Lab
             lines = sent_lines(server, image_id, 2)
             log = server.log()
     assert result == (200, DATA, True)
-    assert re.search(rf"block 2 from http://127\.0\.0\.1:\d+ does not match the image's fingerprint", log)
+    assert re.search(r"block 2 from http://127\.0\.0\.1:\d+ does not match the image's fingerprint", log)
     assert re.search(rf"sent from http://127\.0\.0\.1:\d+, file {re.escape(EVERY_BLOCK)}$", lines[-1]), lines
 
 

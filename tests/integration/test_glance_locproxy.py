@@ -419,7 +419,7 @@ def sent_line(image: Image, start: int, end: int, source: str, how: str | None) 
     return rf"image {image.id}: bytes {start}-{end} sent from {re.escape(source)}{suffix}$"
 
 
-VERIFIED = r"(?:sha512 verified|sendfile)"  # a local file verified once is sent with sendfile later
+VERIFIED = r"(?:sha512 verified|every block checked against the image's fingerprint)"  # a first read, or a later one
 
 
 def failed_line(image: Image, source: str) -> str:
@@ -515,7 +515,7 @@ def test_downloads_come_from_the_preferred_backend(deployment: Deployment, tmp_p
     deployment.library_download(image)
 
     last = len(image.data) - 1
-    deployment.wait_log(mark, sent_line(image, 0, last, web_label(glance), "sha512 verified"), count=2)
+    deployment.wait_log(mark, sent_line(image, 0, last, web_label(glance), VERIFIED), count=2)
     assert "failed before the first byte" not in deployment.log_since(mark)
     assert [r for r in glance.web.requests[seen:] if r[1] == image.web_path] == [("GET", image.web_path, None)] * 2
     if served_before is not None:
@@ -638,7 +638,7 @@ def test_fallback_from_a_missing_file_copy_to_the_web_copy(deployment: Deploymen
     deployment.glance_cli_download(image, tmp_path / "web.raw")
 
     deployment.wait_log(mark, failed_line(image, "file"))
-    deployment.wait_log(mark, sent_line(image, 0, len(image.data) - 1, web_label(glance), "sha512 verified"))
+    deployment.wait_log(mark, sent_line(image, 0, len(image.data) - 1, web_label(glance), VERIFIED))
     assert [r for r in glance.web.requests[seen:] if r[1] == image.web_path] == [("GET", image.web_path, None)]
 
 

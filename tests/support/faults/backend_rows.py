@@ -10,9 +10,9 @@ from typing import Callable
 from locproxy.demo import location
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import (
+    BLOCK_REFUSED,
     DATA,
     SHA512,
-    BLOCK_REFUSED,
     FaultLab,
     Scenarios,
     check_download,

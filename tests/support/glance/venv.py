@@ -35,7 +35,7 @@ CONSTRAINTS_FILE = REPO_ROOT / "tests" / "integration" / "glance-constraints.txt
 # (offline, so a changed setup.cfg re-installs in seconds). boto3: Glance's
 # s3 store (glance_store imports it), for the Ceph integration tests; it
 # brings botocore, which locproxy's s3 reader signs with inside Glance.
-REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3")
+REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3", "xxhash")
 
 ENV_VENV = "LOCPROXY_GLANCE_VENV"
 
