@@ -18,10 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
-from locproxy import observability, strategies
+from locproxy import identity, observability, strategies
 from locproxy.cache import SiteCache
 from locproxy.credentials import S3Credentials
 from locproxy.guards import AllowedHosts, FileRoots, RbdClusters
+from locproxy.hidden import HiddenLocations, open_hidden
 from locproxy.options import (
     ConfigError,
     MiB,
@@ -137,10 +138,12 @@ class FilterSettings:
     health: HealthSettings = field(default_factory=HealthSettings)
     cache_settings: CacheSettings = field(default_factory=CacheSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    identity: identity.IdentitySettings = field(default_factory=identity.IdentitySettings)  # locproxy.identity
     tracker: Tracker = field(default_factory=Tracker, compare=False, repr=False)
     shown: ShownOrders = field(default_factory=ShownOrders, compare=False, repr=False)
     verified: VerifiedCopies = field(default_factory=VerifiedCopies, compare=False, repr=False)
     cache: SiteCache | None = field(default=None, compare=False, repr=False)
+    hidden: HiddenLocations | None = field(default=None, compare=False, repr=False)  # locproxy.hidden
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -310,7 +313,7 @@ def load_filter_settings(
     memory survives.
     """
     strategy_keys = _strategy_option_names()
-    reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys)
+    reject_unknown(local_conf, set(_FILTER_OPTIONS) | strategy_keys | identity.option_names(local_conf))
     conf = {**global_conf, **local_conf}
     values: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for option, (group, name, parse) in _FILTER_OPTIONS.items():
@@ -320,6 +323,7 @@ def load_filter_settings(
     health = HealthSettings(**values["health"])
     tracker, shown, verified = _stores(health, previous)
     cache_settings = CacheSettings(**values["cache_settings"])
+    identity_settings = identity.load_settings(conf)
     return FilterSettings(
         selection=SelectionSettings(selector=load_selector(conf, tracker), **values["selection"]),
         security=SecuritySettings(**values["security"]),
@@ -331,6 +335,8 @@ def load_filter_settings(
         shown=shown,
         verified=verified,
         cache=_open_cache(cache_settings, previous),
+        identity=identity_settings,
+        hidden=open_hidden(identity_settings, previous.hidden if previous is not None else None),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from webob import Request, Response
 
-from locproxy import bodies, observability, rewrite
+from locproxy import bodies, hidden, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download import DownloadHandler
 from locproxy.options import parse_list
@@ -78,7 +78,8 @@ class LocationFilter:
                 settings = state.settings
                 if path == settings.observability.healthcheck_path:
                     response = observability.healthcheck_response(
-                        settings.selection.selector.strategy, settings.tracker, settings.shown, settings.cache)
+                        settings.selection.selector.strategy, settings.tracker, settings.shown, settings.cache,
+                        settings.hidden)
                     return response(environ, start_response)
                 if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)
@@ -114,8 +115,9 @@ class LocationFilter:
             refusal = self._translate_patch(req, image, state.settings)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind, rewrite_policy(req, state.settings, prefer), state.settings,
-                                      image_id)
+        policy = hidden.with_direct_url(rewrite_policy(req, state.settings, prefer), state.settings.hidden,
+                                        req.environ, read=image_id is not None and kind == rewrite.IMAGE)
+        return self._rewrite_response(req, kind, policy, state.settings, image_id)
 
     # -- responses ---------------------------------------------------------
 

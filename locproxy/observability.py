@@ -26,6 +26,7 @@ from locproxy.failures import Failure
 
 if TYPE_CHECKING:  # pragma: no cover
     from locproxy.cache import SiteCache
+    from locproxy.hidden import HiddenLocations
     from locproxy.shown import ShownOrders
     from locproxy.tracker import Tracker
 
@@ -166,7 +167,8 @@ def metrics_response() -> Response:
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
 
 
-def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders, cache: SiteCache | None = None) -> Response:
+def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders, cache: SiteCache | None = None,
+                         hidden: HiddenLocations | None = None) -> Response:
     """Cheap and local: no upstream call. Counts what the health rule demotes
     (``locproxy stats`` names them), the site cache's use, and says when the
     metrics_file fails (downloads go on: still 200). This endpoint may be
@@ -182,5 +184,8 @@ def healthcheck_response(strategy: str, tracker: Tracker, shown: ShownOrders, ca
     if tracker.degraded or shown.degraded or (cache is not None and cache.index.degraded):
         body["status"] = "degraded"
         body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
+    if hidden is not None and hidden.failing:
+        body["status"] = "degraded"
+        body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,
                     cache_control="no-store")

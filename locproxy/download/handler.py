@@ -93,6 +93,8 @@ class DownloadHandler:
             image = bodies.json_document(shown, settings.selection.max_rewrite_size)
         except bodies.BodyBroken:
             return json_error(502, "The image API's response ended before it was complete.")
+        if settings.hidden is not None:  # copies the image API hides (locproxy.hidden), after the show's 200
+            image = settings.hidden.complete(image, req.environ)
         plan = plan_download(
             image, method=req.method, range_header=req.headers.get("Range"), selector=settings.selection.selector,
             prefer=prefer, readable=self.backends.readable, demoted=settings.tracker.demoted,
