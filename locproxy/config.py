@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from locproxy import strategies
+from locproxy import identity, strategies
 from locproxy.download.backends import READERS, reader_options
 from locproxy.options import (
     ConfigError,
@@ -128,6 +128,7 @@ class FilterSettings:
     health: HealthSettings = field(default_factory=HealthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    identity: identity.IdentitySettings = field(default_factory=identity.IdentitySettings)  # locproxy.identity
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -238,7 +239,8 @@ _READER_OPTIONS = {option: (reader.name, name, parse) for reader in READERS
 def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> FilterSettings:
     """Validate a paste filter section; unknown local options are errors (typos)."""
     strategy_keys = _strategy_option_names()
-    reject_unknown(local_conf, set(_FILTER_OPTIONS) | set(_READER_OPTIONS) | strategy_keys)
+    reject_unknown(local_conf, set(_FILTER_OPTIONS) | set(_READER_OPTIONS) | strategy_keys
+                   | identity.option_names(local_conf))
     conf = {**global_conf, **local_conf}
     values: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for option, (group, name, parse) in _FILTER_OPTIONS.items():
@@ -259,6 +261,7 @@ def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str
         health=HealthSettings(**values["health"]),
         cache=cache,
         observability=ObservabilitySettings(**values["observability"]),
+        identity=identity.load_settings(conf),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from webob import Request, Response
 
-from locproxy import bodies, observability, rewrite
+from locproxy import bodies, hidden, observability, rewrite
 from locproxy.config import FilterSettings, load_filter_settings
 from locproxy.download.handler import DownloadHandler
 from locproxy.options import parse_list
@@ -118,8 +118,9 @@ class LocationFilter:
             refusal = self._translate_patch(req, image, state.services)
             if refusal is not None:
                 return refusal
-        return self._rewrite_response(req, kind, rewrite_policy(req, state.services, prefer), state.services,
-                                      image_id)
+        policy = hidden.with_direct_url(rewrite_policy(req, state.services, prefer), state.services.hidden,
+                                        req.environ, read=image_id is not None and kind == rewrite.IMAGE)
+        return self._rewrite_response(req, kind, policy, state.services, image_id)
 
     # -- responses ---------------------------------------------------------
 

@@ -181,6 +181,11 @@ def healthcheck_response(services: Services) -> Response:
         body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
     if services.degraded:
         body["status"] = "degraded"
+    if services.tracker.degraded or services.shown.degraded or services.fingerprints.degraded:
         body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
+    if cache is not None and cache.degraded:
+        body["cache"]["state"] = "aside: downloads go on without it until it works again"
+    if services.hidden is not None and services.hidden.failing:
+        body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
     return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,
                     cache_control="no-store")

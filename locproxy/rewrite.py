@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from locproxy.strategies import Selector, best_location
 from locproxy.urls import scrub_credentials
@@ -31,6 +31,8 @@ class RewritePolicy:
     add_direct_url: bool = False
     scrub_credentials: bool = False
     hide: tuple[str, ...] = ()  # fields removed for this client
+    # Copies the upstream hides (locproxy.hidden): they decide direct_url only.
+    hidden: Callable[[dict], list | None] | None = None
 
 
 def rewrite_body(body: bytes, kind: str, policy: RewritePolicy) -> tuple[bytes | None, Any]:
@@ -132,13 +134,15 @@ def rewrite_image(image: dict, policy: RewritePolicy) -> dict:
         stores = _ordered_stores(image.get("stores"), ordered)
         if stores is not None:
             changes["stores"] = stores
-    elif policy.scrub_credentials:
+    elif locations is None and policy.hidden is not None and isinstance(image.get("direct_url"), str):
+        changes.update(_hidden_direct_url(image, policy))
+    if "locations" not in changes and not well_formed(locations) and policy.scrub_credentials:
         # Not all locations are understood: their order stays, credentials still go.
         if isinstance(locations, list):
             scrubbed = [_scrubbed(location) if isinstance(location, dict) else location for location in locations]
             if any(new is not old for new, old in zip(scrubbed, locations)):
                 changes["locations"] = scrubbed
-        if isinstance(image.get("direct_url"), str):
+        if isinstance(image.get("direct_url"), str) and "direct_url" not in changes:
             clean = scrub_credentials(image["direct_url"])
             if clean != image["direct_url"]:
                 changes["direct_url"] = clean
@@ -155,6 +159,25 @@ def rewrite_image(image: dict, policy: RewritePolicy) -> dict:
 
 
 _REMOVE = object()
+
+
+def _hidden_direct_url(image: dict, policy: RewritePolicy) -> dict[str, Any]:
+    """``direct_url`` (and ``stores``) from the copies the upstream hides;
+    never ``locations``: they were hidden for a reason."""
+    hidden = policy.hidden(image) if policy.hidden is not None else None
+    if not hidden or not well_formed(hidden):
+        return {}
+    ordered = policy.selector.order(hidden, policy.prefer)
+    best = best_location(ordered)
+    changes: dict[str, Any] = {}
+    if best is not None:
+        url = scrub_credentials(best["url"]) if policy.scrub_credentials else best["url"]
+        if url != image.get("direct_url"):
+            changes["direct_url"] = url
+    stores = _ordered_stores(image.get("stores"), ordered)
+    if stores is not None:
+        changes["stores"] = stores
+    return changes
 
 
 def well_formed(locations: Any) -> bool:

@@ -3,8 +3,8 @@
 ``FilterSettings`` (``locproxy.config``) is plain data. ``Services`` holds what
 those settings open, built once per settings change: the selector (with
 what ``measured`` learnt), the tracker, the shown orders, the
-fingerprints, the site cache, the backend readers and their pools, the prober
-and the verify-ahead worker.
+fingerprints, the site cache, the backend readers and their pools, the prober,
+the verify-ahead worker and the reader of hidden copies (``locproxy.hidden``).
 
 One reuse rule covers them all: on a reload, a service is kept when what it
 was opened from (its slice of the settings, and the services it uses) is
@@ -32,6 +32,7 @@ from locproxy.download.ahead import ACTIVITY, VerifyAhead
 from locproxy.download.backends import Backends
 from locproxy.download.probing import Prober
 from locproxy.fingerprints import Fingerprints
+from locproxy.hidden import HiddenLocations, open_hidden
 from locproxy.observability import Recorder
 from locproxy.shown import ShownOrders
 from locproxy.tracker import Tracker
@@ -58,6 +59,8 @@ class Services:
         self.cache: SiteCache | None = self._service("cache", settings.cache, lambda: _open_cache(settings))
         self.backends: Backends = self._service("backends", (settings.readers, settings.backends),
                                                 lambda: Backends.from_settings(settings))
+        self.hidden: HiddenLocations | None = self._service("hidden", settings.identity,
+                                                           lambda: open_hidden(settings.identity, None))
         self.recorder = Recorder(self.tracker)
         self.selector = settings.selection.selector(self.tracker)
         self.prober: Prober | None = self._service(
@@ -86,7 +89,7 @@ class Services:
     def degraded(self) -> bool:
         """Whether a store is failing now (``/healthcheck`` says so)."""
         cache = self.cache
-        return bool(self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded
+        return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded
                     or (cache is not None and cache.degraded))
 
 

@@ -331,6 +331,7 @@ def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
             filled, followed = filler.result(), follower.result()
             later = fetch(following.port, f"/v2/images/{image_id}/file")
             log = following.log_after("sent from", 2)
+            following.log_after("committed", 1)
     assert not filled.complete, "the killed worker's client sees an aborted body"
     assert exact(followed), followed.describe()
     assert "the cache fill stopped at byte" in log, "it followed, then resumed from the backend"

@@ -68,6 +68,8 @@ class DownloadHandler:
             image = bodies.json_document(shown, self.settings.selection.max_rewrite_size)
         except bodies.BodyBroken:
             return json_error(502, "The image API's response ended before it was complete.")
+        if services.hidden is not None:  # copies the image API hides (locproxy.hidden), after the show's 200
+            image = services.hidden.complete(image, req.environ)
         plan = plan_download(image, method=req.method, range_header=req.headers.get("Range"),
                              selector=services.selector, prefer=prefer, readable=services.backends.readable,
                              demoted=services.tracker.demoted)

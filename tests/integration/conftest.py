@@ -5,6 +5,11 @@
 starts one Glance for the whole run. If that fails (e.g. no PyPI for a cold
 build) every test using it FAILS with the reason: CI must not pass by skipping.
 ``LOCPROXY_SKIP_INTEGRATION=1`` skips the ``integration`` tests instead.
+
+``keystone_lab`` (session scope): a real Keystone 30 with the lab's
+identities (``tests/support/keystone``), started once (about 7 s; 20 s more
+for a cold venv). Where it cannot be built or started it SKIPS with the
+reason (``LOCPROXY_SKIP_KEYSTONE=1`` skips it on purpose).
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from tests.support.glance.lab import ENV_SKIP
 from tests.support.glance.lab import glance_server as start_glance
 from tests.support.glance.server import GlanceServer
 from tests.support.glance.venv import GlanceEnvError, venv_dir
+from tests.support.keystone.lab import KeystoneLab
+from tests.support.keystone.lab import keystone_lab as start_keystone
+
+ENV_SKIP_KEYSTONE = "LOCPROXY_SKIP_KEYSTONE"
 
 
 def _skip_requested() -> bool:
@@ -62,5 +71,23 @@ def glance_server() -> Iterator[GlanceServer]:
         )
     try:
         yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def keystone_lab() -> Iterator[KeystoneLab]:
+    """A running Keystone with alice, bob, admin, locproxy, locproxy-admin and glance."""
+    if _skip_requested():
+        pytest.skip(f"{ENV_SKIP} is set")
+    if os.environ.get(ENV_SKIP_KEYSTONE, "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.skip(f"{ENV_SKIP_KEYSTONE} is set")
+    context = start_keystone()
+    try:
+        lab = context.__enter__()
+    except (GlanceEnvError, OSError, TimeoutError) as exc:
+        pytest.skip(f"the Keystone lab cannot run here: {exc}")
+    try:
+        yield lab
     finally:
         context.__exit__(None, None, None)

@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from tests.support.glance.config import render_paste_ini, render_policy
 from tests.support.glance.server import GlanceServer
@@ -56,8 +56,16 @@ def _db_sync(venv: Path, config_dir: Path, workdir: Path) -> None:
 
 
 @contextlib.contextmanager
-def glance_server(*, venv: VenvInfo | None = None, workdir: Path | None = None) -> Iterator[GlanceServer]:
-    """Build/reuse the venv, configure and start Glance (+ the web store server); stop all on exit."""
+def glance_server(*, venv: VenvInfo | None = None, workdir: Path | None = None,
+                  server_class: Callable[..., GlanceServer] = GlanceServer,
+                  api_overrides: Mapping[str, Mapping[str, str]] | None = None,
+                  paste_ini: Callable[[Path], str] | None = None, policy: str | None = None,
+                  **server_fields: Any) -> Iterator[GlanceServer]:
+    """Build/reuse the venv, configure and start Glance (+ the web store server); stop all on exit.
+
+    The Keystone lab (``tests.support.keystone.lab``) passes its own
+    ``server_class``, glance-api.conf ``api_overrides``, a ``paste_ini(venv)``
+    and ``policy`` text; ``server_fields`` go to the server class."""
     venv = venv or ensure_venv()
     own_workdir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="locproxy-glance-")) if workdir is None else workdir
@@ -69,10 +77,11 @@ def glance_server(*, venv: VenvInfo | None = None, workdir: Path | None = None) 
             path.mkdir(parents=True, exist_ok=True)
         web = StaticHTTPServer(workdir / "web")
         store_dirs["web"] = web.root
-        server = GlanceServer(venv=venv.path, workdir=workdir, port=free_port(), web=web, store_dirs=store_dirs)
-        server.api_conf_path.write_text(server.render_api_conf())
-        server.paste_ini_path.write_text(render_paste_ini())
-        server.policy_path.write_text(render_policy())
+        server = server_class(venv=venv.path, workdir=workdir, port=free_port(), web=web, store_dirs=store_dirs,
+                              **server_fields)
+        server.api_conf_path.write_text(server.render_api_conf(api_overrides))
+        server.paste_ini_path.write_text(render_paste_ini() if paste_ini is None else paste_ini(venv.path))
+        server.policy_path.write_text(render_policy() if policy is None else policy)
         _db_sync(venv.path, server.config_dir, workdir)
         server.start()
         yield server

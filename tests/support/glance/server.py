@@ -40,6 +40,8 @@ class GlanceServer(GlanceAPI):
     #: Directories appended to Glance's PYTHONPATH at the next (re)start,
     #: e.g. the rados/rbd bindings of ``tests.support.ceph.bindings_dir()``.
     extra_pythonpath: list[str] = field(default_factory=list)
+    #: Write gunicorn's access log (``access_log_path``): which requests reached Glance.
+    access_log: bool = False
 
     @property
     def url(self) -> str:  # type: ignore[override]
@@ -64,6 +66,10 @@ class GlanceServer(GlanceAPI):
     @property
     def log_path(self) -> Path:
         return self.workdir / "logs" / "gunicorn.log"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.workdir / "logs" / "access.log"
 
     @property
     def glance_log_path(self) -> Path:  # type: ignore[override]
@@ -102,6 +108,8 @@ class GlanceServer(GlanceAPI):
             "--timeout", "120", "--graceful-timeout", "5",
             "--chdir", str(self.workdir),
             "--log-level", "warning",
+            "--no-control-socket",  # gunicorn 27 would open ~/.gunicorn/gunicorn.ctl, shared by all
+            *(["--access-logfile", str(self.access_log_path)] if self.access_log else []),
             "glance.wsgi.api:application",
         ]
         self.proc = spawn(cmd, self.log_path, env=self.env(), cwd=self.workdir)

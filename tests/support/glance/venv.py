@@ -35,7 +35,9 @@ CONSTRAINTS_FILE = REPO_ROOT / "tests" / "integration" / "glance-constraints.txt
 # (offline, so a changed setup.cfg re-installs in seconds). boto3: Glance's
 # s3 store (glance_store imports it), for the Ceph integration tests; it
 # brings botocore, which locproxy's s3 reader signs with inside Glance.
-REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3", "xxhash")
+# python-openstackclient: ``openstack image save`` against the Keystone lab.
+REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3", "python-openstackclient",
+                "xxhash")
 
 ENV_VENV = "LOCPROXY_GLANCE_VENV"
 
