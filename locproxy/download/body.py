@@ -61,6 +61,7 @@ class ImageBody:
         self.offset = plan.start  # the next byte the client needs
         self.used: list[Candidate] = []
         self.sent = False  # a byte went to the client: a mismatch can no longer start again
+        self.refused = False  # bytes were refused as not the image's (a block, or the whole digest)
         self.held = b""
         self.primed: list[bytes] = []
         self.failures_before = sources.failures
@@ -161,6 +162,7 @@ class ImageBody:
         return piece
 
     def _reject(self, candidate: Candidate, index: int) -> None:
+        self.refused = True
         corrupt_block(candidate, self.plan.image_id, index, self.sources.recorder)
         raise Rejected()
 
@@ -184,6 +186,7 @@ class ImageBody:
         when it was sent anyway (``BESIDE``); aborts otherwise."""
         plan, verifier = self.plan, self.verifier
         assert plan.digest is not None
+        self.refused = True
         beside = verifier.check is Check.BESIDE
         consequence = ("the body was sent (verify_checksums = background)" if beside
                        else "aborting the download" if self.sent else "nothing was sent: starting again")

@@ -50,10 +50,23 @@ def serve(plan: DownloadPlan, source: Source, policy: BodyPolicy, sources: Sourc
         body.prime()
     except (BackendError, ChecksumMismatch) as error:
         body.close()
-        LOG.warning("image %s: no source could start the download: %s", plan.image_id, error)
-        return json_error(502, f"No copy of image {plan.image_id} could be read, and the image API's own "
-                               f"download failed too ({error}).")
+        return _not_started(plan, body, error, image_requests)
     return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(body))
+
+
+def _not_started(plan: DownloadPlan, body: ImageBody, error: Exception,
+                 image_requests: ImageRequests) -> Response | None:
+    """No source could start the body, and nothing was sent. Where only
+    faults stopped it (none of its bytes was refused as wrong), the client's
+    own request goes to the upstream, which answers it in its own words, as
+    it would without locproxy; bytes known to be wrong are never passed on:
+    a JSON 502 says why."""
+    if not body.refused:
+        LOG.warning("image %s: no source could start the download (%s); the image API answers it",
+                    plan.image_id, error)
+        return image_requests.as_sent()
+    LOG.warning("image %s: no source could start the download: %s", plan.image_id, error)
+    return json_error(502, f"No copy of image {plan.image_id} holds its bytes as recorded ({error}).")
 
 
 def _sendfile(plan: DownloadPlan, first: Opened, policy: BodyPolicy, sources: Sources,

@@ -256,9 +256,25 @@ def _nothing_resumes(lab: FaultLab) -> tuple[str, str]:
         before = lab.upstream_file_calls
         result = fetch(sidecar.port, f"/nofile/v2/images/{image_id}/file", timeout=4)
         asked = lab.upstream_file_calls - before
-    # It broke inside the first block: nothing could go out yet, so the client gets an answer, not a cut.
-    assert result.status == 502 and result.headers["content-type"] == "application/json", result.describe()
+    # It broke inside the first block: nothing went out yet, and nothing wrong was seen, so the client's own
+    # request goes to the upstream, which answers it in its own words (here: 503), as without locproxy.
+    assert result.status == 503 and result.headers["content-type"] == "application/json", result.describe()
     assert DATA[:1024] not in result.body, "an error response carries no image bytes"
-    assert asked == 1, f"the upstream's /file was asked {asked} times to resume one download"
+    assert asked == 2, f"the upstream's /file was asked {asked} times (once to resume, once as the client asked)"
     assert result.seconds < 3, f"the download must end at once, not after {result.seconds:.1f} s"
-    return "502 (JSON) before any byte: it broke inside the first block (upstream asked once)", verified(result)
+    return ("the upstream's own 503 (JSON): it broke inside the first block, before any byte went out",
+            verified(result))
+
+
+@scenario("all at once", "mid-stream failure after a block went out, nothing can resume, image read before")
+def _nothing_resumes_after_a_block(lab: FaultLab) -> tuple[str, str]:
+    first = lab.backend(f"truncate_after:{len(DATA) - 10}")
+    image_id = lab.image(lab.web(first), lab.refused())
+    before = lab.upstream_file_calls
+    result = lab.download(image_id, "/nofile", timeout=4)
+    asked = lab.upstream_file_calls - before
+    assert result.status == 200 and not result.complete, result.describe()
+    assert result.body == DATA[:1 << 20], "what was sent is the first block, checked"
+    assert asked == 1, f"the upstream's /file was asked {asked} times to resume one download"
+    assert result.seconds < 3, f"the transfer must be aborted at once, not after {result.seconds:.1f} s"
+    return "200 headers, connection aborted after the first block (upstream asked once)", verified(result)
