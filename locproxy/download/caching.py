@@ -38,23 +38,20 @@ from locproxy.fingerprints import Fingerprints
 
 LOG = logging.getLogger(__package__)  # one logger for the whole download path
 
-#: Fills one process runs at once; more downloads go on uncached.
+#: Fills one process runs at once (a soft bound); more downloads go on uncached.
 MAX_FILLERS = 8
-_fillers = threading.BoundedSemaphore(MAX_FILLERS)
 _scrubbing = threading.Lock()
 
 
 def begin(cache: SiteCache, plan: DownloadPlan, stall: float) -> Hit | Follow | Fill | None:
     """What the cache holds for ``plan`` (see ``SiteCache.begin``); a new
-    fill only for a whole image, and while this process may run one more."""
+    fill only for a whole image, and while this process runs fewer than
+    ``MAX_FILLERS``."""
     if plan.digest is None:
         return None
-    may_fill = plan.whole_image and _fillers.acquire(blocking=False)
-    found = cache.begin(cache_key(plan.image_id, plan.digest), plan.image_id, plan.size, plan.digest,
-                        whole=may_fill, stall=stall)
-    if may_fill and not isinstance(found, Fill):
-        _fillers.release()
-    return found
+    may_fill = plan.whole_image and Filler.running < MAX_FILLERS
+    return cache.begin(cache_key(plan.image_id, plan.digest), plan.image_id, plan.size, plan.digest,
+                       whole=may_fill, stall=stall)
 
 
 class EntryStream(FileStream):
@@ -91,6 +88,9 @@ class FollowStream:
 class Filler(threading.Thread):
     """Fills one entry from the image's copies, apart from any client."""
 
+    running = 0  # fillers of this process now
+    _count = threading.Lock()
+
     def __init__(self, fill: Fill, plan: DownloadPlan, sources: Sources, policy: BodyPolicy,
                  fingerprints: Fingerprints) -> None:
         super().__init__(name=f"locproxy-fill-{plan.image_id}", daemon=True)
@@ -99,6 +99,11 @@ class Filler(threading.Thread):
         # Hashed whatever verify_checksums says: only verified bytes are committed.
         self.check = Check.BLOCKS if policy.fingerprint is not None else Check.DIGEST
         self.fingerprint = policy.fingerprint
+
+    def start(self) -> None:
+        with Filler._count:
+            Filler.running += 1
+        super().start()
 
     def run(self) -> None:
         fill = self.fill
@@ -115,7 +120,8 @@ class Filler(threading.Thread):
             LOG.warning("image %s: cache fill stopped at byte %d: %s", self.plan.image_id, fill.written, error)
             fill.abort()
         finally:
-            _fillers.release()
+            with Filler._count:
+                Filler.running -= 1
 
 
 def scrub_if_due(cache: SiteCache, hit: Hit) -> None:
