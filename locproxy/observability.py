@@ -44,8 +44,8 @@ BOOKKEEPING_ERRORS = Counter("locproxy_bookkeeping_errors", "Failures of the met
 CACHE_REQUESTS = Counter("locproxy_cache_requests", "Downloads the site cache answered: hit, follow (a fill in "
                          "progress), miss", ["result"])
 CACHE_EVENTS = Counter("locproxy_cache_events", "Site cache fills, aborted fills and evictions", ["event"])
-CACHE_BYTES = Counter("locproxy_cache_bytes", "Bytes served from the site cache, and of its fills (committed "
-                      "or aborted) and evictions", ["event"])
+CACHE_BYTES = Counter("locproxy_cache_bytes", "Bytes of the site cache's fills (committed or aborted), evictions "
+                      "and orphans removed", ["event"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
 
@@ -70,10 +70,6 @@ def rewrite(result: str) -> None:
 
 def cache_request(result: str) -> None:
     _child(CACHE_REQUESTS, result).inc()
-
-
-def cache_served(nbytes: int) -> None:
-    _child(CACHE_BYTES, "served").inc(nbytes)
 
 
 def cache_event(event: str, nbytes: int) -> None:
