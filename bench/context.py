@@ -97,11 +97,11 @@ class Context:
         lines = re.findall(r"bytes \d+-\d+ sent from .*$", text, re.M)
         if not lines:
             return "path unknown (no INFO log lines)"
-        kinds = {"sendfile": "(sendfile", "stream of a copy verified before": "verified before)",
-                 "verified stream": "verified)", "stream checked beside": "checked after sending)"}
-        counts = {kind: 0 for kind in [*kinds, "unverified stream"]}
+        kinds = {"sendfile": "(sendfile", "checked block by block": "against the image's fingerprint)",
+                 "first read (digest)": "verified)", "first read checked beside": "checked after sending)"}
+        counts = {kind: 0 for kind in [*kinds, "unchecked stream"]}
         for line in lines:
-            kind = next((kind for kind, mark_ in kinds.items() if mark_ in line), "unverified stream")
+            kind = next((kind for kind, mark_ in kinds.items() if mark_ in line), "unchecked stream")
             counts[kind] += 1
         return ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
 

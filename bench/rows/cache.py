@@ -7,12 +7,11 @@ off; a hit for an image only the upstream can read."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from typing import Callable
 
-from bench import images, measure
+from bench import measure
 from bench.context import Context
 from bench.images import ImageFile, MiB, human
 from bench.measure import alternate, curl_many
@@ -31,8 +30,7 @@ def measure_cache(ctx: Context) -> list[Result]:
     with ctx.start_sidecar("cache", config) as sidecar:
         cold = _cold(ctx, sidecar, image)
         for image_id in (f"http-{image.name}", f"rbd-{image.name}"):
-            for _ in range(ctx.config.workers * 2):  # filled, then hashed once by every worker
-                measure.curl(ctx.lp_url(image_id, sidecar), expect_size=image.size)
+            measure.curl(ctx.lp_url(image_id, sidecar), expect_size=image.size)  # filled
         mark = ctx.log_mark(sidecar)
         one = alternate(ctx.sizes.reps, {
             "hit": ctx.one(ctx.lp_url(f"http-{image.name}", sidecar), image.size),
@@ -44,19 +42,18 @@ def measure_cache(ctx: Context) -> list[Result]:
             "hits": _many(ctx, [ctx.lp_url(f"http-{image.name}", sidecar)] * COLD_CLIENTS, image),
             "sendfile": _many(ctx, [ctx.web_url(image)] * COLD_CLIENTS, image),
         })
-        cold_on = _cold_downloads(ctx, sidecar, image, cache_dir)
-    with ctx.start_sidecar("no-cache", ctx.config) as plain:
-        cold_off = _cold_downloads(ctx, plain, image, None)
+    cold_on = _cold_downloads(ctx, image, cached=True)
+    cold_off = _cold_downloads(ctx, image, cached=False)
     return [
         cold,
-        throughput(f"{name}, cache hit, one stream", one["hit"], one["sendfile"], "nginx sendfile", 1.0,
-                   [f"served: {hit_path}"]),
+        throughput(f"{name}, cache hit, one stream, every block checked", one["hit"], one["sendfile"],
+                   "nginx sendfile", 0.9, [f"served: {hit_path}"]),
         throughput(f"{COLD_CLIENTS} concurrent cache hits of one {name} image, aggregate", many["hits"],
-                   many["sendfile"], "nginx sendfile", 0.95),
-        throughput(f"{name}, cold download with the cache on (the fill beside)", cold_on, cold_off,
+                   many["sendfile"], "nginx sendfile", 0.9),
+        throughput(f"{name}, cold download with the cache on (a fill apart, followed)", cold_on, cold_off,
                    "the same with the cache off", 0.9),
         throughput(f"{name}, cache hit for an image only the upstream can read (rbd-like)", one["upstream-only"],
-                   one["sendfile"], "nginx sendfile", 1.0),
+                   one["sendfile"], "nginx sendfile", 0.9),
     ]
 
 
@@ -91,19 +88,21 @@ def _many(ctx: Context, urls: list[str], image: ImageFile) -> Callable[[], float
     return lambda: total / curl_many(urls, expect_size=image.size)[0]
 
 
-def _cold_downloads(ctx: Context, sidecar: object, image: ImageFile, cache_dir: object) -> list[float]:
-    """First downloads of the file copy (a new mtime each time: verified
-    again); with the cache, its entries are removed before each."""
+def _cold_downloads(ctx: Context, image: ImageFile, cached: bool) -> list[float]:
+    """First reads of the file copy: a fresh sidecar each time (no
+    fingerprint known), with a fresh cache directory, or none."""
     speeds = []
     for _ in range(ctx.sizes.reps):
-        images.touch(image)
-        if cache_dir is not None:
-            shutil.rmtree(os.path.join(str(cache_dir), "entries"), ignore_errors=True)
-            os.makedirs(os.path.join(str(cache_dir), "entries"), exist_ok=True)
-        speeds.append(measure.curl(ctx.lp_url(f"file-{image.name}", sidecar), expect_size=image.size).mib_s)
+        config = ctx.config
+        if cached:
+            cache_dir = ctx.work / f"cache-cold-{os.urandom(3).hex()}"
+            cache_dir.mkdir()
+            config = config.with_options(cache_dir=str(cache_dir), cache_max_size=str(2 * image.size))
+        with ctx.start_sidecar("cold", config) as sidecar:
+            speeds.append(measure.curl(ctx.lp_url(f"file-{image.name}", sidecar), expect_size=image.size).mib_s)
     return speeds
 
 
 ROW = Row("cache", "nginx sendfile of the same file; the same download without the cache",
-          "backend read once; hits ≥ 1.0 × (16 at once ≥ 0.95 ×) nginx sendfile; cold ≥ 0.9 × cache off",
+          "backend read once; hits (every block checked) ≥ 0.9 × nginx sendfile; cold ≥ 0.9 × cache off",
           measure_cache, one_image(lambda s: s.big))

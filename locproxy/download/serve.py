@@ -1,14 +1,13 @@
 """The one place a download's response is built: headers only, the
-server's sendfile, or a checked body (``ImageBody``).
-
-Only here are ``wsgi.file_wrapper`` and the client socket touched.
+server's sendfile, or a checked body (``ImageBody``), read and checked one
+block ahead of the server's sends (``wire.ReadAhead``). Only here and in
+``wire.py`` are ``wsgi.file_wrapper`` and the client socket touched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
 
 from webob import Response
@@ -22,6 +21,7 @@ from locproxy.download.plan import Candidate, DownloadPlan
 from locproxy.download.policy import BodyPolicy
 from locproxy.download.sources import Opened, Sources
 from locproxy.download.verify import Check, ChecksumMismatch, Verdict, Verifier, judge
+from locproxy.download.wire import ReadAhead, corked
 from locproxy.fingerprints import FingerprintBuilder, Fingerprints
 from locproxy.observability import Recorder
 from locproxy.responses import json_error
@@ -51,7 +51,7 @@ def serve(plan: DownloadPlan, source: Source, policy: BodyPolicy, sources: Sourc
     except (BackendError, ChecksumMismatch) as error:
         body.close()
         return _not_started(plan, body, error, image_requests)
-    return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(body))
+    return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(ReadAhead(body)))
 
 
 def _not_started(plan: DownloadPlan, body: ImageBody, error: Exception,
@@ -98,31 +98,3 @@ def _check_beside(fileobj: Any, plan: DownloadPlan, candidate: Candidate, record
               recorder, "the body was sent (verify_checksums = background)")
 
     submit(check)
-
-
-def corked(wrapper: Any, environ: dict[str, Any]) -> Any:
-    """Cork the client socket while the server sendfile()s ``wrapper``.
-
-    Under gunicorn (``gunicorn.socket``, Linux ``TCP_CORK``) the kernel then
-    sends only full segments, as nginx does with ``tcp_nopush on``. The
-    wrapper's ``close()`` (always called by the server) uncorks, which
-    flushes the last partial segment at once.
-    """
-    sock, cork = environ.get("gunicorn.socket"), getattr(socket, "TCP_CORK", None)
-    if sock is None or cork is None or not hasattr(wrapper, "close"):
-        return wrapper
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-    except (OSError, AttributeError):
-        return wrapper
-    close = wrapper.close
-
-    def uncork_and_close() -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
-        except OSError:
-            pass  # the client is gone
-        close()
-
-    wrapper.close = uncork_and_close  # the server checks isinstance(): keep the object
-    return wrapper
