@@ -6,7 +6,6 @@ only the upstream can read, and the operators' commands."""
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import os
 import re
 import signal
@@ -14,32 +13,37 @@ import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key, store
-from locproxy.demo import DemoImageAPI, demo_bytes, location, serve_wsgi
-from locproxy.fingerprints import BLOCK, Fingerprint, FingerprintBuilder
-from tests.support.client import Fetched, fetch
+from locproxy.demo import location
+from locproxy.fingerprints import BLOCK
+from tests.support.cachelab import (
+    DATA,
+    DIGEST,
+    Lab,
+    MiB,
+    bytes_sent,
+    downloads,
+    exact,
+    filler_pid,
+    fingerprint_of,
+    lab_fixture,
+    wait_for_fill,
+)
+from tests.support.client import fetch
 from tests.support.faultserver import FaultServer
-from tests.support.servers import run_gunicorn, sidecar_ini
 
-MiB = 1 << 20
-DATA = demo_bytes("cache-tests", 8 * MiB + 11)
-DIGEST = ("sha512", hashlib.sha512(DATA).hexdigest())
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from lab_fixture(tmp_path_factory)
 
 
 # -- the store ----------------------------------------------------------------------------
-
-def fingerprint_of(data: bytes) -> Fingerprint:
-    built = FingerprintBuilder()
-    for start in range(0, len(data), BLOCK):
-        built.add(data[start:start + BLOCK])
-    return built.fingerprint(len(data))
-
 
 def begin(cache: SiteCache, image_id: str, size: int = len(DATA), whole: bool = True) -> Any:
     return cache.begin(cache_key(image_id, DIGEST), image_id, size, DIGEST, whole=whole, stall=0.5)
@@ -207,48 +211,6 @@ def test_a_failing_cache_steps_aside_at_once_and_heals(tmp_path: Path, broken: s
 
 # -- a sidecar ---------------------------------------------------------------------------------
 
-class Lab:
-    def __init__(self, base: Path, api: DemoImageAPI, upstream: str) -> None:
-        self.base, self.api, self.upstream = base, api, upstream
-
-    @contextmanager
-    def sidecar(self, cache_dir: Path, workers: int = 2, **options: Any) -> Iterator[Any]:
-        cache_dir.mkdir(exist_ok=True)
-        ini = sidecar_ini(self.base / f"sidecar-{os.urandom(3).hex()}.ini", self.upstream, {
-            "allowed_hosts": "127.0.0.1", "chunk_size": "256K", "cache_dir": cache_dir,
-            "cache_max_size": options.pop("cache_max_size", "1G"), "backend_read_timeout": 5,
-            "healthcheck_path": "/healthcheck", **options})
-        with run_gunicorn(ini, workers=workers, threads=16) as server:
-            yield server
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("cache")
-    api = DemoImageAPI()
-    with serve_wsgi(api) as upstream:
-        yield Lab(base, api, upstream.url)
-
-
-def exact(result: Fetched, data: bytes = DATA) -> bool:
-    return (result.status, result.complete) in ((200, True), (206, True)) and result.body == data
-
-
-def downloads(server: Any, image_id: str, count: int, headers: dict[str, str] | None = None) -> list[Fetched]:
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda _: fetch(server.port, f"/v2/images/{image_id}/file", headers=headers,
-                                             timeout=60), range(count)))
-
-
-def bytes_sent(backend: FaultServer) -> int:
-    """What the backend served: whole GETs count the image, ranges their span."""
-    total = 0
-    for request in backend.requests:
-        span = re.match(r"bytes=(\d+)-(\d+)", request.headers.get("range", ""))
-        total += int(span.group(2)) - int(span.group(1)) + 1 if span else len(DATA)
-    return total
-
-
 def test_sixteen_cold_downloads_read_the_backend_once(lab: Lab, tmp_path: Path) -> None:
     with FaultServer(DATA, mode="slow:40000000") as backend:
         image_id = lab.api.add_image(data=DATA, locations=[location(backend.url("/image"), "web")])
@@ -291,27 +253,6 @@ def test_a_range_during_a_fill_reads_the_part_already_written(lab: Lab, tmp_path
     assert backend.request_count == 1, "the range came from the fill in progress"
 
 
-def wait_for_fill(fills: Path, nbytes: int) -> Path:
-    """The fill file once it holds ``nbytes`` (workers make the directory as they load)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        parts = list(fills.iterdir()) if fills.is_dir() else []
-        if parts and parts[0].stat().st_size >= nbytes:
-            return parts[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no fill of {nbytes} bytes in {fills}")
-
-
-def _filler_pid(part: Path) -> int:
-    """The process holding the write lock on a fill file (/proc/locks)."""
-    inode = part.stat().st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and "WRITE" in fields and fields[5].rsplit(":", 1)[1] == str(inode):
-            return int(fields[4])
-    raise AssertionError(f"no process holds {part}")
-
-
 def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
     """kill -9 of the worker filling: its own client sees an aborted body; a
     client following the fill (in another worker of the node: here another
@@ -327,7 +268,7 @@ def test_a_filler_killed_mid_fill(lab: Lab, tmp_path: Path) -> None:
             part = wait_for_fill(cache_dir / "fills", MiB)
             follower = pool.submit(fetch, following.port, f"/v2/images/{image_id}/file", timeout=60)
             time.sleep(0.3)  # it follows the fill
-            os.kill(_filler_pid(part), signal.SIGKILL)
+            os.kill(filler_pid(part), signal.SIGKILL)
             filled, followed = filler.result(), follower.result()
             later = fetch(following.port, f"/v2/images/{image_id}/file")
             log = following.log_after("sent from", 2)
