@@ -173,6 +173,7 @@ def healthcheck_response(services: Services) -> Response:
                             "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
     cache = services.cache
     if cache is not None:
+        cache.probe()
         used, entries = cache.usage()
         body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
     if services.degraded:

@@ -81,6 +81,15 @@ class CacheDirectory:
         _private(fd)
         return fd
 
+    def check(self) -> None:
+        """Cheap: ``OSError`` if a directory was removed under us or the
+        file system went read-only (as ext4's ``errors=remount-ro`` does)."""
+        for fd in (self.root, self.entries, self.fills):
+            if os.fstat(fd).st_nlink == 0:
+                raise OSError(errno.ENOENT, "a directory of the cache was removed")
+        if os.fstatvfs(self.root).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, "the cache's file system is read-only")
+
     def close(self) -> None:
         for name in ("root", "entries", "fills"):
             fd = getattr(self, name)

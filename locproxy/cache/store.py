@@ -119,6 +119,12 @@ class SiteCache:
             LOG.warning("site cache %s failed (%s); downloads go on without it, retrying in %.0f s "
                         "(%d errors so far)", self.directory, self._last_error, RETRY_AFTER, self.errors)
 
+    def probe(self) -> None:
+        """A cheap look at the directory (``/healthcheck``): a removed
+        directory or a read-only file system puts the cache aside now,
+        before a download meets it."""
+        self._guarded("probe", self.dir.check, None)
+
     @property
     def degraded(self) -> str | None:
         """The last error while the cache is aside (or its index fails), else None."""
