@@ -98,6 +98,23 @@ def make_image(glance: GlanceServer, data: bytes, *, name: str,
     return Image(image_id, data, urls)
 
 
+def make_web_first(glance: GlanceServer, data: bytes, name: str) -> Image:
+    """Web copy first in Glance's own order: a queued image gets its http
+    location (the locations API), then copy-image adds fs1 after it. (A
+    JSON-patch "add /locations/0" is not kept: Glance lists by insertion.)"""
+    created = glance.request("POST", "/v2/images", json_body={
+        "name": name, "disk_format": "raw", "container_format": "bare"})
+    assert created.status == 201, created.body[:500]
+    image_id = created.json()["id"]
+    web_url = glance.web.put(f"{image_id}.raw", data)
+    glance.add_location_api(image_id, web_url, validation_data={
+        "os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(data).hexdigest()})
+    glance.copy_to_store(image_id, "fs1")
+    assert stores_of(glance.get_image(image_id)) == ["web", "fs1"]
+    assert (glance.store_dirs["fs1"] / image_id).read_bytes() == data
+    return Image(image_id, data, {"web": web_url, "fs1": f"file://{glance.store_dirs['fs1']}/{image_id}"})
+
+
 def stores_of(image: Mapping[str, Any]) -> list[str]:
     return [location["metadata"]["store"] for location in image["locations"]]
 
@@ -127,6 +144,7 @@ class ModuleImages:
     shown: dict[str, dict[str, Any]]  # Glance's own GET /v2/images/{id}
     pages: list[dict[str, Any]]  # Glance's own list pages (?name=...&limit=2)
     web_first: Image  # Glance order [web, fs1]
+    web_first_blocks: Image  # the same, three blocks and a part (1 MiB blocks)
     refusals: dict[str, Refusal] = field(default_factory=dict)
 
     def list_path(self) -> str:
@@ -150,23 +168,10 @@ def images(glance_server: GlanceServer) -> ModuleImages:
     pages = [first, glance.get_json(first["next"])]
     assert [len(page["images"]) for page in pages] == [2, 1] and "next" not in pages[1], pages
 
-    # Web copy first in Glance's own order: a queued image gets its http
-    # location (the locations API), then copy-image adds fs1 after it. (A
-    # JSON-patch "add /locations/0" is not kept: Glance lists by insertion.)
-    data = os.urandom(200_000)
-    created = glance.request("POST", "/v2/images", json_body={
-        "name": "locproxy-it-web-first", "disk_format": "raw", "container_format": "bare"})
-    assert created.status == 201, created.body[:500]
-    web_first_id = created.json()["id"]
-    web_url = glance.web.put(f"{web_first_id}.raw", data)
-    glance.add_location_api(web_first_id, web_url, validation_data={
-        "os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(data).hexdigest()})
-    glance.copy_to_store(web_first_id, "fs1")
-    web_first = Image(web_first_id, data, {"web": web_url, "fs1": f"file://{glance.store_dirs['fs1']}/{web_first_id}"})
-    assert stores_of(glance.get_image(web_first_id)) == ["web", "fs1"]
-    assert (glance.store_dirs["fs1"] / web_first_id).read_bytes() == data
+    web_first = make_web_first(glance, os.urandom(200_000), "locproxy-it-web-first")
+    web_first_blocks = make_web_first(glance, os.urandom(3 * 1024 * 1024 + 777), "locproxy-it-web-first-blocks")
 
-    result = ModuleImages(name, three, shown, pages, web_first)
+    result = ModuleImages(name, three, shown, pages, web_first, web_first_blocks)
 
     # Requests Glance refuses; each image has a web copy, so reading it would show.
     other = glance.headers(project="locproxy-other-project", roles=MEMBER)
@@ -782,3 +787,57 @@ def test_readme_pipeline_snippet_works_in_glance(deployment: Deployment, images:
     deployment.glance_cli_download(image, tmp_path / "readme.raw")
     deployment.wait_log(mark, sent_line(image, 0, len(image.data) - 1, "file", VERIFIED))
     assert [r for r in glance.web.requests[seen:] if r[1] == image.web_path] == [], "the file copy served"
+
+
+# -- Glance refuses any Range for stores that cannot read at random (its http store here) --------------------
+
+def test_an_image_only_glance_can_read_is_cached_from_its_whole_file(deployment: Deployment, images: ModuleImages,
+                                                                     tmp_path: Path) -> None:
+    """With a site cache and no copy locproxy may read: the fill reads Glance's
+    /file whole (a Range would be a 400 from its http store), the client gets
+    200 and exact bytes, and the next download is a hit."""
+    cache_dir = tmp_path / f"cache-{deployment.kind}"
+    cache_dir.mkdir()
+    deployment.configure({"cache_dir": str(cache_dir), "cache_max_size": "64M"})
+    glance, image = deployment.glance, images.web_first
+    seen = len(glance.web.requests)
+    first = deployment.request("GET", f"/v2/images/{image.id}/file")
+    second = deployment.request("GET", f"/v2/images/{image.id}/file")
+    assert (first.status, first.body) == (200, image.data), first.body[:300]
+    assert (second.status, second.body) == (200, image.data)
+    glances_reads = [r for r in glance.web.requests[seen:] if r[1] == image.web_path]
+    assert glances_reads == [("GET", image.web_path, None)], "Glance read its web copy once, whole"
+
+
+def test_download_authorization_file_with_a_store_that_refuses_ranges(deployment: Deployment,
+                                                                      images: ModuleImages) -> None:
+    """Glance answers the first-byte probe with 400 for its http store: that
+    is its limit, not a refusal; the download is served from the file copy."""
+    deployment.configure({"download_authorization": "file", **readable_backends(deployment.glance),
+                          "location_strategy": "store_type", "store_type_preference": "file, http"})
+    image, mark = images.web_first, deployment.log_mark()
+    result = deployment.request("GET", f"/v2/images/{image.id}/file")
+    assert (result.status, result.body) == (200, image.data), result.body[:300]
+    deployment.wait_log(mark, sent_line(image, 0, len(image.data) - 1, "file", VERIFIED))
+
+
+@pytest.mark.parametrize("read", ["first", "again"])
+def test_resume_onto_glances_file_for_a_store_that_refuses_ranges(deployment: Deployment, images: ModuleImages,
+                                                                  read: str) -> None:
+    """locproxy's read of the web copy breaks off mid-stream, past its first
+    blocks; the only other source is Glance's own /file, which answers a
+    Range with 400: it is read from byte 0, the blocks already sent are
+    compared with what was sent and skipped, and the client gets one exact
+    body (a first read, checked by its digest; then a read checked block by
+    block)."""
+    glance, image = deployment.glance, images.web_first_blocks
+    deployment.configure({"allowed_hosts": f"127.0.0.1:{glance.web.port}", "location_strategy": "location_order"})
+    glance.web.cuts[image.web_path.lstrip("/")] = 2 * 1024 * 1024 + 1000
+    try:
+        mark = deployment.log_mark()
+        result = deployment.request("GET", f"/v2/images/{image.id}/file")
+    finally:
+        glance.web.cuts.clear()
+    assert (result.status, result.body) == (200, image.data)
+    deployment.wait_log(mark, sent_line(image, 0, len(image.data) - 1, f"{web_label(glance)}, upstream", VERIFIED))
+    assert not re.search(r"does not match", deployment.log_since(mark))
