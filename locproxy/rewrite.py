@@ -116,36 +116,15 @@ def rewrite_document(document: Any, kind: str, policy: RewritePolicy) -> Any:
 def rewrite_image(image: dict, policy: RewritePolicy) -> dict:
     """One image: ordered ``locations``, ``direct_url`` = best active location,
     ``stores`` in the same order, optional scrubbing and hiding."""
-    changes: dict[str, Any] = {}
     locations = image.get("locations")
     if well_formed(locations):
-        # The upstream showed every location, so the best one is known.
-        ordered = policy.selector.order(locations, policy.prefer)
-        if policy.scrub_credentials:
-            ordered = [_scrubbed(location) for location in ordered]
-        if any(new is not old for new, old in zip(ordered, locations)):
-            changes["locations"] = ordered
-        if "direct_url" in image or policy.add_direct_url:
-            best = best_location(ordered)
-            if best is None:
-                changes["direct_url"] = _REMOVE
-            elif best["url"] != image.get("direct_url"):
-                changes["direct_url"] = best["url"]
-        stores = _ordered_stores(image.get("stores"), ordered)
-        if stores is not None:
-            changes["stores"] = stores
+        changes = _ordered(image, locations, policy)
     elif locations is None and policy.hidden is not None and isinstance(image.get("direct_url"), str):
-        changes.update(_hidden_direct_url(image, policy))
+        changes = _hidden_direct_url(image, policy)
+    else:
+        changes = {}
     if "locations" not in changes and not well_formed(locations) and policy.scrub_credentials:
-        # Not all locations are understood: their order stays, credentials still go.
-        if isinstance(locations, list):
-            scrubbed = [_scrubbed(location) if isinstance(location, dict) else location for location in locations]
-            if any(new is not old for new, old in zip(scrubbed, locations)):
-                changes["locations"] = scrubbed
-        if isinstance(image.get("direct_url"), str) and "direct_url" not in changes:
-            clean = scrub_credentials(image["direct_url"])
-            if clean != image["direct_url"]:
-                changes["direct_url"] = clean
+        changes.update(_scrubbed_as_they_are(image, locations, changes))
     for name in policy.hide:
         if name in image or name in changes:
             changes[name] = _REMOVE
@@ -156,6 +135,40 @@ def rewrite_image(image: dict, policy: RewritePolicy) -> dict:
         if value is _REMOVE:
             new.pop(name, None)
     return new
+
+
+def _ordered(image: dict, locations: list, policy: RewritePolicy) -> dict[str, Any]:
+    """The upstream showed every location, so the best one is known."""
+    changes: dict[str, Any] = {}
+    ordered = policy.selector.order(locations, policy.prefer)
+    if policy.scrub_credentials:
+        ordered = [_scrubbed(location) for location in ordered]
+    if any(new is not old for new, old in zip(ordered, locations)):
+        changes["locations"] = ordered
+    if "direct_url" in image or policy.add_direct_url:
+        best = best_location(ordered)
+        if best is None:
+            changes["direct_url"] = _REMOVE
+        elif best["url"] != image.get("direct_url"):
+            changes["direct_url"] = best["url"]
+    stores = _ordered_stores(image.get("stores"), ordered)
+    if stores is not None:
+        changes["stores"] = stores
+    return changes
+
+
+def _scrubbed_as_they_are(image: dict, locations: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    """Not all locations are understood: their order stays, credentials still go."""
+    scrubbed: dict[str, Any] = {}
+    if isinstance(locations, list):
+        clean = [_scrubbed(location) if isinstance(location, dict) else location for location in locations]
+        if any(new is not old for new, old in zip(clean, locations)):
+            scrubbed["locations"] = clean
+    if isinstance(image.get("direct_url"), str) and "direct_url" not in changes:
+        url = scrub_credentials(image["direct_url"])
+        if url != image["direct_url"]:
+            scrubbed["direct_url"] = url
+    return scrubbed
 
 
 _REMOVE = object()

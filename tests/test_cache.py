@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key, store
+from locproxy.cache import Fill, FillerGone, Follow, Hit, SiteCache, cache_key, guard, store
 from locproxy.demo import location
 from locproxy.fingerprints import BLOCK
 from tests.support.cachelab import (
@@ -181,7 +181,7 @@ def test_a_corrupt_entry_is_removed_even_while_it_is_read(tmp_path: Path) -> Non
 @pytest.mark.parametrize("broken", ["fills-removed", "lock-held"])
 def test_a_failing_cache_steps_aside_at_once_and_heals(tmp_path: Path, broken: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "RETRY_AFTER", 0.5)
+    monkeypatch.setattr(guard, "RETRY_AFTER", 0.5)
     events: list[str] = []
     cache = SiteCache(str(tmp_path), 100 * MiB, on_event=lambda event, amount: events.append(event))
     holder = None

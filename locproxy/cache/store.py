@@ -17,13 +17,11 @@ before the lock is released, so concurrent fills never miss each other and
 the cap holds), or None: not cached. Entries are committed only after the
 whole image matched its digest, with the fingerprint that read recorded.
 
-**One guard for every failure.** Any error of the disk, the index or a lock
-(a file system remounted read-only, ``fills/`` removed, a full disk, a lock
-held by a stopped process beyond ``LOCK_TIMEOUT``) puts the cache aside for
-``RETRY_AFTER`` seconds: ``begin`` then answers None at once and downloads
-go on as without a cache; the error is logged (at most once a minute),
-counted (``on_event("error")``) and shown by ``degraded``. After the
-back-off the directories are opened again, so the cache heals by itself.
+**One guard for every failure** (``guard.py``): any error of the disk, the
+index or a lock (a file system remounted read-only, ``fills/`` removed, a
+full disk, a lock held by a stopped process beyond ``LOCK_TIMEOUT``) puts
+the cache aside: ``begin`` then answers None at once and downloads go on as
+without a cache, until the cache heals by itself.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from typing import Any, Callable, TypeVar
 from locproxy.bookkeeping import SharedFile
 from locproxy.cache.files import CacheDirectory, try_lock
 from locproxy.cache.fills import Fill, Follow, Hit
+from locproxy.cache.guard import Guard
 from locproxy.fingerprints import Fingerprint
 
 LOG = logging.getLogger("locproxy.cache")
@@ -47,16 +46,12 @@ Digest = tuple[str, str]
 
 #: The longest wait for the cache's lock.
 LOCK_TIMEOUT = 1.0
-#: Seconds the cache stays aside after an error.
-RETRY_AFTER = 30.0
-LOG_INTERVAL = 60.0
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cache_entries (key TEXT PRIMARY KEY, image TEXT, size INTEGER, digest TEXT,"
     " fingerprint BLOB, last_used REAL, verified REAL)",
     "CREATE TABLE IF NOT EXISTS cache_fills (key TEXT PRIMARY KEY, image TEXT, size INTEGER, started REAL)",
 )
-_ERRORS = (OSError, sqlite3.Error)
 
 
 def cache_key(image_id: str, digest: Digest) -> str:
@@ -74,30 +69,14 @@ class SiteCache:
         self.directory = directory
         self.max_size = max_size
         self.verify_interval = verify_interval
-        self.on_event = on_event or (lambda event, amount: None)
-        self.errors = 0
-        self._aside_until = 0.0
-        self._last_error = ""
-        self._logged_at = float("-inf")
-        self._reopen = True  # opened by the first use: a start that fails degrades, as a later failure does
         self.dir = CacheDirectory(directory)
+        self.guard = Guard(directory, self._open, on_event or (lambda event, amount: None))
         self.index = SharedFile(os.path.join(directory, "index.sqlite"), name="cache index",
                                 on_error=lambda what: None)
         self._guarded("start", self.tidy, None)
 
-    # -- the guard -------------------------------------------------------------------
-
     def _guarded(self, what: str, operation: Callable[[], T], default: T) -> T:
-        """``operation()``, or ``default`` with the cache put aside if it fails."""
-        if time.monotonic() < self._aside_until:
-            return default
-        try:
-            if self._reopen:
-                self._open()
-            return operation()
-        except _ERRORS as error:
-            self._failed(what, error)
-            return default
+        return self.guard.run(what, operation, default)
 
     def _open(self) -> None:
         """(Re)open the directory and the index (which must be a regular file, never a link)."""
@@ -105,19 +84,6 @@ class SiteCache:
         self.dir.check_index()
         if not self.index.open("cache", lambda db: [db.execute(statement) for statement in _SCHEMA], LOCK_TIMEOUT):
             raise IndexFailing(f"the index cannot be used: {self.index.degraded}")
-        self._reopen = False
-
-    def _failed(self, what: str, error: BaseException) -> None:
-        self.errors += 1
-        self._reopen = True
-        self._aside_until = time.monotonic() + RETRY_AFTER
-        self._last_error = f"{what}: {type(error).__name__}: {error}"
-        self._event("error", 0)
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_INTERVAL:
-            self._logged_at = now
-            LOG.warning("site cache %s failed (%s); downloads go on without it, retrying in %.0f s "
-                        "(%d errors so far)", self.directory, self._last_error, RETRY_AFTER, self.errors)
 
     def probe(self) -> None:
         """A cheap look at the directory (``/healthcheck``): a removed
@@ -128,15 +94,7 @@ class SiteCache:
     @property
     def degraded(self) -> str | None:
         """The last error while the cache is aside (or its index fails), else None."""
-        if time.monotonic() < self._aside_until:
-            return self._last_error
-        return self.index.degraded
-
-    def _event(self, event: str, amount: int) -> None:
-        try:
-            self.on_event(event, amount)
-        except Exception:  # noqa: BLE001 - counting must not fail the cache
-            LOG.debug("cache event hook failed", exc_info=True)
+        return self.guard.aside or self.index.degraded
 
     def _sql(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         ok, result = self.index.run("cache", operation)
@@ -228,7 +186,7 @@ class SiteCache:
             with self.dir.locked(LOCK_TIMEOUT):
                 self.dir.commit(fill.key)
                 self._sql(lambda db: _replace_fill_by_entry(db, fill, fingerprint, now))
-            self._event("fill", fill.size)
+            self.guard.event("fill", fill.size)
             LOG.info("cache entry %s committed: image %s, %d bytes", fill.key, fill.image_id, fill.size)
             return True
 
@@ -239,17 +197,12 @@ class SiteCache:
 
     def abandon(self, fill: Fill) -> None:
         """An aborted fill leaves nothing behind (or only what ``tidy`` removes)."""
-        def abandon() -> None:
-            self.dir.unlink(self.dir.fills, fill.key)
-            self._sql(lambda db: db.execute("DELETE FROM cache_fills WHERE key = ?", (fill.key,)))
-
-        self._guarded("abandon", abandon, None)
-        self._event("fill_aborted", fill.written)
+        self._guarded("abandon", lambda: self._drop_fill(fill.key), None)
+        self.guard.event("fill_aborted", fill.written)
 
     def _drop_fill(self, key: str) -> None:
         self.dir.unlink(self.dir.fills, key)
         self._sql(lambda db: db.execute("DELETE FROM cache_fills WHERE key = ?", (key,)))
-
     # -- space ---------------------------------------------------------------------
 
     def _make_room(self, size: int) -> bool:
@@ -290,7 +243,7 @@ class SiteCache:
             self._forget(key)
         finally:
             os.close(fd)
-        self._event("eviction", size)
+        self.guard.event("eviction", size)
         return True
 
     def _forget(self, key: str) -> None:
@@ -353,7 +306,7 @@ class SiteCache:
         except OSError:
             size = 0
         self.dir.unlink(self.dir.entries, key)
-        self._event("orphan", size)
+        self.guard.event("orphan", size)
         LOG.warning("cache: %s in %s had no index entry: removed", key, self.directory)
 
     # -- what is there -----------------------------------------------------------------
@@ -370,17 +323,14 @@ class SiteCache:
             [])
         return [dict(zip(("key", "image", "size", "last_used", "verified"), row)) for row in rows]
 
-    def evict_image(self, image_id: str) -> tuple[int, int]:
-        """(removed, busy) entries of ``image_id``."""
+    def evict_image(self, image_id: str | None) -> tuple[int, int]:
+        """(removed, busy) entries of ``image_id`` (None: every entry)."""
         keys = self.keys_of(image_id)
         removed = sum(self.evict(key) for key in keys)
         return removed, len(keys) - removed
 
     def clear(self) -> tuple[int, int]:
-        """(removed, busy) of every entry."""
-        keys = self.keys_of()
-        removed = sum(self.evict(key) for key in keys)
-        return removed, len(keys) - removed
+        return self.evict_image(None)
 
     # -- scrubbing ---------------------------------------------------------------------
 
