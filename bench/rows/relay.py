@@ -8,7 +8,8 @@ processes doing the work beside the peer's.
   ``proxy_pass`` to the same backend (nginx sendfile);
 * the same of a ``file://`` copy, against nginx sendfile;
 * the same with no readable copy (``rbd://``): locproxy streams the
-  upstream's ``/file``, against that ``/file`` fetched directly.
+  upstream's ``/file``, against that ``/file`` fetched directly (and, for
+  scale, nginx ``proxy_pass`` in front of it: what any relay costs here).
 
 Sizes: ``--relay-size`` (each download) and ``--relay-count``. CPU is the
 workers' user + sys from ``/proc`` over each timed run; nginx serves both
@@ -23,14 +24,15 @@ from typing import Callable, Sequence
 
 from bench import measure
 from bench.context import Context
-from bench.images import GiB, MiB, file_name, human
-from bench.measure import alternate, curl_many
-from bench.results import Result, throughput
+from bench.images import GiB, ImageFile, MiB, file_name, human
+from bench.measure import Stat, alternate, curl_many
+from bench.results import Result, mib_s, throughput
 from bench.row import Row
 from bench.settings import Sizes
 
 TARGETS = {"http": 0.9, "file": 1.0, "fallback": 0.9}
 Pids = Callable[[], list[int]]
+Runs = dict[str, list[float]]
 
 
 def relay_images(sizes: Sizes) -> list[tuple[str, int]]:
@@ -40,39 +42,53 @@ def relay_images(sizes: Sizes) -> list[tuple[str, int]]:
 def measure_relay(ctx: Context) -> list[Result]:
     s = ctx.sizes
     files = [ctx.image(s.relay_size, i) for i in range(s.relay_count)]
-    head = f"{s.relay_count} concurrent {human(s.relay_size)} downloads, aggregate"
     with ctx.start_sidecar("shipped", ctx.config.with_options(metrics_file="auto")) as shipped:
         lp, nginx, upstream = ctx.pids_of(shipped), ctx.pids_of(ctx.nginx), ctx.pids_of(ctx.upstream)
 
         def many(kind: str, urls: list[str], cpu: dict[str, Pids]) -> Callable[[], float]:
             return _timed(ctx, urls, s.relay_size, {f"{kind}: {label}": pids for label, pids in cpu.items()})
 
-        lp_http = many("http", [ctx.lp_url(f"http-{f.name}", shipped) for f in files],
-                       {"locproxy": lp, "backend nginx": nginx})
-        lp_file = many("file", [ctx.lp_url(f"file-{f.name}", shipped) for f in files], {"locproxy": lp})
         for kind in ("http", "file"):  # first reads, untimed: verified whole, fingerprints shared by the workers
             curl_many([ctx.lp_url(f"{kind}-{f.name}", shipped) for f in files], expect_size=s.relay_size)
         mark = ctx.log_mark(shipped)
-        http = alternate(s.reps, {"nginx": many("http", [f"{ctx.nginx.proxy_url}/{f.path.name}" for f in files],
-                                                {"nginx (proxy + backend)": nginx}), "locproxy": lp_http})
-        http_path = ctx.served_by(mark, shipped)
+        http = alternate(s.reps, {
+            "nginx": many("http", [f"{ctx.nginx.proxy_url}/{f.path.name}" for f in files],
+                          {"nginx (proxy + backend)": nginx}),
+            "locproxy": many("http", [ctx.lp_url(f"http-{f.name}", shipped) for f in files],
+                             {"locproxy": lp, "backend nginx": nginx})})
+        paths = [ctx.served_by(mark, shipped)]
         mark = ctx.log_mark(shipped)
         file = alternate(s.reps, {"nginx": many("file", [ctx.web_url(f) for f in files], {"nginx": nginx}),
-                                  "locproxy": lp_file})
-        file_path = ctx.served_by(mark, shipped)
+                                  "locproxy": many("file", [ctx.lp_url(f"file-{f.name}", shipped) for f in files],
+                                                   {"locproxy": lp})})
+        paths.append(ctx.served_by(mark, shipped))
         fallback = alternate(s.reps, {
-            "direct": many("fallback", [f"{ctx.upstream.url}/v2/images/rbd-{f.name}/file" for f in files],
-                           {"upstream (direct)": upstream}),
-            "locproxy": many("fallback", [ctx.lp_url(f"rbd-{f.name}", shipped) for f in files],
-                             {"locproxy": lp, "upstream (behind locproxy)": upstream})})
+            "direct": many("fallback", [f"{ctx.upstream.url}{_file(f)}" for f in files], {"upstream (direct)": upstream}),
+            "locproxy": many("fallback", [f"{shipped.url}{_file(f)}" for f in files],
+                             {"locproxy": lp, "upstream (behind locproxy)": upstream}),
+            "nginx": many("fallback", [f"{ctx.nginx.api_url}{_file(f)}" for f in files],
+                          {"nginx proxy_pass in front": nginx})})
+    return _lines(ctx, http, file, fallback, paths)
+
+
+def _lines(ctx: Context, http: Runs, file: Runs, fallback: Runs, paths: list[str]) -> list[Result]:
+    head = f"{ctx.sizes.relay_count} concurrent {human(ctx.sizes.relay_size)} downloads, aggregate"
+    in_front = statistics.median(fallback["nginx"]) / statistics.median(fallback["direct"])
     return [
         throughput(f"{head}, http:// copy, every block checked", http["locproxy"], http["nginx"],
-                   "nginx proxy_pass", TARGETS["http"], [f"served: {http_path}", _http_cpu(ctx)]),
+                   "nginx proxy_pass", TARGETS["http"], [f"served: {paths[0]}", _http_cpu(ctx)]),
         throughput(f"{head}, file:// copy, repeat, shipped configuration", file["locproxy"], file["nginx"],
-                   "nginx sendfile", TARGETS["file"], [f"served: {file_path}", _cpu(ctx, "file")]),
+                   "nginx sendfile", TARGETS["file"], [f"served: {paths[1]}", _cpu(ctx, "file")]),
         throughput(f"{head}, fallback through the upstream's /file", fallback["locproxy"], fallback["direct"],
-                   "direct upstream /file", TARGETS["fallback"], [_cpu(ctx, "fallback")]),
+                   "direct upstream /file", TARGETS["fallback"],
+                   [f"for scale, nginx proxy_pass in front of the same /file: {mib_s(Stat.of(fallback['nginx']))} "
+                    f"({in_front:.2f} × direct)", _cpu(ctx, "fallback")]),
     ]
+
+
+def _file(image: ImageFile) -> str:
+    """The /file of the image with no readable copy: the upstream serves it."""
+    return f"/v2/images/rbd-{image.name}/file"
 
 
 def _timed(ctx: Context, urls: list[str], size: int, cpu: dict[str, Pids]) -> Callable[[], float]:
