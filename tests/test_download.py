@@ -146,7 +146,7 @@ def test_strategy_order_and_prefer_choose_the_backend(world: World):
         pytest.param("bytes=100-", 206, (100, len(DATA)), id="open-ended"),
         pytest.param(f"bytes=5-{len(DATA) + 50}", 206, (5, len(DATA)), id="end-clamped"),
         pytest.param(f"bytes={len(DATA)}-", 416, None, id="beyond-end"),
-        pytest.param("bytes=0-1,5-6", 416, None, id="multiple"),
+        pytest.param("bytes=0-1,5-6", 400, None, id="multiple-as-glance"),
         pytest.param("lines=1-2", 416, None, id="other-unit"),
     ],
 )
@@ -162,8 +162,8 @@ def test_ranges(world: World, backend: str, header: str, status: int, span: tupl
         assert result.headers["content-range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
         assert result.headers["content-length"] == str(end - start)
     else:
-        assert result.headers["content-range"] == f"bytes */{len(DATA)}"
-        assert result.json()["error"]["code"] == 416
+        assert result.headers.get("content-range") == (f"bytes */{len(DATA)}" if status == 416 else None)
+        assert result.json()["error"]["code"] == status
 
 
 def test_head_sends_headers_only_and_reads_no_backend(world: World):

@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: Open flags of every file of the cache.
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -54,6 +54,17 @@ def lock_within(fd: int, exclusive: bool, timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise LockTimeout(what, timeout)
         time.sleep(0.005)
+
+
+def is_site_cache(path: str) -> bool:
+    """Whether ``path`` holds a cache this module made (operators' commands
+    refuse any other path rather than create a cache there)."""
+    def is_a(name: str, kind: Callable[[int], bool]) -> bool:
+        try:
+            return kind(os.lstat(os.path.join(path, name)).st_mode)
+        except OSError:
+            return False
+    return os.path.isdir(path) and is_a("index.sqlite", stat.S_ISREG) and is_a("entries", stat.S_ISDIR)
 
 
 class CacheDirectory:
