@@ -182,14 +182,11 @@ class HTTPBackend:
         assert host is not None  # check() refused URLs without a host
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         whole = start == 0 and total_size is not None and length == total_size
-        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # credentials are not part of it
         return self.fetch(scheme, host, port, target, _request_headers(parts, start, length, whole), label,
-                          start, length, total_size, identify=lambda response: identity("http", url, response,
-                                                                                         total_size))
+                          start, length, total_size)
 
     def fetch(self, scheme: str, host: str, port: int, target: str, headers: dict[str, str], label: str,
               start: int, length: int, total_size: int | None, *,
-              identify: Callable[[urllib3.BaseHTTPResponse], tuple | None] = lambda response: None,
               error_detail: Callable[[urllib3.BaseHTTPResponse], str] | None = None) -> HTTPStream:
         """GET ``target`` from exactly ``host:port`` (already allowed by the
         caller) with only ``headers``; the stream of ``length`` bytes at
@@ -223,9 +220,7 @@ class HTTPBackend:
             response.close()
             response.release_conn()
             raise
-        stream = HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
-        stream.identity = identify(response)
-        return stream
+        return HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
 
     def _detail(self, response: urllib3.BaseHTTPResponse, error_detail: Callable[[urllib3.BaseHTTPResponse], str],
                 watch: Watch) -> str:
@@ -256,25 +251,6 @@ class HTTPBackend:
             raise BackendError(label, reason, kind) from None
         finally:
             watch.disarm()
-
-
-def validator(response: urllib3.BaseHTTPResponse) -> tuple[str, str] | None:
-    """What tells a later answer holds the same bytes: a strong ETag, else
-    Last-Modified (RFC 9110 section 8.8); None without either."""
-    etag, modified = response.headers.get("ETag", "").strip(), response.headers.get("Last-Modified", "").strip()
-    if etag and not etag.startswith("W/"):
-        return ("etag", etag)
-    if modified:
-        return ("last-modified", modified)
-    return None
-
-
-def identity(kind: str, url: str, response: urllib3.BaseHTTPResponse, total_size: int | None) -> tuple | None:
-    """The copy behind ``url`` (without credentials), as the backend
-    describes it: its validator and the whole length; None without a
-    validator (nothing tells a later answer is the same bytes)."""
-    found = validator(response)
-    return None if found is None else (kind, url, *found, total_size)
 
 
 def _request_headers(parts: SplitResult, start: int, length: int, whole: bool) -> dict[str, str]:
