@@ -349,6 +349,36 @@ def test_a_corrupt_block_of_a_fingerprinted_image_is_never_sent(world: World, fa
     assert re.search(r"sent from http://127\.0\.0\.1:\d+, file \(every block checked", log), log
 
 
+@pytest.mark.parametrize("known", [False, True], ids=["first-read", "read-before"])
+def test_a_swapped_copy_taking_over_mid_stream_never_completes_a_wrong_body(world: World, known: bool):
+    """The first copy is cut after 2 MiB; the next one holds other bytes of
+    the same size (swapped behind its URL). Its bytes are never trusted for
+    what it is called: a first read hashes the whole body it sent and aborts
+    it, without a word of "verified"; once the fingerprint is known, the
+    swapped copy's first block is refused before it is sent and the body is
+    completed, exact, from the third copy."""
+    data = demo_bytes(f"takeover-{known}", len(DATA))
+    swapped = demo_bytes(f"swapped-{known}", len(data))
+    with FaultServer(data) as first, FaultServer(swapped) as other:
+        if known:  # another image of the same bytes records their fingerprint
+            warm = world.add_image(world.file_location(world.root_a, data=data), data=data)
+            assert download(world, warm).body == data
+        good = world.file_location(world.root_a, data=data)
+        image_id = world.add_image(location(first.url(), "web"), location(other.url(), "web"), good, data=data)
+        first.mode = "truncate_after:2097152"
+        mark = len(world.sidecar.log())
+        result = download(world, image_id)
+        log = world.sidecar.log_after(r"image \S+: (bytes 0-|sha512 digest mismatch)", count=1)[mark:]
+    if known:
+        assert (result.status, result.complete, result.body == data) == (200, True, True), log
+        assert re.search(rf"ERROR locproxy\.download: image {image_id}: block 2 from http://127\.0\.0\.1:{other.port} "
+                         r"does not match the image's fingerprint; not sent", log), log
+    else:
+        assert result.status == 200 and not result.complete and result.body != data
+        assert re.search(rf"ERROR locproxy\.download: image {image_id}: sha512 digest mismatch", log), log
+        assert "verified" not in log, log
+
+
 def test_corrupt_range_is_not_checked_but_size_is(world: World):
     """A Range cannot be hashed end to end; it is served at the exact size."""
     world.web.mode = "bad_content_length"
