@@ -54,7 +54,8 @@ def _add_stats(commands: Any) -> None:
         help="what this node learnt about each backend",
         description="Print the speed and health locproxy measured per backend (from its metrics_file).",
     )
-    stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
+    stats.add_argument("metrics_file", nargs="?", help="the filter's metrics_file (an sqlite file); default: "
+                       "metrics.sqlite in the state directory (metrics_file = auto)")
     stats.set_defaults(run=_stats)
 
 
@@ -74,7 +75,9 @@ def _add_serve(commands: Any) -> None:
         "serve",
         help="run the sidecar in front of an image API (gunicorn)",
         description="Run gunicorn with the packaged sidecar configuration. Options after -- go to gunicorn "
-        "(e.g. -- --bind 0.0.0.0:9393 --workers 4).",
+        "(e.g. -- --bind 0.0.0.0:9393 --workers 4). The workers share what they verify and learn in "
+        "metrics.sqlite in the state directory ($STATE_DIRECTORY, /var/lib/locproxy as root, else "
+        "$XDG_STATE_HOME/locproxy); --set metrics_file= keeps it per worker.",
     )
     serve.add_argument("--upstream", required=True, help="the image API, e.g. http://127.0.0.1:9292")
     serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
@@ -158,8 +161,10 @@ def _order(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     import os
 
+    from locproxy.state import METRICS_NAME, state_directory
     from locproxy.tracker import read_table
 
+    args.metrics_file = args.metrics_file or str(state_directory() / METRICS_NAME)
     if not os.path.isfile(args.metrics_file):
         print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
         return 2
