@@ -6,6 +6,8 @@
 ``locproxy config``  prints the sidecar's paste ini, to copy and edit.
 ``locproxy serve``   runs the sidecar (gunicorn) in front of an image API.
 ``locproxy cache``   lists, fills, evicts or clears a site cache.
+``locproxy promote`` asks the image API to copy images into a store
+                     (copy-image) and waits until it holds them.
 ``locproxy demo``    starts a demo image API on loopback with locproxy in
                      front, and prints commands to try.
 """
@@ -25,7 +27,7 @@ from locproxy.strategies import Selector, strategy_names
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo):
+    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo, _add_promote):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args)
@@ -294,6 +296,74 @@ def _demo(args: argparse.Namespace) -> int:
     from locproxy.demo.runner import run_demo
 
     return run_demo(port=args.port, workdir=args.workdir, check=args.check)
+
+
+def _add_promote(commands: Any) -> None:
+    promote = commands.add_parser(
+        "promote",
+        help="copy images into a store (Glance's copy-image), e.g. before a boot storm",
+        description="Ask the image API to copy each image into STORE (POST /v2/images/{id}/import, copy-image) "
+        "and wait until the image lists it. A copy already in progress (Glance's 409) is waited for. Exits 0 "
+        "when every image is in STORE. The token is read from --token-file or OS_AUTH_TOKEN, never from the "
+        "command line; copy_image is an admin action under Glance's default policy.",
+    )
+    promote.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+    promote.add_argument("--to", required=True, metavar="STORE", help="the Glance store to copy into")
+    promote.add_argument("--url", default=None, help="the image API (default: OS_IMAGE_URL)")
+    promote.add_argument("--token-file", default=None, help="a file holding the token (default: OS_AUTH_TOKEN)")
+    promote.add_argument("--poll-interval", type=float, default=2.0, help="seconds between looks (default 2)")
+    promote.add_argument("--timeout", type=float, default=3600.0, help="seconds per image (default 3600)")
+    promote.set_defaults(run=_promote)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from locproxy.promoter import TokenImageAPI, copy_image
+    from locproxy.promotion import Outcome
+
+    url = args.url or os.environ.get("OS_IMAGE_URL", "")
+    token = os.environ.get("OS_AUTH_TOKEN", "")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as stream:
+                token = stream.read().strip()
+        except OSError as error:
+            print(f"locproxy promote: --token-file: {error.strerror}", file=sys.stderr)
+            return 2
+    if not url or not token:
+        print("locproxy promote: needs the image API (--url or OS_IMAGE_URL) and a token (--token-file or "
+              "OS_AUTH_TOKEN)", file=sys.stderr)
+        return 2
+    api, failed = TokenImageAPI(url, token), 0
+    for image_id in args.image_ids:
+        started = time.monotonic()
+        outcome, why = copy_image(api, image_id, args.to, poll_interval=args.poll_interval, timeout=args.timeout,
+                                  progress=_progress(image_id, args.to, started))
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+        ok = outcome is Outcome.DONE
+        failed += not ok
+        print(f"{image_id}: {'in' if ok else 'NOT in'} store {args.to} ({why}, {time.monotonic() - started:.0f} s)",
+              file=sys.stdout if ok else sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(image_id: str, store: str, started: float) -> Any:
+    """Progress on a terminal: one line rewritten while Glance copies."""
+    import time
+
+    def show(answer: Any, image: dict | None) -> None:
+        if not sys.stderr.isatty():
+            return
+        importing = (image or {}).get("os_glance_importing_to_stores") or "-"
+        whose = "another client's copy" if answer.value == "in_progress" else "copying"
+        sys.stderr.write(f"\r\033[K{image_id}: {whose} into {store}, {time.monotonic() - started:.0f} s "
+                         f"(importing to: {importing}, stores: {(image or {}).get('stores', '?')})")
+        sys.stderr.flush()
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,6 +48,14 @@ CACHE_BYTES = Counter("locproxy_cache_bytes", "Bytes of the site cache's fills (
                       "and orphans removed", ["event"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
+PROMOTIONS = Counter("locproxy_promotions", "copy-image promotions into a local store: started (our task), "
+                     "in_progress (another's, Glance's 409), done, failed, gone (the image went away)", ["event"])
+PROMOTION_DOWNLOADS = Counter("locproxy_promotion_downloads", "Whole downloads served from a non-local copy, "
+                              "counted towards promote_after")
+PROMOTIONS_RUNNING = Gauge("locproxy_promotions_running", "Copies this node asked for or watches now",
+                           multiprocess_mode="livesum")
+COPY_BYTES = Counter("locproxy_copy_bytes", "Image bytes locproxy read from a copy in a local store (local_stores) "
+                     "or in another (remote)", ["copy"])
 
 _children: dict[tuple[Any, str], Any] = {}
 
@@ -75,6 +83,14 @@ def cache_request(result: str) -> None:
 def cache_event(event: str, nbytes: int) -> None:
     _child(CACHE_EVENTS, event).inc()
     _child(CACHE_BYTES, event).inc(nbytes)
+
+
+def promotion(event: str) -> None:
+    _child(PROMOTIONS, event).inc()
+
+
+def promotion_download() -> None:
+    PROMOTION_DOWNLOADS.inc()
 
 
 def bookkeeping_error(what: str) -> None:
@@ -110,8 +126,9 @@ class Recorder:
     """Feeds download events to the tracker (learning, health) and to metrics.
     No method ever raises."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, local_stores: Iterable[str] = ()) -> None:
         self.tracker = tracker
+        self.local_stores = frozenset(local_stores)
 
     @_never_raises
     def opened(self, key: str, seconds: float) -> None:
@@ -138,6 +155,11 @@ class Recorder:
         self.tracker.record_transfer(key, nbytes, seconds)
         self.tracker.record_success(copy_key)
         DEMOTED.labels(label).set(0)
+
+    @_never_raises
+    def read_from(self, store: str, nbytes: int) -> None:
+        """Bytes read from a copy in Glance store ``store`` ('' unknown: remote)."""
+        _child(COPY_BYTES, "local" if store in self.local_stores else "remote").inc(nbytes)
 
     @_never_raises
     def outcome(self, label: str, outcome: str) -> None:

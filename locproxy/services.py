@@ -4,7 +4,8 @@
 those settings open, built once per settings change: the selector (with
 what ``measured`` learnt), the tracker, the shown orders, the
 fingerprints, the site cache, the backend readers and their pools, the prober,
-the verify-ahead worker and the reader of hidden copies (``locproxy.hidden``).
+the verify-ahead worker, the reader of hidden copies (``locproxy.hidden``)
+and the promoter (``locproxy.promoter``).
 
 One reuse rule covers them all: on a reload, a service is kept when what it
 was opened from (its slice of the settings, and the services it uses) is
@@ -34,6 +35,7 @@ from locproxy.download.probing import Prober
 from locproxy.fingerprints import Fingerprints
 from locproxy.hidden import HiddenLocations, open_hidden
 from locproxy.observability import Recorder
+from locproxy.promoter import Promoter, open_promoter
 from locproxy.shown import ShownOrders
 from locproxy.tracker import Tracker
 
@@ -61,7 +63,10 @@ class Services:
                                                 lambda: Backends.from_settings(settings))
         self.hidden: HiddenLocations | None = self._service("hidden", settings.identity,
                                                            lambda: open_hidden(settings.identity, None))
-        self.recorder = Recorder(self.tracker)
+        self.recorder = Recorder(self.tracker, settings.promotion.local_stores)
+        self.promoter: Promoter | None = self._service(
+            "promoter", (settings.promotion, settings.identity, metrics_file),
+            lambda: open_promoter(settings.promotion, settings.identity, metrics_file))
         self.selector = settings.selection.selector(self.tracker)
         self.prober: Prober | None = self._service(
             "prober", (health.probe_interval, health.probe_size, self.backends, self.tracker),
