@@ -79,6 +79,7 @@ class HTTPStream(BackendStream):
                  watch: Watch, rate: MinimumRate | None) -> None:
         super().__init__(label, start, length, chunk_size)
         self._response: urllib3.BaseHTTPResponse | None = response
+        self.headers = response.headers  # the backend's answer, e.g. a swift segment's ETag
         self._failed = False
         self._watch = watch
         self._rate = rate
@@ -233,15 +234,43 @@ class HTTPBackend:
         finally:
             watch.disarm()
 
+    def small(self, method: str, scheme: str, host: str, port: int, target: str, headers: dict[str, str],
+              label: str, limit: int) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body) of a small answer (a HEAD, a listing) from
+        exactly ``host:port`` (allowed by the caller), all within
+        ``first_byte_timeout``; BackendError if it fails or the body passes ``limit``."""
+        try:
+            pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
+        except (HTTPError, ValueError) as error:
+            kind, reason = describe(error)
+            raise BackendError(label, reason, kind) from None
+        watch = WATCHDOG.watch()
+        response = self._send(pool, target, headers, label, watch, method)
+        watch.arm(self._first_byte_timeout, f"no whole answer within {self._first_byte_timeout:g} s")
+        try:
+            body = b"" if method == "HEAD" else response.read(limit + 1, decode_content=False)
+        except (HTTPError, OSError) as error:
+            kind, reason = describe(error)
+            raise BackendError(label, watch.reason if watch.expired else reason,
+                               Failure.TOO_SLOW if watch.expired else kind) from None
+        finally:
+            watch.disarm()
+            if watch.expired or response.length_remaining != 0:
+                response.close()  # never drain: only a body read to its end keeps the connection
+            response.release_conn()
+        if len(body) > limit:
+            raise BackendError(label, f"answer larger than {limit} bytes", Failure.BAD_RESPONSE)
+        return response.status, response.headers, body
+
     def _send(self, pool: urllib3.HTTPConnectionPool, target: str, headers: dict[str, str], label: str,
-              watch: Watch) -> urllib3.BaseHTTPResponse:
+              watch: Watch, method: str = "GET") -> urllib3.BaseHTTPResponse:
         # The bound covers waiting for a pool slot, connecting and the
         # response headers, retry included: a backend that drips its headers
         # is cut off.
         watch.arm(self._first_byte_timeout, f"no response within {self._first_byte_timeout:g} s")
         try:
             with watch.on_this_thread():
-                return urlopen_retrying(pool, "GET", target, headers=headers, timeout=self._timeout,
+                return urlopen_retrying(pool, method, target, headers=headers, timeout=self._timeout,
                                         pool_timeout=self._pool_timeout, label=label,
                                         replayable=lambda: not watch.expired)
         except (HTTPError, OSError, ValueError) as error:
