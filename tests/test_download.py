@@ -379,6 +379,26 @@ def test_a_swapped_copy_taking_over_mid_stream_never_completes_a_wrong_body(worl
         assert "verified" not in log, log
 
 
+@pytest.mark.parametrize("then", ["next-copy", "upstream"])
+def test_a_small_corrupt_copy_falls_through_every_time(world: World, then: str):
+    """An image under one block: the mismatch is known before any byte is
+    sent, so the download goes on from the next copy, or from the
+    upstream's own /file when the corrupt copy is the only one locproxy may
+    read; six times running, never an aborted or an HTML body."""
+    data = demo_bytes(f"small-{then}", 100_000)
+    with FaultServer(data, mode="corrupt_byte:5000") as corrupt:
+        # With no other copy, the upstream's /file has the right bytes (the demo API keeps them).
+        good = [world.file_location(world.root_a, data=data)] if then == "next-copy" else []
+        image_id = world.add_image(location(corrupt.url(), "web"), *good, data=data)
+        mark = len(world.sidecar.log())
+        results = [download(world, image_id) for _ in range(6)]
+        log = world.sidecar.log()[mark:]
+    assert [(r.status, r.complete, r.body == data) for r in results] == [(200, True, True)] * 6, log
+    assert all("html" not in r.headers.get("content-type", "") for r in results)
+    assert re.search(rf"ERROR locproxy\.download: image {image_id}: sha512 digest mismatch from "
+                     rf"http://127\.0\.0\.1:{corrupt.port}", log), log
+
+
 def test_corrupt_range_is_not_checked_but_size_is(world: World):
     """A Range cannot be hashed end to end; it is served at the exact size."""
     world.web.mode = "bad_content_length"
