@@ -100,7 +100,7 @@ def _cache_disk_read_only(lab: FaultLab) -> tuple[str, str]:
         answers, errors, _states = check_aside(lab, sidecar, results)
     return (f"file system made read-only by {how}; 200 as without the cache, {len(results)}/{len(results)} "
             f"(4 images never cached, 4 hits of one cached before); /healthcheck degraded, cache aside "
-            f"({answers}/{answers} answers, both workers); cache error metric {errors:.0f}",
+            f"({answers}/{answers} answers, the first ones before any download met it); cache error metric {errors:.0f}",
             f"sha512 ✓ ({len(results)} downloads)")
 
 
