@@ -93,13 +93,20 @@ class CacheDirectory:
         return fd
 
     def check(self) -> None:
-        """Cheap: ``OSError`` if a directory was removed under us or the
-        file system went read-only (as ext4's ``errors=remount-ro`` does)."""
+        """Cheap: ``OSError`` if a directory was removed under us, or the
+        file system is full or went read-only. Opening the lock file for writing sees
+        what ``statvfs`` does not: since Linux 6.x an ext4 error under
+        ``errors=remount-ro`` leaves the mount "rw,emergency_ro" (EROFS on
+        every write, ST_RDONLY unset)."""
         for fd in (self.root, self.entries, self.fills):
             if os.fstat(fd).st_nlink == 0:
                 raise OSError(errno.ENOENT, "a directory of the cache was removed")
-        if os.fstatvfs(self.root).f_flag & os.ST_RDONLY:
+        space = os.fstatvfs(self.root)
+        if space.f_flag & os.ST_RDONLY:
             raise OSError(errno.EROFS, "the cache's file system is read-only")
+        if space.f_bavail == 0:
+            raise OSError(errno.ENOSPC, "the cache's file system is full")
+        os.close(self.open_file(self.root, "lock", os.O_RDWR | os.O_CREAT))
 
     def close(self) -> None:
         for name in ("root", "entries", "fills"):
