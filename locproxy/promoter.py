@@ -120,7 +120,10 @@ def ask(api: ImageAPI, image_id: str, store: str) -> tuple[Answer, str]:
     image = None
     if status in (400, 409):  # in progress, done already, or not active: the image says which
         image = read_image(api, image_id)[1]
-    return import_answer(status, answer, image, store), message(status, answer)
+    why = message(status, answer)
+    if status == 404:
+        why += " (the service identity cannot see the image: copy_image needs an identity that can, see the README)"
+    return import_answer(status, answer, image, store), why
 
 
 def copy_image(api: ImageAPI, image_id: str, store: str, *, poll_interval: float, timeout: float,

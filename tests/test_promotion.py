@@ -86,7 +86,7 @@ def test_stores_of(image: dict, expected: tuple) -> None:
 @pytest.mark.parametrize("status, image, expected", [
     pytest.param(202, None, Answer.STARTED, id="202"),
     pytest.param(403, None, Answer.REFUSED, id="policy"),
-    pytest.param(404, None, Answer.GONE, id="404"),
+    pytest.param(404, None, Answer.REFUSED, id="404: not visible to the service identity"),
     pytest.param(409, {**ACTIVE, "os_glance_import_task": "t"}, Answer.IN_PROGRESS, id="409 lock"),
     pytest.param(409, {**ACTIVE, "os_glance_importing_to_stores": "fs2"}, Answer.IN_PROGRESS, id="409 importing"),
     pytest.param(409, {**ACTIVE, "status": "deactivated"}, Answer.GONE, id="409 deactivated"),
