@@ -186,6 +186,23 @@ def test_copy_image_409_is_watched_not_an_error() -> None:
     assert outcome is Outcome.DONE
 
 
+class Unanswered(Scripted):
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        if method == "POST":
+            self.calls.append((method, path, body))
+            raise OSError("ReadTimeout")
+        return super().call(method, path, body)
+
+
+def test_copy_image_unanswered_but_taken_is_watched() -> None:
+    api = Unanswered({("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"}),
+                                                 (200, {**ACTIVE, "stores": "web,fs2"})]})
+    assert copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)[0] is Outcome.DONE
+    api = Unanswered({("GET", "/v2/images/i1"): [(200, ACTIVE)]})
+    outcome, why = copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)
+    assert outcome is Outcome.FAILED and why == "the import could not be asked (ReadTimeout)"
+
+
 def test_copy_image_refused_says_why() -> None:
     outcome, why, api = run_copy({("POST", "/v2/images/i1/import"): [
         (403, b"<html><h1>403 Forbidden</h1>Policy doesn't allow copy_image</html>")]})

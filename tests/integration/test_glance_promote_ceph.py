@@ -38,7 +38,7 @@ from tests.integration.test_glance_promote import (
     web_reads,
 )
 from tests.support import ceph
-from tests.support.ceph import CephCluster
+from tests.support.ceph import MON_NAME, OSD_NAME, CephCluster
 from tests.support.glance.config import ceph_store_overrides
 from tests.support.glance.server import GlanceServer
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
@@ -104,35 +104,43 @@ def test_promoted_into_rbd_then_read_from_rbd(ceph_glance: GlanceServer, ceph_la
         assert metric(server, 'locproxy_copy_bytes_total{copy="remote"}') == 2 * len(data)
 
 
-def test_a_full_pool_fails_the_copy_once_backed_off(ceph_glance: GlanceServer, ceph_lab: CephCluster,
-                                                   tmp_path: Path) -> None:
+def test_a_copy_task_that_fails_warns_once_and_backs_off(ceph_glance: GlanceServer, ceph_lab: CephCluster,
+                                                          tmp_path: Path) -> None:
+    """The local cluster's monitor is down: Glance's rbd store cannot connect
+    (``rados_connect_timeout`` 10 s) and the copy fails. (A full pool cannot be had here: pool
+    quotas need a ceph-mgr, which the lab does not run.)"""
     glance, lab = ceph_glance, ceph_lab
     data = os.urandom(16 * MiB)
-    image_id = web_only_image(glance, data, "promote-rbd-full")
-    lab.ceph("osd", "pool", "set-quota", lab.pool, "max_bytes", str(1 * MiB))
+    image_id = web_only_image(glance, data, "promote-rbd-down")
+    lab.stop(MON_NAME)
     try:
-        wait_for(lambda: "full" in lab.ceph("osd", "pool", "ls", "detail") or
-                 _quota_reached(lab), "the pool to be full", timeout=60)
-        with rbd_sidecar(glance, lab, tmp_path, "full") as server:
+        with rbd_sidecar(glance, lab, tmp_path, "down") as server:
             for _ in range(6):
-                download(server, glance, image_id, data)  # downloads unaffected
+                download(server, glance, image_id, data)  # downloads unaffected (the web copy)
             wait_for(lambda: metric(server, 'locproxy_promotions_total{event="failed"}') == 1, "the failed copy",
                      timeout=180)
+            for _ in range(2):
+                download(server, glance, image_id, data)
             time.sleep(1.0)
-            download(server, glance, image_id, data)
             warnings = [line for line in server.log().splitlines() if " WARNING " in line]
             assert len(warnings) == 1, warnings
-            assert f"image {image_id}: copy into store ceph1 failed" in warnings[0], warnings[0]
+            # Glance either fails the task (os_glance_failed_import) or, busy
+            # with the connection to the monitor, answers the import late
+            # (keystoneauth's timeout): a failure either way.
+            assert f"image {image_id}: copy into store ceph1 failed (" in warnings[0], warnings[0]
             assert "next try after 600 s" in warnings[0]
-            assert metric(server, 'locproxy_promotions_total{event="failed"}') == 1
+            assert metric(server, 'locproxy_promotions_total{event="failed"}') == 1, "backed off: asked once"
             assert "ceph1" not in stores(glance, image_id)
-            print(f"full pool: {warnings[0]}")
+            print(f"copy task failed: {warnings[0]}")
     finally:
-        lab.ceph("osd", "pool", "set-quota", lab.pool, "max_bytes", "0")
-
-
-def _quota_reached(lab: CephCluster) -> bool:
-    return "POOL_FULL" in lab.ceph("health", "detail")
+        lab.start(MON_NAME)
+        lab.wait_ready(OSD_NAME)
+    found = tasks(glance, image_id)
+    # Glance may have taken the import it answered late, and finished it once
+    # the monitor was back: then the image is local now, and read so.
+    print(f"after the outage: copy tasks {[(task['status'], task.get('message')) for task in found]}, "
+          f"stores {stores(glance, image_id)}")
+    assert len(found) <= 1
 
 
 def http_request_json(server: GunicornServer, glance: GlanceServer, image_id: str) -> dict:
