@@ -120,7 +120,10 @@ def ask(api: ImageAPI, image_id: str, store: str) -> tuple[Answer, str]:
     image = None
     if status in (400, 409):  # in progress, done already, or not active: the image says which
         image = read_image(api, image_id)[1]
-    return import_answer(status, answer, image, store), message(status, answer)
+    why = message(status, answer)
+    if status == 404:
+        why += " (the service identity cannot see the image: copy_image needs an identity that can, see the README)"
+    return import_answer(status, answer, image, store), why
 
 
 def copy_image(api: ImageAPI, image_id: str, store: str, *, poll_interval: float, timeout: float,
@@ -131,7 +134,7 @@ def copy_image(api: ImageAPI, image_id: str, store: str, *, poll_interval: float
     try:
         answer, why = ask(api, image_id, store)
     except OSError as error:
-        return Outcome.FAILED, f"the import could not be asked ({error})"
+        answer, why = _unanswered(api, image_id, store, f"the import could not be asked ({error})")
     if progress is not None:
         progress(answer, None)
     if answer in (Answer.REFUSED, Answer.FAILED):
@@ -154,6 +157,16 @@ def copy_image(api: ImageAPI, image_id: str, store: str, *, poll_interval: float
             return Outcome.FAILED, f"not done after promote_timeout ({timeout:g} s)"
         if wait(poll_interval):
             return Outcome.FAILED, "stopped"
+
+
+def _unanswered(api: ImageAPI, image_id: str, store: str, why: str) -> tuple[Answer, str]:
+    """No answer to the import (a timeout): Glance may have taken it all
+    the same. A copy running now is watched; else it failed."""
+    known, image = read_image(api, image_id)
+    verdict = watch_verdict(image, store) if known and image is not None else Outcome.FAILED
+    if verdict is None:
+        return Answer.IN_PROGRESS, why
+    return (Answer.ALREADY, why) if verdict is Outcome.DONE else (Answer.FAILED, why)
 
 
 class Promoter:

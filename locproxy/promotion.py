@@ -111,8 +111,8 @@ class Answer(Enum):
     STARTED = "started"  # 202: a task of ours copies it
     IN_PROGRESS = "in_progress"  # 409 while the image's import lock is held: someone's copy runs
     ALREADY = "already"  # the store holds it already
-    REFUSED = "refused"  # 401/403: the policy (copy_image) refuses our identity
-    GONE = "gone"  # 404, or no longer active
+    REFUSED = "refused"  # 401/403: the policy (copy_image) refuses our identity; 404: it cannot see the image
+    GONE = "gone"  # no longer active
     FAILED = "failed"  # anything else: a quota (413), a bad store (400)...
 
 
@@ -138,9 +138,12 @@ def import_answer(status: int, body: bytes, image: dict | None, target: str) -> 
     """Classify the import's answer; ``image``: the image read after a 409 or 400 (None if unread)."""
     if status == 202:
         return Answer.STARTED
-    if status in (401, 403):
+    if status in (401, 403, 404):
+        # 404: a client was just served the image, so the service identity
+        # does not see it (a private image of another project), unless it was
+        # deleted since: a refusal, backed off, never asked for again and again.
         return Answer.REFUSED
-    if status == 404 or (image is not None and image.get("status") != "active"):
+    if image is not None and image.get("status") != "active":
         return Answer.GONE
     if image is not None and target in stores_of(image):
         return Answer.ALREADY  # Glance's 400 "already present at store", or a copy that just ended

@@ -86,7 +86,7 @@ def test_stores_of(image: dict, expected: tuple) -> None:
 @pytest.mark.parametrize("status, image, expected", [
     pytest.param(202, None, Answer.STARTED, id="202"),
     pytest.param(403, None, Answer.REFUSED, id="policy"),
-    pytest.param(404, None, Answer.GONE, id="404"),
+    pytest.param(404, None, Answer.REFUSED, id="404: not visible to the service identity"),
     pytest.param(409, {**ACTIVE, "os_glance_import_task": "t"}, Answer.IN_PROGRESS, id="409 lock"),
     pytest.param(409, {**ACTIVE, "os_glance_importing_to_stores": "fs2"}, Answer.IN_PROGRESS, id="409 importing"),
     pytest.param(409, {**ACTIVE, "status": "deactivated"}, Answer.GONE, id="409 deactivated"),
@@ -184,6 +184,23 @@ def test_copy_image_409_is_watched_not_an_error() -> None:
                                    (200, {**ACTIVE, "stores": "web,fs2"})],
     })
     assert outcome is Outcome.DONE
+
+
+class Unanswered(Scripted):
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        if method == "POST":
+            self.calls.append((method, path, body))
+            raise OSError("ReadTimeout")
+        return super().call(method, path, body)
+
+
+def test_copy_image_unanswered_but_taken_is_watched() -> None:
+    api = Unanswered({("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"}),
+                                                 (200, {**ACTIVE, "stores": "web,fs2"})]})
+    assert copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)[0] is Outcome.DONE
+    api = Unanswered({("GET", "/v2/images/i1"): [(200, ACTIVE)]})
+    outcome, why = copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)
+    assert outcome is Outcome.FAILED and why == "the import could not be asked (ReadTimeout)"
 
 
 def test_copy_image_refused_says_why() -> None:

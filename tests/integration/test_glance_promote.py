@@ -45,15 +45,15 @@ PASTE_INI = REPO_ROOT / "etc" / "paste.ini"
 MiB = 1024 * 1024
 OWNER = ("member", "reader")
 ADMIN_SERVICE = "locproxy-svc:service-project:admin"
-SERVICE_ONLY = "locproxy-svc:service-project:service"
+SERVICE_ONLY = "locproxy-svc:service-project:service,reader"  # reader: get_image needs it
 POLICY_LINE = '"copy_image": "role:admin or role:service"\n'  # the README's override
 WAIT = 60.0
 
 
-def web_only_image(glance: GlanceServer, data: bytes, name: str) -> str:
+def web_only_image(glance: GlanceServer, data: bytes, name: str, visibility: str = "private") -> str:
     """An active image whose only copy is the ``web`` store's."""
     created = glance.request("POST", "/v2/images", json_body={"name": name, "disk_format": "raw",
-                                                              "container_format": "bare"})
+                                                              "container_format": "bare", "visibility": visibility})
     assert created.status == 201, created.body[:300]
     image_id = created.json()["id"]
     url = glance.web.put(f"{image_id}.raw", data)
@@ -211,7 +211,9 @@ def test_a_client_that_got_404_triggers_nothing(glance_server: GlanceServer, tmp
 def test_refused_copy_image_one_warning_back_off_then_the_policy_line(glance_server: GlanceServer,
                                                                       tmp_path: Path, data: bytes) -> None:
     glance = glance_server
-    image_id = web_only_image(glance, data, "promote-refused")
+    # public: a bare service role sees it (a private image of another
+    # project answers it 404, whatever copy_image says: see the next test)
+    image_id = web_only_image(glance, data, "promote-refused", visibility="public")
     with sidecar(glance, tmp_path, "a", token=SERVICE_ONLY) as server:
         for _ in range(8):
             download(server, glance, image_id, data)  # downloads unaffected
@@ -234,6 +236,25 @@ def test_refused_copy_image_one_warning_back_off_then_the_policy_line(glance_ser
                 download(server, glance, image_id, data)
             wait_for(lambda: "fs2" in stores(glance, image_id), "Glance to list fs2 (service role granted)")
             assert len(tasks(glance, image_id)) == 1
+    finally:
+        glance.policy_path.write_text(policy)
+
+
+def test_a_private_image_the_service_identity_cannot_see_is_backed_off(glance_server: GlanceServer,
+                                                                        tmp_path: Path, data: bytes) -> None:
+    glance = glance_server
+    image_id = web_only_image(glance, data, "promote-invisible")
+    policy = glance.policy_path.read_text()
+    glance.policy_path.write_text(policy + POLICY_LINE)
+    try:
+        with sidecar(glance, tmp_path, "a", token=SERVICE_ONLY) as server:
+            for _ in range(6):
+                download(server, glance, image_id, data)
+            wait_for(lambda: metric(server, 'locproxy_promotions_total{event="failed"}') == 1, "the 404")
+            time.sleep(1.0)
+            warnings = [line for line in server.log().splitlines() if " WARNING " in line]
+            assert len(warnings) == 1 and "HTTP 404" in warnings[0] and "cannot see the image" in warnings[0]
+            assert metric(server, 'locproxy_promotions_total{event="failed"}') == 1
     finally:
         glance.policy_path.write_text(policy)
 
@@ -268,7 +289,7 @@ def test_promote_command_copies_with_progress_on_a_terminal(glance_server: Glanc
     again = subprocess.run(command, capture_output=True, timeout=60, cwd=REPO_ROOT)
     assert again.returncode == 0 and b"the store holds it already" in again.stdout
     token_file.write_text(SERVICE_ONLY)
-    other = web_only_image(glance, data, "promote-command-refused")
+    other = web_only_image(glance, data, "promote-command-refused", visibility="public")
     refused = subprocess.run(command[:4] + [other] + command[5:], capture_output=True, timeout=60, cwd=REPO_ROOT)
     assert refused.returncode == 1 and f"{other}: NOT in store fs2 (HTTP 403".encode() in refused.stderr
     assert b"locproxy-svc" not in refused.stdout + refused.stderr, "the token is never printed"
