@@ -13,7 +13,6 @@ worker then answers ``/metrics`` with the totals of all of them.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from webob import Response
 from locproxy.failures import Failure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.services import Services
     from locproxy.tracker import Tracker
 
 LOG = logging.getLogger(__name__)
@@ -181,30 +179,3 @@ def metrics_response() -> Response:
 
         body = generate_latest(REGISTRY)
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
-
-
-def healthcheck_response(services: Services) -> Response:
-    """Cheap and local: no upstream call. Counts what the health rule demotes
-    (``locproxy stats`` names them), the site cache's use, and says when a
-    store fails (downloads go on: still 200). This endpoint may be reachable
-    by anyone: no names, paths or error texts."""
-    now = time.time()
-    demoted = [key for key, stats in services.tracker.stats().items() if stats.demoted(now)]
-    copies = sum(1 for key in demoted if "#" in key)
-    body: dict[str, Any] = {"status": "ok", "strategy": services.settings.selection.strategy,
-                            "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
-    cache = services.cache
-    if cache is not None:
-        cache.probe()
-        used, entries = cache.usage()
-        body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
-    if services.degraded:
-        body["status"] = "degraded"
-    if services.tracker.degraded or services.shown.degraded or services.fingerprints.degraded:
-        body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
-    if cache is not None and cache.degraded:
-        body["cache"]["state"] = "aside: downloads go on without it until it works again"
-    if services.hidden is not None and services.hidden.failing:
-        body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
-    return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,
-                    cache_control="no-store")

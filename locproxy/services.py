@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any, Callable
 
 from locproxy import observability
@@ -90,12 +91,37 @@ class Services:
                 stop()  # a background worker of the replaced settings
         return make()
 
+    def health(self) -> dict[str, Any]:
+        """``/healthcheck``'s body. Cheap and local: no upstream call. Counts
+        what the health rule demotes (``locproxy stats`` names them), the
+        site cache's use, and says when a store fails (downloads go on:
+        still 200). It may be reachable by anyone: no names, paths or error texts."""
+        now = time.time()
+        demoted = [key for key, stats in self.tracker.stats().items() if stats.demoted(now)]
+        copies = sum(1 for key in demoted if "#" in key)
+        body: dict[str, Any] = {"status": "degraded" if self.degraded else "ok",
+                                "strategy": self.settings.selection.strategy,
+                                "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
+        cache = self.cache
+        if cache is not None:
+            cache.probe()  # before ``degraded`` is read: a removed or read-only directory says so now
+            used, entries = cache.usage()
+            body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
+            if cache.degraded:
+                body["status"] = "degraded"
+                body["cache"]["state"] = "aside: downloads go on without it until it works again"
+        if self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded:
+            body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
+        if self.hidden is not None and self.hidden.failing:
+            body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
+        return body
+
     @property
     def degraded(self) -> bool:
         """Whether a store is failing now (``/healthcheck`` says so)."""
         cache = self.cache
-        return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded
-                    or (cache is not None and cache.degraded))
+        return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded
+                    or self.shown.degraded or self.fingerprints.degraded or (cache is not None and cache.degraded))
 
 
 def _open_cache(settings: FilterSettings) -> SiteCache | None:

@@ -8,13 +8,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Protocol
 
 from locproxy.cache.files import try_lock
+from locproxy.cache.guard import Guard
 from locproxy.fingerprints import Fingerprint
-
-if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.cache.store import SiteCache
 
 LOG = logging.getLogger("locproxy.cache")
 
@@ -22,12 +20,22 @@ LOG = logging.getLogger("locproxy.cache")
 FOLLOW_POLL = 0.005
 
 
+class Index(Protocol):
+    """What a hit or a fill asks of its cache (``store.SiteCache``)."""
+
+    guard: Guard
+
+    def remove(self, key: str, why: str) -> None: ...
+    def commit(self, fill: Fill, fingerprint: Fingerprint) -> bool: ...
+    def abandon(self, fill: Fill) -> None: ...
+
+
 @dataclass
 class Hit:
     """A committed entry, opened with a shared lock (eviction passes it by
     while this file is open; a corrupt entry is removed all the same)."""
 
-    cache: SiteCache
+    cache: Index
     key: str
     fileobj: BinaryIO
     size: int
@@ -50,7 +58,7 @@ class Fill:
     """One image being written to the cache by its filler (one thread).
     The exclusive lock on the file tells followers it is alive."""
 
-    def __init__(self, cache: SiteCache, key: str, image_id: str, size: int, digest: str, fd: int) -> None:
+    def __init__(self, cache: Index, key: str, image_id: str, size: int, digest: str, fd: int) -> None:
         self.cache, self.key, self.image_id, self.size, self.digest, self.fd = cache, key, image_id, size, digest, fd
         self.written = 0
         self.done = False
