@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from locproxy import identity, state, strategies
-from locproxy.download.backends import READERS, reader_options
+from locproxy.download.backends import READERS, Backends, reader_options
 from locproxy.options import (
     ConfigError,
     MiB,
@@ -360,3 +360,10 @@ def _options_for(strategy: str, conf: Mapping[str, Any]) -> dict[str, Any]:
     """The options a strategy declares; all strategy options if it declares none."""
     declared = strategies.strategy_options(strategy) or _strategy_option_names() - {"location_strategy"}
     return {name: conf[name] for name in declared if name in conf}
+
+
+def configured_backends(**options: Any) -> Backends:
+    """The readers for filter options by their ini names (``file_roots=...``,
+    ``backend_read_timeout=...``), validated as at load: for a client or a
+    test that reads locations without the filter."""
+    return Backends.from_settings(load_filter_settings({}, options))
