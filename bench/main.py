@@ -89,10 +89,13 @@ def measure_rows(ctx: context.Context, rows: Sequence[Row], quiet_wait: float) -
         wait_quiet(quiet_wait)
         log(f"row {row.name} (load {os.getloadavg()[0]:.2f})")
         try:
-            results += row.measure(ctx)
+            measured = row.measure(ctx)
         except ROW_ERRORS as error:
-            results.append(failed(row.name, error))
+            measured = [failed(row.name, error)]
             log(f"row {row.name} failed: {error}")
+        for result in measured:
+            result.row = row.name
+        results += measured
     return results
 
 

@@ -6,6 +6,8 @@
 ``locproxy config``  prints the sidecar's paste ini, to copy and edit.
 ``locproxy serve``   runs the sidecar (gunicorn) in front of an image API.
 ``locproxy cache``   lists, fills, evicts or clears a site cache.
+``locproxy promote`` asks the image API to copy images into a store
+                     (copy-image) and waits until it holds them.
 ``locproxy demo``    starts a demo image API on loopback with locproxy in
                      front, and prints commands to try.
 """
@@ -25,7 +27,7 @@ from locproxy.strategies import Selector, strategy_names
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo):
+    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo, _add_promote):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args)
@@ -106,8 +108,9 @@ def _add_cache(commands: Any) -> None:
     prefetch = actions.add_parser("prefetch", help="fill the cache by downloading images through locproxy")
     prefetch.add_argument("url", help="locproxy's URL, e.g. http://127.0.0.1:9393")
     prefetch.add_argument("image_ids", nargs="+")
+    prefetch.add_argument("--token-file", help="a file holding the client's token (default: $OS_AUTH_TOKEN)")
     prefetch.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                          help="a request header, e.g. X-Auth-Token:... (repeatable)")
+                          help="another request header (repeatable); never a token: the process list shows it")
     cache.set_defaults(run=_cache)
 
 
@@ -199,13 +202,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     if args.action == "prefetch":
-        return _prefetch(args.url, args.image_ids, args.header)
-    from locproxy.cache import SiteCache
+        headers = _prefetch_headers(args.header, args.token_file)
+        return 2 if headers is None else _prefetch(args.url, args.image_ids, headers)
+    from locproxy.cache import SiteCache, is_site_cache
 
-    try:
-        cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
-    except OSError as error:
-        print(f"locproxy cache: {args.cache_dir}: {error}", file=sys.stderr)
+    if not is_site_cache(args.cache_dir):  # never create a cache, or delete files, at a mistyped path
+        print(f"locproxy cache: {args.cache_dir}: not a site cache (no index.sqlite and entries/ of "
+              "its own); give the filter's cache_dir", file=sys.stderr)
+        return 2
+    cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
+    if cache.degraded:
+        print(f"locproxy cache: {args.cache_dir}: {cache.degraded}", file=sys.stderr)
         return 2
     if args.action == "list":
         for entry in cache.list():
@@ -219,29 +226,144 @@ def _cache(args: argparse.Namespace) -> int:
     return 0 if not busy else 1
 
 
-def _prefetch(url: str, image_ids: Sequence[str], header_items: Sequence[str]) -> int:
+_SECRET_HEADERS = frozenset({"x-auth-token", "x-service-token", "authorization"})
+
+
+def _prefetch_headers(items: Sequence[str], token_file: str | None) -> dict[str, str] | None:
+    """The request headers, the token read from a file or ``$OS_AUTH_TOKEN``
+    (argv is readable by every local user, in ``ps``)."""
+    import os
+
+    headers: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"locproxy cache prefetch: --header {item[:40]!r}: expected NAME:VALUE", file=sys.stderr)
+            return None
+        if name.strip().lower() in _SECRET_HEADERS:
+            print(f"locproxy cache prefetch: --header {name.strip()}: a secret on the command line is seen by "
+                  "every local user; use --token-file or OS_AUTH_TOKEN", file=sys.stderr)
+            return None
+        headers[name.strip()] = value.strip()
+    try:
+        token = open(token_file).read().strip() if token_file else os.environ.get("OS_AUTH_TOKEN", "")
+    except OSError as error:
+        print(f"locproxy cache prefetch: --token-file: {error}", file=sys.stderr)
+        return None
+    if token:
+        headers["X-Auth-Token"] = token
+    return headers
+
+
+def _prefetch(url: str, image_ids: Sequence[str], headers: dict[str, str]) -> int:
+    """Download each image through locproxy; non-zero if any failed or came short."""
+    import http.client
     import urllib.request
 
-    headers = dict(item.split(":", 1) for item in header_items if ":" in item)
     failed = 0
     for image_id in image_ids:
         request = urllib.request.Request(f"{url.rstrip('/')}/v2/images/{image_id}/file", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                size = 0
-                while chunk := response.read(1 << 20):
-                    size += len(chunk)
+                size, length = _read_all(image_id, response, response.headers.get("Content-Length"))
+            if length is not None and size != length:
+                raise OSError(f"short body: {size:,} of {length:,} bytes")
             print(f"{image_id}: {size:,} bytes")
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:
             failed += 1
-            print(f"{image_id}: {error}", file=sys.stderr)
+            print(f"{image_id}: {error!r}" if not str(error) else f"{image_id}: {error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _read_all(image_id: str, response: Any, content_length: str | None) -> tuple[int, int | None]:
+    """Read the body to its end, showing progress on a terminal."""
+    import time
+
+    length = int(content_length) if content_length and content_length.isdigit() else None
+    progress, shown, size = sys.stderr.isatty(), 0.0, 0
+    while chunk := response.read(1 << 20):
+        size += len(chunk)
+        if progress and time.monotonic() - shown > 0.5:
+            shown = time.monotonic()
+            of = f" of {length >> 20:,} MiB ({100 * size // length}%)" if length else " MiB"
+            print(f"\r{image_id}: {size >> 20:,}{of}", end="", file=sys.stderr, flush=True)
+    if progress and shown:
+        print(file=sys.stderr)
+    return size, length
 
 
 def _demo(args: argparse.Namespace) -> int:
     from locproxy.demo.runner import run_demo
 
     return run_demo(port=args.port, workdir=args.workdir, check=args.check)
+
+
+def _add_promote(commands: Any) -> None:
+    promote = commands.add_parser(
+        "promote",
+        help="copy images into a store (Glance's copy-image), e.g. before a boot storm",
+        description="Ask the image API to copy each image into STORE (POST /v2/images/{id}/import, copy-image) "
+        "and wait until the image lists it. A copy already in progress (Glance's 409) is waited for. Exits 0 "
+        "when every image is in STORE. The token is read from --token-file or OS_AUTH_TOKEN, never from the "
+        "command line; copy_image is an admin action under Glance's default policy.",
+    )
+    promote.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+    promote.add_argument("--to", required=True, metavar="STORE", help="the Glance store to copy into")
+    promote.add_argument("--url", default=None, help="the image API (default: OS_IMAGE_URL)")
+    promote.add_argument("--token-file", default=None, help="a file holding the token (default: OS_AUTH_TOKEN)")
+    promote.add_argument("--poll-interval", type=float, default=2.0, help="seconds between looks (default 2)")
+    promote.add_argument("--timeout", type=float, default=3600.0, help="seconds per image (default 3600)")
+    promote.set_defaults(run=_promote)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from locproxy.promoter import TokenImageAPI, copy_image
+    from locproxy.promotion import Outcome
+
+    url = args.url or os.environ.get("OS_IMAGE_URL", "")
+    token = os.environ.get("OS_AUTH_TOKEN", "")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as stream:
+                token = stream.read().strip()
+        except OSError as error:
+            print(f"locproxy promote: --token-file: {error.strerror}", file=sys.stderr)
+            return 2
+    if not url or not token:
+        print("locproxy promote: needs the image API (--url or OS_IMAGE_URL) and a token (--token-file or "
+              "OS_AUTH_TOKEN)", file=sys.stderr)
+        return 2
+    api, failed = TokenImageAPI(url, token), 0
+    for image_id in args.image_ids:
+        started = time.monotonic()
+        outcome, why = copy_image(api, image_id, args.to, poll_interval=args.poll_interval, timeout=args.timeout,
+                                  progress=_progress(image_id, args.to, started))
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+        ok = outcome is Outcome.DONE
+        failed += not ok
+        print(f"{image_id}: {'in' if ok else 'NOT in'} store {args.to} ({why}, {time.monotonic() - started:.0f} s)",
+              file=sys.stdout if ok else sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(image_id: str, store: str, started: float) -> Any:
+    """Progress on a terminal: one line rewritten while Glance copies."""
+    import time
+
+    def show(answer: Any, image: dict | None) -> None:
+        if not sys.stderr.isatty():
+            return
+        importing = (image or {}).get("os_glance_importing_to_stores") or "-"
+        whose = "another client's copy" if answer.value == "in_progress" else "copying"
+        sys.stderr.write(f"\r\033[K{image_id}: {whose} into {store}, {time.monotonic() - started:.0f} s "
+                         f"(importing to: {importing}, stores: {(image or {}).get('stores', '?')})")
+        sys.stderr.flush()
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover
