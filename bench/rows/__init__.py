@@ -13,6 +13,7 @@ from bench.rows import (
     file,
     http,
     memory,
+    promote,
     rewrite,
     show_filter,
     show_sidecar,
@@ -32,5 +33,6 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    promote.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)
