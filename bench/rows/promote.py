@@ -46,10 +46,7 @@ def image_size(sizes: Sizes) -> int:
 
 def measure_promote(ctx: Context) -> list[Result]:
     size = image_size(ctx.sizes)
-    storm = f"{human(size)}, bytes read from the non-local copy over {DOWNLOADS} downloads from 2 sidecars, promote_after = 2"
-    names = {"link": f"{storm}, back to back", "paced": f"{storm}, one download started every {PACE:g} s",
-             "prewarmed": f"{storm}, back to back after `locproxy promote`",
-             "speed": f"{human(size)}, promoted rbd:// copy via locproxy vs raw librbd"}
+    names = _names(size)
     if ctx.glance.server is None:
         return _skipped(names, f"no Glance peer: {ctx.glance.reason}")
     from tests.support import ceph
@@ -85,6 +82,13 @@ def measure_promote(ctx: Context) -> list[Result]:
             _link(names["prewarmed"], prewarmed, plain, size, []),
             throughput(names["speed"], speeds["lp"], speeds["raw"], "raw librbd, 4 MiB sequential reads",
                              TARGET_SPEED, [f"timed locproxy downloads: {speeds['paths']}"])]
+
+
+def _names(size: int) -> dict[str, str]:
+    storm = f"{human(size)}, bytes read from the non-local copy over {DOWNLOADS} downloads from 2 sidecars, promote_after = 2"
+    return {"link": f"{storm}, back to back", "paced": f"{storm}, one download started every {PACE:g} s",
+            "prewarmed": f"{storm}, back to back after `locproxy promote`",
+            "speed": f"{human(size)}, promoted rbd:// copy via locproxy vs raw librbd"}
 
 
 def _link(name: str, storm: dict[str, Any], plain: dict[str, Any], size: int, notes: list[str]) -> Result:
