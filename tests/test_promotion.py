@@ -22,9 +22,9 @@ from locproxy.promotion import (
     locality,
     on_download,
     on_result,
-    stores_of,
     watch_verdict,
 )
+from locproxy.strategies import stores_of
 
 RULE = Rule(after=3, window=100.0, backoff=10.0, max_backoff=40.0, stale=1000.0)
 ACTIVE = {"id": "i1", "status": "active", "stores": "web"}

@@ -18,9 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from locproxy.promotion import stores_of
 from locproxy.ranges import Unsatisfiable, parse_range
-from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of
+from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of, stores_of
 from locproxy.urls import backend_label
 
 Digest = tuple[str, str]  # (hashlib name, expected hex value)
