@@ -299,3 +299,20 @@ def test_only_whole_served_downloads_from_non_local_copies_count(tmp_path: Path)
     app.get(f"/v2/images/{remote}/file", status="*")
     app.get("/v2/images/00000000-0000-0000-0000-000000000000/file", status=404)
     assert counted.images == [remote, unreadable], "deactivated and unknown images never count"
+
+
+def test_promote_command_needs_a_url_and_a_token_never_from_argv(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from locproxy.cli import main
+
+    monkeypatch.delenv("OS_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("OS_IMAGE_URL", raising=False)
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9"]) == 2
+    assert "a token (--token-file or OS_AUTH_TOKEN)" in capsys.readouterr().err
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9", "--token-file",
+                 str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit):
+        main(["promote", "i1", "--to", "fs2", "--token", "secret"])  # no such option
+    monkeypatch.setenv("OS_AUTH_TOKEN", "t")
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9", "--timeout", "1"]) == 1
+    assert "i1: NOT in store fs2 (the import could not be asked" in capsys.readouterr().err

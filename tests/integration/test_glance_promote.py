@@ -227,6 +227,7 @@ def test_refused_copy_image_one_warning_back_off_then_the_policy_line(glance_ser
         assert "next try after 300 s" in warnings[0]
         assert metric(server, 'locproxy_promotions_total{event="failed"}') == 1, "backed off: asked once"
         assert stores(glance, image_id) == ["web"]
+        assert SERVICE_ONLY not in server.log(), "the service token is never logged"
         assert tasks(glance, image_id) == []
     policy = glance.policy_path.read_text()
     glance.policy_path.write_text(policy + POLICY_LINE)  # oslo.policy re-reads a changed file
