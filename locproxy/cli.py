@@ -56,7 +56,8 @@ def _add_stats(commands: Any) -> None:
         help="what this node learnt about each backend",
         description="Print the speed and health locproxy measured per backend (from its metrics_file).",
     )
-    stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
+    stats.add_argument("metrics_file", nargs="?", help="the filter's metrics_file (an sqlite file); default: "
+                       "metrics.sqlite in the state directory (metrics_file = auto)")
     stats.set_defaults(run=_stats)
 
 
@@ -76,7 +77,9 @@ def _add_serve(commands: Any) -> None:
         "serve",
         help="run the sidecar in front of an image API (gunicorn)",
         description="Run gunicorn with the packaged sidecar configuration. Options after -- go to gunicorn "
-        "(e.g. -- --bind 0.0.0.0:9393 --workers 4).",
+        "(e.g. -- --bind 0.0.0.0:9393 --workers 4). The workers share what they verify and learn in "
+        "metrics.sqlite in the state directory ($STATE_DIRECTORY, /var/lib/locproxy as root, else "
+        "$XDG_STATE_HOME/locproxy); --set metrics_file= keeps it per worker.",
     )
     serve.add_argument("--upstream", required=True, help="the image API, e.g. http://127.0.0.1:9292")
     serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
@@ -105,8 +108,9 @@ def _add_cache(commands: Any) -> None:
     prefetch = actions.add_parser("prefetch", help="fill the cache by downloading images through locproxy")
     prefetch.add_argument("url", help="locproxy's URL, e.g. http://127.0.0.1:9393")
     prefetch.add_argument("image_ids", nargs="+")
+    prefetch.add_argument("--token-file", help="a file holding the client's token (default: $OS_AUTH_TOKEN)")
     prefetch.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                          help="a request header, e.g. X-Auth-Token:... (repeatable)")
+                          help="another request header (repeatable); never a token: the process list shows it")
     cache.set_defaults(run=_cache)
 
 
@@ -159,8 +163,10 @@ def _order(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     import os
 
+    from locproxy.state import METRICS_NAME, state_directory
     from locproxy.tracker import read_table
 
+    args.metrics_file = args.metrics_file or str(state_directory() / METRICS_NAME)
     if not os.path.isfile(args.metrics_file):
         print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
         return 2
@@ -196,13 +202,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     if args.action == "prefetch":
-        return _prefetch(args.url, args.image_ids, args.header)
-    from locproxy.cache import SiteCache
+        headers = _prefetch_headers(args.header, args.token_file)
+        return 2 if headers is None else _prefetch(args.url, args.image_ids, headers)
+    from locproxy.cache import SiteCache, is_site_cache
 
-    try:
-        cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
-    except OSError as error:
-        print(f"locproxy cache: {args.cache_dir}: {error}", file=sys.stderr)
+    if not is_site_cache(args.cache_dir):  # never create a cache, or delete files, at a mistyped path
+        print(f"locproxy cache: {args.cache_dir}: not a site cache (no index.sqlite and entries/ of "
+              "its own); give the filter's cache_dir", file=sys.stderr)
+        return 2
+    cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
+    if cache.degraded:
+        print(f"locproxy cache: {args.cache_dir}: {cache.degraded}", file=sys.stderr)
         return 2
     if args.action == "list":
         for entry in cache.list():
@@ -216,23 +226,70 @@ def _cache(args: argparse.Namespace) -> int:
     return 0 if not busy else 1
 
 
-def _prefetch(url: str, image_ids: Sequence[str], header_items: Sequence[str]) -> int:
+_SECRET_HEADERS = frozenset({"x-auth-token", "x-service-token", "authorization"})
+
+
+def _prefetch_headers(items: Sequence[str], token_file: str | None) -> dict[str, str] | None:
+    """The request headers, the token read from a file or ``$OS_AUTH_TOKEN``
+    (argv is readable by every local user, in ``ps``)."""
+    import os
+
+    headers: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"locproxy cache prefetch: --header {item[:40]!r}: expected NAME:VALUE", file=sys.stderr)
+            return None
+        if name.strip().lower() in _SECRET_HEADERS:
+            print(f"locproxy cache prefetch: --header {name.strip()}: a secret on the command line is seen by "
+                  "every local user; use --token-file or OS_AUTH_TOKEN", file=sys.stderr)
+            return None
+        headers[name.strip()] = value.strip()
+    try:
+        token = open(token_file).read().strip() if token_file else os.environ.get("OS_AUTH_TOKEN", "")
+    except OSError as error:
+        print(f"locproxy cache prefetch: --token-file: {error}", file=sys.stderr)
+        return None
+    if token:
+        headers["X-Auth-Token"] = token
+    return headers
+
+
+def _prefetch(url: str, image_ids: Sequence[str], headers: dict[str, str]) -> int:
+    """Download each image through locproxy; non-zero if any failed or came short."""
+    import http.client
     import urllib.request
 
-    headers = dict(item.split(":", 1) for item in header_items if ":" in item)
     failed = 0
     for image_id in image_ids:
         request = urllib.request.Request(f"{url.rstrip('/')}/v2/images/{image_id}/file", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                size = 0
-                while chunk := response.read(1 << 20):
-                    size += len(chunk)
+                size, length = _read_all(image_id, response, response.headers.get("Content-Length"))
+            if length is not None and size != length:
+                raise OSError(f"short body: {size:,} of {length:,} bytes")
             print(f"{image_id}: {size:,} bytes")
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:
             failed += 1
-            print(f"{image_id}: {error}", file=sys.stderr)
+            print(f"{image_id}: {error!r}" if not str(error) else f"{image_id}: {error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _read_all(image_id: str, response: Any, content_length: str | None) -> tuple[int, int | None]:
+    """Read the body to its end, showing progress on a terminal."""
+    import time
+
+    length = int(content_length) if content_length and content_length.isdigit() else None
+    progress, shown, size = sys.stderr.isatty(), 0.0, 0
+    while chunk := response.read(1 << 20):
+        size += len(chunk)
+        if progress and time.monotonic() - shown > 0.5:
+            shown = time.monotonic()
+            of = f" of {length >> 20:,} MiB ({100 * size // length}%)" if length else " MiB"
+            print(f"\r{image_id}: {size >> 20:,}{of}", end="", file=sys.stderr, flush=True)
+    if progress and shown:
+        print(file=sys.stderr)
+    return size, length
 
 
 def _demo(args: argparse.Namespace) -> int:

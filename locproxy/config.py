@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from locproxy import identity, strategies
+from locproxy import identity, state, strategies
 from locproxy.download.backends import READERS, reader_options
 from locproxy.options import (
     ConfigError,
@@ -181,6 +181,14 @@ def parse_writable_file(option: str, value: Any) -> str:
     return path
 
 
+def parse_metrics_file(option: str, value: Any) -> str:
+    """``auto``: ``metrics.sqlite`` in the default state directory (``locproxy.state``);
+    else a file as ``parse_writable_file``."""
+    if str(value).strip().lower() == state.AUTO:
+        return parse_writable_file(option, state.default_metrics_file(option))
+    return parse_writable_file(option, value)
+
+
 def parse_directory(option: str, value: Any) -> str:
     """An existing directory locproxy may write in (absolute path)."""
     path = str(value).strip()
@@ -237,7 +245,7 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
     "verify_checksums": ("backends", "verify_checksums", _verification),
     "verify_ahead": ("backends", "verify_ahead", parse_bool),
-    "metrics_file": ("health", "metrics_file", parse_writable_file),
+    "metrics_file": ("health", "metrics_file", parse_metrics_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),
     "max_cooldown": ("health", "max_cooldown", parse_seconds),

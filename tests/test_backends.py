@@ -384,8 +384,7 @@ def test_host_allow_list(
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param("swift+https://tenant:Sekr1t@keystone.example/v3/container/obj", id="swift-with-key"),
-        pytest.param("swift://account:Sekr1t@auth/container/obj", id="swift"),
+        pytest.param("sheepdog://tenant:Sekr1t@sheep.example/v3/container/obj", id="with-key"),
         pytest.param("cinder://volume-id", id="cinder"),
         pytest.param("vsphere://vc.example/folder/image?dcPath=dc", id="vsphere"),
         pytest.param("ftp://127.0.0.1/img", id="ftp"),

@@ -30,11 +30,11 @@ from tests.support.cachelab import (
     downloads,
     exact,
     filler_pid,
-    fingerprint_of,
     lab_fixture,
     wait_for_fill,
 )
 from tests.support.client import fetch
+from tests.support.download_fakes import fingerprint_of
 from tests.support.faultserver import FaultServer
 
 

@@ -54,14 +54,21 @@ class Fill:
         self.cache, self.key, self.image_id, self.size, self.digest, self.fd = cache, key, image_id, size, digest, fd
         self.written = 0
         self.done = False
+        self.error: OSError | None = None  # what stopped a write
 
     def write(self, chunk: bytes) -> None:
-        """Append ``chunk``; an ``OSError`` stops the fill (the caller aborts it)."""
+        """Append ``chunk``; an ``OSError`` (a full disk, say) stops the fill
+        (the caller aborts it) and is the cache's error like any other: once
+        the fill is gone, the guard counts it and puts the cache aside."""
         view = memoryview(chunk)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-            self.written += written
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.written += written
+        except OSError as error:
+            self.error = error
+            raise
 
     def commit(self, fingerprint: Fingerprint) -> bool:
         """Make the whole, verified image an entry; False if that failed."""
@@ -77,8 +84,10 @@ class Fill:
     def abort(self) -> None:
         if not self.done:
             self.done = True
-            self.cache.abandon(self)
+            self.cache.abandon(self)  # before the guard puts the cache aside: a full disk gets its bytes back
             self._close()
+            if self.error is not None:
+                self.cache.guard.failed("fill", self.error)
 
     def _close(self) -> None:
         if self.fd >= 0:

@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from locproxy.ranges import Unsatisfiable, parse_range
+from locproxy.ranges import RangeRefused, parse_range, refused_range_headers
 from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of, stores_of
 from locproxy.urls import backend_label
 
@@ -97,8 +97,8 @@ def plan_download(
         return None  # not an active image with data, or not understood: the upstream decides
     try:
         span = parse_range(range_header, size)
-    except Unsatisfiable as error:
-        return Refusal(416, str(error), {"Content-Range": f"bytes */{size}"})
+    except RangeRefused as error:
+        return Refusal(error.status, str(error), refused_range_headers(error, size))
     start, end = span or (0, size)
     headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
                ("Accept-Ranges", "bytes")]

@@ -136,6 +136,25 @@ def ceph_store_overrides(*, ceph_conf: Path, pool: str, rgw_endpoint: str, acces
     }
 
 
+SWIFT_BACKENDS = "fs1:file, fs2:file, web:http, swift1:swift"
+
+
+def swift_store_overrides(*, references_file: Path, reference: str = "ref1",
+                          container: str = "glance") -> dict[str, dict[str, str]]:
+    """glance-api.conf overrides adding the store ``swift1`` (single tenant,
+    its credentials in a references file) beside the file and http ones.
+    Objects of 32 "MB" (32,768,000 bytes) and more are written as DLOs of
+    8 "MB" segments (see /work/shared/swift-testbed.md for the sizes
+    glance_store 5.7.0 can write)."""
+    return {
+        "DEFAULT": {"enabled_backends": SWIFT_BACKENDS},
+        "swift1": {"store_description": "lab swift (radosgw)", "swift_store_config_file": str(references_file),
+                   "default_swift_reference": reference, "swift_store_container": container,
+                   "swift_store_create_container_on_put": "True", "swift_store_large_object_size": "32",
+                   "swift_store_large_object_chunk_size": "8"},
+    }
+
+
 def render_paste_ini(pipeline: Sequence[str] = DEFAULT_PIPELINE, extra: str = "") -> str:
     """Glance's paste file with one flavor-less pipeline, ``glance-api``.
 
