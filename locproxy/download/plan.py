@@ -67,7 +67,7 @@ class DownloadPlan:
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
     upstream_prefer: tuple[str, ...] = ()  # ?prefer= for the upstream's own /file (see upstream_prefer())
-    stores: tuple[str, ...] = ()  # the Glance stores that hold the image (promotion.stores_of)
+    stores: tuple[str, ...] = ()  # the Glance stores that hold the image (strategies.stores_of)
 
     @property
     def whole(self) -> bool:
