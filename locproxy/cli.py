@@ -300,7 +300,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_promote(commands: Any) -> None:
     promote = commands.add_parser(
-        "promote",
+        "promote", allow_abbrev=False,  # no --token for --token-file: a secret never goes on the command line
         help="copy images into a store (Glance's copy-image), e.g. before a boot storm",
         description="Ask the image API to copy each image into STORE (POST /v2/images/{id}/import, copy-image) "
         "and wait until the image lists it. A copy already in progress (Glance's 409) is waited for. Exits 0 "

@@ -216,6 +216,8 @@ class Promoter:
             self._ended(image_id, store, outcome, why)
 
     def _ended(self, image_id: str, store: str, outcome: Outcome, why: str) -> None:
+        if self._stopping.is_set() and outcome is Outcome.FAILED:
+            outcome, why = Outcome.GONE, "no longer watched (settings replaced)"  # not a failure: no back-off
         observability.promotion(outcome.value)
         state = self.ledger.result(image_id, outcome)
         if outcome is Outcome.FAILED:

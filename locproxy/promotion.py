@@ -38,6 +38,7 @@ from enum import Enum
 from typing import Callable, Iterable
 
 from locproxy.bookkeeping import SharedFile
+from locproxy.strategies import stores_of
 
 LOG = logging.getLogger(__name__)
 
@@ -114,19 +115,6 @@ class Answer(Enum):
     REFUSED = "refused"  # 401/403: the policy (copy_image) refuses our identity; 404: it cannot see the image
     GONE = "gone"  # no longer active
     FAILED = "failed"  # anything else: a quota (413), a bad store (400)...
-
-
-def stores_of(image: dict) -> tuple[str, ...]:
-    """The image's stores: Glance's ``stores`` field and its locations' ``store``."""
-    listed = image.get("stores")
-    stores = [item.strip() for item in listed.split(",")] if isinstance(listed, str) else []
-    locations = image.get("locations")
-    for location in locations if isinstance(locations, list) else ():
-        metadata = location.get("metadata") if isinstance(location, dict) else None
-        store = metadata.get("store") if isinstance(metadata, dict) else None
-        if isinstance(store, str):
-            stores.append(store)
-    return tuple(dict.fromkeys(store for store in stores if store))
 
 
 def _listed(image: dict, key: str) -> set[str]:

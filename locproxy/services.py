@@ -120,8 +120,10 @@ class Services:
     def degraded(self) -> bool:
         """Whether a store is failing now (``/healthcheck`` says so)."""
         cache = self.cache
+        promoter = self.promoter
         return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded
-                    or self.shown.degraded or self.fingerprints.degraded or (cache is not None and cache.degraded))
+                    or self.shown.degraded or self.fingerprints.degraded or (cache is not None and cache.degraded)
+                    or (promoter is not None and promoter.ledger.degraded))
 
 
 def _open_cache(settings: FilterSettings) -> SiteCache | None:

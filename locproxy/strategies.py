@@ -102,6 +102,19 @@ def store_of(location: Location) -> str | None:
     return store if isinstance(store, str) and store else None
 
 
+def stores_of(image: Mapping[str, Any]) -> tuple[str, ...]:
+    """The image's stores: Glance's ``stores`` field and its locations' ``store``."""
+    listed = image.get("stores")
+    stores = [item.strip() for item in listed.split(",")] if isinstance(listed, str) else []
+    locations = image.get("locations")
+    for location in locations if isinstance(locations, list) else ():
+        metadata = location.get("metadata") if isinstance(location, dict) else None
+        store = metadata.get("store") if isinstance(metadata, dict) else None
+        if isinstance(store, str):
+            stores.append(store)
+    return tuple(dict.fromkeys(store for store in stores if store))
+
+
 def backend_key(location: Location) -> str:
     """The backend a location lives in, from its URL: ``scheme://host[:port]``,
     ``file://`` + directory for files, ``rbd://<fsid>/<pool>`` for rbd. What

@@ -22,9 +22,9 @@ from locproxy.promotion import (
     locality,
     on_download,
     on_result,
-    stores_of,
     watch_verdict,
 )
+from locproxy.strategies import stores_of
 
 RULE = Rule(after=3, window=100.0, backoff=10.0, max_backoff=40.0, stale=1000.0)
 ACTIVE = {"id": "i1", "status": "active", "stores": "web"}
@@ -254,3 +254,65 @@ def test_options_load() -> None:
                                          "service_token": "t"}).promotion
     assert (settings.target, settings.after, settings.enabled) == ("ceph1", 2, True)
     assert message(409, b"<p>Image has\n active task</p>") == "HTTP 409: Image has active task"
+
+
+# -- the seam: which downloads count (LocationFilter over the demo image API) --
+
+class Counted:
+    def __init__(self) -> None:
+        self.images: list[str] = []
+
+    def served(self, image_id: str) -> None:
+        self.images.append(image_id)
+
+
+def test_only_whole_served_downloads_from_non_local_copies_count(tmp_path: Path) -> None:
+    from webtest import TestApp
+
+    from locproxy.demo import DemoImageAPI, location
+    from locproxy.middleware import LocationFilter
+
+    data = b"promotion" * 10000
+    (tmp_path / "remote").write_bytes(data)
+    (tmp_path / "local").write_bytes(data)
+    api = DemoImageAPI(file_roots=(str(tmp_path),))
+    settings = load_filter_settings({}, {"file_roots": str(tmp_path), "promote": "auto", "local_stores": "site",
+                                         "service_auth_type": "admin_token", "service_endpoint": "http://127.0.0.1:9",
+                                         "service_token": "t"})
+    lp = LocationFilter(api, settings)
+    counted = Counted()
+    lp.services.promoter = counted  # type: ignore[assignment]
+    app = TestApp(lp, lint=True)
+    remote = api.add_image(data=data, locations=[location(f"file://{tmp_path}/remote", "far")])
+    local = api.add_image(data=data, locations=[location(f"file://{tmp_path}/local", "site"),
+                                                location(f"file://{tmp_path}/remote", "far")])
+    unreadable = api.add_image(data=data, locations=[location("rbd://a/b/c/d", "far")])
+    assert app.get(f"/v2/images/{remote}/file").body == data
+    assert counted.images == [remote]
+    app.get(f"/v2/images/{remote}/file", headers={"Range": "bytes=0-9"}, status=206)
+    app.head(f"/v2/images/{remote}/file")
+    app.get(f"/v2/images/{local}/file")
+    assert counted.images == [remote], "ranges, HEADs and images with a local copy never count"
+    assert app.get(f"/v2/images/{unreadable}/file").body == data  # the upstream's own /file serves it
+    assert counted.images == [remote, unreadable]
+    api.set_status(remote, "deactivated")
+    app.get(f"/v2/images/{remote}/file", status="*")
+    app.get("/v2/images/00000000-0000-0000-0000-000000000000/file", status=404)
+    assert counted.images == [remote, unreadable], "deactivated and unknown images never count"
+
+
+def test_promote_command_needs_a_url_and_a_token_never_from_argv(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from locproxy.cli import main
+
+    monkeypatch.delenv("OS_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("OS_IMAGE_URL", raising=False)
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9"]) == 2
+    assert "a token (--token-file or OS_AUTH_TOKEN)" in capsys.readouterr().err
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9", "--token-file",
+                 str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit):
+        main(["promote", "i1", "--to", "fs2", "--token", "secret"])  # no such option
+    monkeypatch.setenv("OS_AUTH_TOKEN", "t")
+    assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9", "--timeout", "1"]) == 1
+    assert "i1: NOT in store fs2 (the import could not be asked" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from bench.rows import (
     file,
     http,
     memory,
+    promote,
     relay,
     rewrite,
     show_filter,
@@ -34,5 +35,6 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    promote.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

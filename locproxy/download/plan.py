@@ -18,9 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from locproxy.promotion import stores_of
 from locproxy.ranges import RangeRefused, parse_range, refused_range_headers
-from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of
+from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of, stores_of
 from locproxy.urls import backend_label
 
 Digest = tuple[str, str]  # (hashlib name, expected hex value)
@@ -68,7 +67,7 @@ class DownloadPlan:
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
     upstream_prefer: tuple[str, ...] = ()  # ?prefer= for the upstream's own /file (see upstream_prefer())
-    stores: tuple[str, ...] = ()  # the Glance stores that hold the image (promotion.stores_of)
+    stores: tuple[str, ...] = ()  # the Glance stores that hold the image (strategies.stores_of)
 
     @property
     def whole(self) -> bool:

@@ -36,6 +36,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.client import Fetched, http_request
+from tests.support.glance.config import locproxy_paste_ini
 from tests.support.glance.server import GlanceServer
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
@@ -155,6 +156,33 @@ def test_promoted_after_promote_after_downloads_then_read_locally(glance_server:
         assert "WARNING" not in server.log()
 
 
+def test_inside_glances_pipeline_promotes_too(glance_server: GlanceServer, tmp_path: Path, data: bytes) -> None:
+    """The filter in Glance's own paste pipeline: the promoter asks Glance's
+    endpoint (its own server) from a thread of its own."""
+    glance = glance_server
+    image_id = web_only_image(glance, data, "promote-pipeline")
+    base = web_reads(glance, image_id)
+    options = {"location_strategy": "weight", "store_weights": "fs2:100, web:1",
+               "file_roots": str(glance.store_dirs["fs2"]), "allowed_hosts": f"127.0.0.1:{glance.web.port}",
+               "metrics_file": str(tmp_path / "pipeline.sqlite"), "local_stores": "fs2", "promote": "auto",
+               "promote_after": "2", "promote_poll_interval": "0.3", "service_auth_type": "admin_token",
+               "service_endpoint": glance.url, "service_token": ADMIN_SERVICE}
+    with glance.paste_pipeline(locproxy_paste_ini(**options)):
+        for _ in range(2):
+            resp = http_request(f"{glance.url}/v2/images/{image_id}/file", headers=glance.headers(roles=OWNER),
+                                timeout=60)
+            assert resp.status == 200 and resp.body == data
+        wait_for(lambda: "fs2" in stores(glance, image_id), "Glance to list fs2")
+        assert [task["status"] for task in tasks(glance, image_id)] == ["success"]
+        seen = web_reads(glance, image_id)
+        assert seen - base == 3, "two downloads and Glance's copy read the web copy"
+        resp = http_request(f"{glance.url}/v2/images/{image_id}/file", headers=glance.headers(roles=OWNER), timeout=60)
+        assert resp.status == 200 and resp.body == data
+        assert web_reads(glance, image_id) == seen, "the later download read fs2"
+        wait_for(lambda: "copy into store fs2: done" in glance.glance_log_path.read_text(errors="replace"),
+                 "the promoter's line in Glance's log")
+
+
 def test_two_sidecars_crossing_together_create_one_task(glance_server: GlanceServer, tmp_path: Path) -> None:
     glance = glance_server
     data = os.urandom(48 * MiB)  # long enough a copy that the second ask meets the first one's lock
@@ -227,6 +255,7 @@ def test_refused_copy_image_one_warning_back_off_then_the_policy_line(glance_ser
         assert "next try after 300 s" in warnings[0]
         assert metric(server, 'locproxy_promotions_total{event="failed"}') == 1, "backed off: asked once"
         assert stores(glance, image_id) == ["web"]
+        assert SERVICE_ONLY not in server.log(), "the service token is never logged"
         assert tasks(glance, image_id) == []
     policy = glance.policy_path.read_text()
     glance.policy_path.write_text(policy + POLICY_LINE)  # oslo.policy re-reads a changed file

@@ -20,7 +20,9 @@ Skips with the lab's reason where Ceph cannot run (``tests/conftest.py``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -38,7 +40,7 @@ from tests.integration.test_glance_promote import (
     web_reads,
 )
 from tests.support import ceph
-from tests.support.ceph import MON_NAME, OSD_NAME, CephCluster
+from tests.support.ceph import MON_NAME, OSD_NAME, CephCluster, Daemon
 from tests.support.glance.config import ceph_store_overrides
 from tests.support.glance.server import GlanceServer
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
@@ -141,6 +143,67 @@ def test_a_copy_task_that_fails_warns_once_and_backs_off(ceph_glance: GlanceServ
     print(f"after the outage: copy tasks {[(task['status'], task.get('message')) for task in found]}, "
           f"stores {stores(glance, image_id)}")
     assert len(found) <= 1
+
+
+MGR_NAME = "mgr.x"
+
+
+@contextlib.contextmanager
+def running_mgr(lab: CephCluster) -> Iterator[None]:
+    """A ceph-mgr for the lab (pool usage, hence pool quotas, need one), stopped by its pid after."""
+    if shutil.which("ceph-mgr") is None:
+        pytest.skip("ceph-mgr is not installed (apt-get install ceph-mgr): pool quotas need it")
+    data = lab.workdir / "mgr-x"
+    data.mkdir(exist_ok=True)
+    lab.daemons[MGR_NAME] = Daemon(MGR_NAME, ["ceph-mgr", "-c", str(lab.conf), "-f", "-i", "x", "--mgr-data",
+                                              str(data)], lab.workdir / "log" / "mgr.x.out")
+    lab.start(MGR_NAME, wait=False)
+    try:
+        wait_for(lambda: json.loads(lab.ceph("mgr", "stat", "--format=json")).get("available"), "ceph-mgr",
+                 timeout=90)
+        yield
+    finally:
+        lab.stop(MGR_NAME)
+        del lab.daemons[MGR_NAME]
+
+
+def pool_full(lab: CephCluster) -> bool:
+    return "full_quota" in lab.ceph("osd", "pool", "ls", "detail")
+
+
+def test_a_full_pool_fails_the_copy_with_one_warning(ceph_glance: GlanceServer, ceph_lab: CephCluster,
+                                                     tmp_path: Path) -> None:
+    """The local store's pool over its quota: Glance's rbd write fails
+    (EDQUOT), the task fails and lists ceph1 in os_glance_failed_import."""
+    glance, lab = ceph_glance, ceph_lab
+    data = os.urandom(16 * MiB)
+    image_id = web_only_image(glance, data, "promote-rbd-full")
+    with running_mgr(lab):
+        lab.create_rbd_image(f"filler-{image_id[:8]}", os.urandom(4 * MiB))
+        lab.ceph("osd", "pool", "set-quota", lab.pool, "max_bytes", str(1 * MiB))
+        try:
+            wait_for(lambda: pool_full(lab), "the pool to be full (quota)", timeout=120)
+            with rbd_sidecar(glance, lab, tmp_path, "full") as server:
+                for _ in range(6):
+                    download(server, glance, image_id, data)  # downloads unaffected
+                wait_for(lambda: metric(server, 'locproxy_promotions_total{event="failed"}') == 1,
+                         "the failed copy", timeout=180)
+                download(server, glance, image_id, data)
+                time.sleep(1.0)
+                warnings = [line for line in server.log().splitlines() if " WARNING " in line]
+                assert len(warnings) == 1, warnings
+                assert f"image {image_id}: copy into store ceph1 failed (the copy ended without the store" \
+                    in warnings[0], warnings[0]
+                assert "next try after 600 s" in warnings[0]
+                assert metric(server, 'locproxy_promotions_total{event="started"}') == 1, "asked once"
+                image = glance.get_image(image_id)
+                assert "ceph1" not in image["stores"], image
+                found = tasks(glance, image_id)
+                print(f"full pool: {warnings[0]}\ntasks: {[(t['status'], t.get('message')) for t in found]}, "
+                      f"os_glance_failed_import={image.get('os_glance_failed_import')!r}")
+                assert [task["status"] for task in found] == ["failure"], found
+        finally:
+            lab.ceph("osd", "pool", "set-quota", lab.pool, "max_bytes", "0")
 
 
 def http_request_json(server: GunicornServer, glance: GlanceServer, image_id: str) -> dict:
