@@ -110,7 +110,7 @@ def test_a_copy_task_that_fails_warns_once_and_backs_off(ceph_glance: GlanceServ
                                                           tmp_path: Path) -> None:
     """The local cluster's monitor is down: Glance's rbd store cannot connect
     (``rados_connect_timeout`` 10 s) and the copy fails. (A full pool cannot be had here: pool
-    quotas need a ceph-mgr, which the lab does not run.)"""
+    quotas need a ceph-mgr, which only these rows start.)"""
     glance, lab = ceph_glance, ceph_lab
     data = os.urandom(16 * MiB)
     image_id = web_only_image(glance, data, "promote-rbd-down")
