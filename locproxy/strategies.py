@@ -23,10 +23,10 @@ import math
 import posixpath
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
-from locproxy.urls import backend_label, parse_rbd_url, scrub_credentials
+from locproxy.urls import backend_label, rbd_label, scrub_credentials
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -127,11 +127,7 @@ def backend_key(location: Location) -> str:
     if scheme == "file":
         return "file://" + posixpath.dirname(urlsplit(url).path)
     if scheme == "rbd":
-        try:
-            rbd = parse_rbd_url(url)
-        except ValueError:
-            return "rbd"
-        return f"rbd://{rbd.fsid}/{quote(rbd.pool or '', safe='')}" if rbd.fsid else "rbd"
+        return rbd_label(url, with_pool=True)
     return backend_label(url)
 
 

@@ -196,15 +196,8 @@ class HTTPBackend:
         to the reason of an error status (e.g. the S3 error code)."""
         whole = "Range" not in headers
         LOG.debug("GET %s bytes %s+%s%s", label, start, length, "" if whole else " (ranged)")
-        try:
-            # Connect to exactly the host/port that was allowed: the URL is not
-            # handed to urllib3 to be parsed a second time.
-            pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
-        except (HTTPError, ValueError) as error:
-            kind, reason = describe(error)
-            raise BackendError(label, reason, kind) from None
         watch = WATCHDOG.watch()
-        response = self._send(pool, target, headers, label, watch)
+        response = self._send(self._pool(scheme, host, port, label), target, headers, label, watch)
         try:
             if watch.expired:
                 raise BackendError(label, watch.reason, Failure.TOO_SLOW)
@@ -223,6 +216,15 @@ class HTTPBackend:
             raise
         return HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
 
+    def _pool(self, scheme: str, host: str, port: int, label: str) -> urllib3.HTTPConnectionPool:
+        """The pool of exactly the host and port that were allowed: the URL
+        is not handed to urllib3 to be parsed a second time."""
+        try:
+            return self._pools.get().connection_from_host(host, port=port, scheme=scheme)
+        except (HTTPError, ValueError) as error:
+            kind, reason = describe(error)
+            raise BackendError(label, reason, kind) from None
+
     def _detail(self, response: urllib3.BaseHTTPResponse, error_detail: Callable[[urllib3.BaseHTTPResponse], str],
                 watch: Watch) -> str:
         """What ``error_detail`` reads from an error body, within the first-byte bound."""
@@ -239,13 +241,8 @@ class HTTPBackend:
         """(status, headers, body) of a small answer (a HEAD, a listing) from
         exactly ``host:port`` (allowed by the caller), all within
         ``first_byte_timeout``; BackendError if it fails or the body passes ``limit``."""
-        try:
-            pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
-        except (HTTPError, ValueError) as error:
-            kind, reason = describe(error)
-            raise BackendError(label, reason, kind) from None
         watch = WATCHDOG.watch()
-        response = self._send(pool, target, headers, label, watch, method)
+        response = self._send(self._pool(scheme, host, port, label), target, headers, label, watch, method)
         watch.arm(self._first_byte_timeout, f"no whole answer within {self._first_byte_timeout:g} s")
         try:
             body = b"" if method == "HEAD" else response.read(limit + 1, decode_content=False)
