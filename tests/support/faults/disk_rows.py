@@ -14,16 +14,21 @@ say the cache is aside, and no request of a client is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from locproxy.demo import demo_bytes
+from locproxy.fingerprints import BLOCK
 from tests.support import filesystems
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import DATA, FaultLab, Scenarios
+from tests.support.processes import children, wait_until
 
 ROWS = Scenarios()
 scenario = ROWS.row
@@ -90,7 +95,7 @@ def check_aside(lab: FaultLab, sidecar: Any, downloads: list[tuple[str, Fetched]
 def _cache_disk_read_only(lab: FaultLab) -> tuple[str, str]:
     web = lab.backend()
     cached, others = lab.image(lab.web(web)), [lab.image(lab.web(web)) for _ in range(4)]
-    with filesystems.ext4(lab.base) as disk, cache_sidecar(lab, disk.path / "cache") as sidecar:
+    with filesystems.ext4(lab.base, 256) as disk, cache_sidecar(lab, disk.path / "cache") as sidecar:
         assert as_without_cache(lab, download(sidecar, cached), cached)
         committed(sidecar)
         how = filesystems.read_only(disk)
@@ -119,3 +124,72 @@ def _cache_disk_full(lab: FaultLab) -> tuple[str, str]:
     return (f"200 as without the cache, {len(results)}/{len(results)}; no fill left; /healthcheck degraded, "
             f"cache aside ({answers}/{answers} answers); cache error metric {errors:.0f}",
             f"sha512 ✓ ({len(results)} downloads)")
+
+
+# -- a rotted entry, scrubbed by another sidecar while one reads it ---------------------------
+
+SCRUBBED = r"cache entry (\w+) removed: its sha512 digest does not match \(background scrub\)"
+
+
+def stalled_client(port: int, path: str) -> socket.socket:
+    """A client that sends its request and reads nothing for now (the
+    server stops once the socket's buffers, a few MiB, are full)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def read_rest(sock: socket.socket, limit: float = 60.0) -> tuple[int, bytes, bool]:
+    """(status, body, complete) of the response on ``sock``, read now to its
+    end, within ``limit`` seconds."""
+    deadline, data = time.monotonic() + limit, b""
+    with sock:
+        while b"\r\n\r\n" not in data and time.monotonic() < deadline and (piece := sock.recv(65536)):
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+        while len(body) < length and time.monotonic() < deadline and (piece := sock.recv(1 << 20)):
+            body += piece
+    return int(head.split()[1]), body, len(body) == length
+
+
+def held_open(path: Path, pids: list[int]) -> bool:
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+    return False
+
+
+@scenario("site cache", "an entry rots on ext4; another sidecar's scrub finds it while this one reads it",
+          "2 sidecars, one cache_dir")
+def _scrubbed_while_read(lab: FaultLab) -> tuple[str, str]:
+    big = demo_bytes("scrubbed-entry", 64 * BLOCK + 5)  # larger than what the sockets between buffer
+    web = lab.backend(data=big)
+    image_id = lab.image(lab.web(web), data=big)
+    path = f"/v2/images/{image_id}/file"
+    with filesystems.ext4(lab.base, 256) as disk, cache_sidecar(lab, disk.path / "cache") as reading, \
+            cache_sidecar(lab, disk.path / "cache", cache_verify_interval=1) as scrubbing:
+        assert download(reading, image_id).body == big
+        committed(reading)
+        (entry,) = (disk.path / "cache" / "entries").iterdir()
+        filesystems.rot(disk, entry, 56 * BLOCK + 100, bytes(4096))
+        sock = stalled_client(reading.port, path)
+        wait_until(lambda: held_open(entry, children(reading.pid)), timeout=10, what="the entry read")
+        time.sleep(1.1)  # cache_verify_interval has passed: the next hit in the other sidecar scrubs
+        ranged = fetch(scrubbing.port, path, headers={"Range": "bytes=0-99"})
+        log = scrubbing.log_after(SCRUBBED)
+        gone = not entry.exists()
+        status, body, complete = read_rest(sock)
+        served = [download(sidecar, image_id) for sidecar in (reading, scrubbing) * 2]
+        refilled = web.request_count
+    assert (ranged.status, ranged.body) == (206, big[:100]), ranged.describe()
+    assert re.search(SCRUBBED, log), log[-3000:]
+    assert gone, "the scrub really removed the entry while it was read"
+    assert (status, complete) == (200, True) and body == big, "the reader refused the rotten block, exact"
+    assert all((r.status, r.complete, r.body) == (200, True, big) for r in served)
+    assert refilled >= 2, "read from the backend again: the rotten entry is not served again"
+    return ("the scrub's ERROR says removed and the entry is gone at once; the reader's client: 200, correct "
+            "body (the rotten block refused, the rest from the backend); 4 later downloads in both sidecars "
+            "200, correct, the entry filled again from the backend", "sha512 ✓ (1 + 4 downloads, a range)")
