@@ -102,8 +102,8 @@ def _rot_under_ext4(lab: FaultLab) -> tuple[str, str]:
     assert min(refused) >= 1, log[-3000:]
     assert all("every block checked" in line for line in lines), lines
     upstream = sum(1 for line in lines if "upstream" in line)
-    return (f"200, correct body, {len(later) + len(again)}/{len(later) + len(again)} (8 + 8 in two workers, "
-            f"4 + 4 after a restart): the rotten block refused before it was sent, an ERROR naming the copy "
+    return (f"200, correct body, {len(later) + len(again)}/{len(later) + len(again)} (8 + 8 on a two-worker "
+            f"sidecar, 4 + 4 after its restart): the rotten block refused before it was sent, an ERROR naming the copy "
             f"each time ({refused[0]} of 12 with a spare copy, which then serves first; {refused[1]} of 12 "
             f"with none, {upstream} of them completed from the image API's /file)",
             f"sha512 ✓ ({len(later) + len(again)} downloads)")
