@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -124,6 +125,25 @@ def _cache_disk_full(lab: FaultLab) -> tuple[str, str]:
     return (f"200 as without the cache, {len(results)}/{len(results)}; no fill left; /healthcheck degraded, "
             f"cache aside ({answers}/{answers} answers); cache error metric {errors:.0f}",
             f"sha512 ✓ ({len(results)} downloads)")
+
+
+@scenario("site cache", "its directory emptied while serving (rm -rf cache_dir/*)")
+def _cache_dir_emptied(lab: FaultLab) -> tuple[str, str]:
+    web = lab.backend()
+    cached, others = lab.image(lab.web(web)), [lab.image(lab.web(web)) for _ in range(4)]
+    cache_dir = lab.base / f"cache-{os.urandom(3).hex()}"
+    with cache_sidecar(lab, cache_dir) as sidecar:
+        assert as_without_cache(lab, download(sidecar, cached), cached)
+        committed(sidecar)
+        for child in cache_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        first = health(sidecar)  # before any download meets it
+        assert {answer["status"] for answer in first} == {"degraded"}, first
+        results = [(image_id, download(sidecar, image_id)) for image_id in others + [cached] * 4]
+        answers, errors, _states = check_aside(lab, sidecar, results)
+    return (f"200 as without the cache, {len(results)}/{len(results)} (4 images never cached, 4 of one "
+            f"cached before); /healthcheck degraded, cache aside ({answers}/{answers} answers, the first ones "
+            f"before any download met it); cache error metric {errors:.0f}", f"sha512 ✓ ({len(results)} downloads)")
 
 
 # -- a rotted entry, scrubbed by another sidecar while one reads it ---------------------------
