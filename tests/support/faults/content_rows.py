@@ -16,6 +16,7 @@ an ERROR naming the copy whose block was refused.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import time
@@ -27,6 +28,7 @@ from locproxy.demo import location
 from tests.support import filesystems
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import BLOCK_REFUSED, DATA, FaultLab, Scenarios
+from tests.support.servers import run_gunicorn, sidecar_ini
 
 ROWS = Scenarios()
 scenario = ROWS.row
@@ -35,16 +37,39 @@ ROT_AT, ROT = 4096, bytes(4096)  # 4 KiB of zeroes over the image's block 0
 SENT = r"INFO locproxy\.download: image {}: bytes \d+-\d+ sent from (.*)"
 
 
+# gunicorn's access log, with the pid of the worker that served each request.
+ACCESS_LOG = ["--access-logfile", "-", "--access-logformat", "access %(p)s %(r)s"]
+
+
 @contextmanager
 def sidecar_on(lab: FaultLab, disk: Path, metrics_file: Path, workers: int = 2, **options: Any) -> Iterator[Any]:
     """Two workers reading file copies on ``disk`` too, sharing
-    ``metrics_file``; ``/metrics`` summed over the workers, ``/healthcheck``."""
+    ``metrics_file``; ``/metrics`` summed over the workers, ``/healthcheck``,
+    an access log naming the worker."""
     counters = lab.base / f"prometheus-{os.urandom(3).hex()}"
     counters.mkdir()
-    with lab.private_sidecar(workers=workers, env={"PROMETHEUS_MULTIPROC_DIR": str(counters)},
-                             file_roots=f"{lab.root},{disk}", metrics_file=metrics_file, metrics_path="/metrics",
-                             healthcheck_path="/healthcheck", **options) as sidecar:
+    ini = sidecar_ini(lab.base / f"content-{os.urandom(3).hex()}.ini", lab.upstream_url, {
+        **lab.filter_options, "file_roots": f"{lab.root},{disk}", "metrics_file": metrics_file,
+        "metrics_path": "/metrics", "healthcheck_path": "/healthcheck", **options}, lab.proxy_options)
+    with run_gunicorn(ini, workers=workers, threads=4, env={"PROMETHEUS_MULTIPROC_DIR": str(counters)},
+                      extra_args=ACCESS_LOG) as sidecar:
         yield sidecar
+
+
+def in_every_worker(sidecar: Any, image_id: str, at_least: int = 8, at_most: int = 48) -> list[Fetched]:
+    """At least ``at_least`` downloads, four at a time, more until both
+    workers served some (gunicorn hands connections to whichever worker
+    accepts first)."""
+    mark, results = len(sidecar.log()), []
+    while len(results) < at_least or len(serving_workers(sidecar, image_id, mark)) < 2:
+        assert len(results) < at_most, f"{len(results)} downloads, all served by one worker"
+        results += downloads(sidecar, image_id, 4)
+    return results
+
+
+def serving_workers(sidecar: Any, image_id: str, since: int = 0) -> set[str]:
+    """The pids of the workers that served downloads of ``image_id`` (logged after offset ``since``)."""
+    return set(re.findall(rf"access <(\d+)> GET /v2/images/{image_id}/file", sidecar.log()[since:]))
 
 
 def refused_metric(sidecar: Any) -> float:
@@ -75,8 +100,13 @@ def exact(result: Fetched) -> bool:
 
 
 def downloads(sidecar: Any, image_id: str, count: int) -> list[Fetched]:
-    results = [fetch(sidecar.port, f"/v2/images/{image_id}/file", timeout=30) for _ in range(count)]
-    sidecar.log_after(SENT.format(image_id), count)
+    """``count`` downloads, four at a time (so that every worker serves
+    some), once their "sent from" lines are logged."""
+    before = len(sources(sidecar, image_id))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fetch(sidecar.port, f"/v2/images/{image_id}/file", timeout=30),
+                                range(count)))
+    sidecar.log_after(SENT.format(image_id), before + count)
     return results
 
 
@@ -109,7 +139,7 @@ def _rot_under_ext4(lab: FaultLab) -> tuple[str, str]:
             assert all("verified" in line or "every block" in line for line in sources(sidecar, with_spare))
             for path in (rotting, alone_path):
                 filesystems.rot(disk, path, ROT_AT, ROT)
-            later = downloads(sidecar, with_spare, 8) + downloads(sidecar, only_upstream, 8)
+            later = in_every_worker(sidecar, with_spare) + in_every_worker(sidecar, only_upstream)
             log = sidecar.log()
             counted, demoted = refused_metric(sidecar), demoted_copies(sidecar)
             refused_before_restart = refusals(log, with_spare) + refusals(log, only_upstream)
@@ -125,10 +155,11 @@ def _rot_under_ext4(lab: FaultLab) -> tuple[str, str]:
     assert demoted == 2, f"/healthcheck: {demoted} demoted copies"
     assert all("every block checked" in line for line in lines), lines
     upstream = sum(1 for line in lines if "upstream" in line)
-    return (f"200, correct body, {len(later) + len(again)}/{len(later) + len(again)} (8 + 8 on a two-worker "
-            f"sidecar, 4 + 4 after its restart): the rotten block refused before it was sent, an ERROR naming the copy "
-            f"each time ({refused[0]} of 12 with a spare copy, which then serves first; {refused[1]} of 12 "
-            f"with none, {upstream} of them completed from the image API's /file); the metric "
+    total = len(later) + len(again)
+    return (f"200, correct body, {total}/{total} ({len(later)} with both workers serving each image, then "
+            f"{len(again)} after a restart): the rotten block refused before it was sent, an ERROR naming the "
+            f"copy each time it was read ({refused[0]} times for the image with a spare copy, which then serves first; "
+            f"{refused[1]} for the one with none, {upstream} downloads completed from the image API's /file); "
             f"locproxy_backend_failures_total{{reason=checksum_mismatch}} counts each ({counted:.0f} before the "
             f"restart); /healthcheck: {demoted} demoted copies, status ok",
             f"sha512 ✓ ({len(later) + len(again)} downloads)")
