@@ -28,7 +28,7 @@ from locproxy.demo import location
 from tests.support import filesystems
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import BLOCK_REFUSED, DATA, FaultLab, Scenarios
-from tests.support.servers import run_gunicorn, sidecar_ini
+from tests.support.faults.sidecars import counted_sidecar, from_every_worker
 
 ROWS = Scenarios()
 scenario = ROWS.row
@@ -37,39 +37,21 @@ ROT_AT, ROT = 4096, bytes(4096)  # 4 KiB of zeroes over the image's block 0
 SENT = r"INFO locproxy\.download: image {}: bytes \d+-\d+ sent from (.*)"
 
 
-# gunicorn's access log, with the pid of the worker that served each request.
-ACCESS_LOG = ["--access-logfile", "-", "--access-logformat", "access %(p)s %(r)s"]
-
-
 @contextmanager
 def sidecar_on(lab: FaultLab, disk: Path, metrics_file: Path, workers: int = 2, **options: Any) -> Iterator[Any]:
-    """Two workers reading file copies on ``disk`` too, sharing
-    ``metrics_file``; ``/metrics`` summed over the workers, ``/healthcheck``,
-    an access log naming the worker."""
-    counters = lab.base / f"prometheus-{os.urandom(3).hex()}"
-    counters.mkdir()
-    ini = sidecar_ini(lab.base / f"content-{os.urandom(3).hex()}.ini", lab.upstream_url, {
-        **lab.filter_options, "file_roots": f"{lab.root},{disk}", "metrics_file": metrics_file,
-        "metrics_path": "/metrics", "healthcheck_path": "/healthcheck", **options}, lab.proxy_options)
-    with run_gunicorn(ini, workers=workers, threads=4, env={"PROMETHEUS_MULTIPROC_DIR": str(counters)},
-                      extra_args=ACCESS_LOG) as sidecar:
+    """Two workers reading file copies on ``disk`` too, sharing ``metrics_file``."""
+    with counted_sidecar(lab, workers, file_roots=f"{lab.root},{disk}", metrics_file=metrics_file,
+                         metrics_path="/metrics", healthcheck_path="/healthcheck", **options) as sidecar:
         yield sidecar
 
 
-def in_every_worker(sidecar: Any, image_id: str, at_least: int = 8, at_most: int = 48) -> list[Fetched]:
-    """At least ``at_least`` downloads, four at a time, more until both
-    workers served some (gunicorn hands connections to whichever worker
-    accepts first)."""
-    mark, results = len(sidecar.log()), []
-    while len(results) < at_least or len(serving_workers(sidecar, image_id, mark)) < 2:
-        assert len(results) < at_most, f"{len(results)} downloads, all served by one worker"
-        results += downloads(sidecar, image_id, 4)
+def in_every_worker(sidecar: Any, image_id: str) -> list[Fetched]:
+    """At least 8 downloads, more until both workers served some."""
+    path = f"/v2/images/{image_id}/file"
+    before = len(sources(sidecar, image_id))
+    results = from_every_worker(sidecar, path, lambda: fetch(sidecar.port, path, timeout=30), 8)
+    sidecar.log_after(SENT.format(image_id), before + len(results))
     return results
-
-
-def serving_workers(sidecar: Any, image_id: str, since: int = 0) -> set[str]:
-    """The pids of the workers that served downloads of ``image_id`` (logged after offset ``since``)."""
-    return set(re.findall(rf"access <(\d+)> GET /v2/images/{image_id}/file", sidecar.log()[since:]))
 
 
 def refused_metric(sidecar: Any) -> float:

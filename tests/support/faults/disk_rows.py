@@ -29,6 +29,7 @@ from locproxy.fingerprints import BLOCK
 from tests.support import filesystems
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import DATA, FaultLab, Scenarios
+from tests.support.faults.sidecars import counted_sidecar, from_every_worker
 from tests.support.processes import children, wait_until
 
 ROWS = Scenarios()
@@ -38,13 +39,10 @@ scenario = ROWS.row
 @contextmanager
 def cache_sidecar(lab: FaultLab, cache_dir: Path, **options: Any) -> Iterator[Any]:
     """Two workers with the site cache in ``cache_dir``, ``/healthcheck``
-    and ``/metrics`` summed over both workers (PROMETHEUS_MULTIPROC_DIR)."""
+    and ``/metrics`` summed over both workers."""
     cache_dir.mkdir(exist_ok=True)
-    counters = lab.base / f"prometheus-{os.urandom(3).hex()}"
-    counters.mkdir()
-    with lab.private_sidecar(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(counters)}, cache_dir=cache_dir,
-                             cache_max_size=options.pop("cache_max_size", "1G"), healthcheck_path="/healthcheck",
-                             metrics_path="/metrics", **options) as sidecar:
+    with counted_sidecar(lab, 2, cache_dir=cache_dir, cache_max_size=options.pop("cache_max_size", "1G"),
+                         healthcheck_path="/healthcheck", metrics_path="/metrics", **options) as sidecar:
         yield sidecar
 
 
@@ -61,8 +59,9 @@ def as_without_cache(lab: FaultLab, result: Fetched, image_id: str) -> bool:
 
 
 def health(sidecar: Any, count: int = 6) -> list[dict]:
-    """``count`` answers of /healthcheck (each from either worker)."""
-    return [fetch(sidecar.port, "/healthcheck", timeout=10).json() for _ in range(count)]
+    """At least ``count`` answers of /healthcheck, more until both workers gave some."""
+    return from_every_worker(sidecar, "/healthcheck", lambda: fetch(sidecar.port, "/healthcheck", timeout=10).json(),
+                             count)
 
 
 def cache_errors(sidecar: Any) -> float:
@@ -106,7 +105,8 @@ def _cache_disk_read_only(lab: FaultLab) -> tuple[str, str]:
         answers, errors, _states = check_aside(lab, sidecar, results)
     return (f"file system made read-only by {how}; 200 as without the cache, {len(results)}/{len(results)} "
             f"(4 images never cached, 4 hits of one cached before); /healthcheck degraded, cache aside "
-            f"({answers}/{answers} answers, the first ones before any download met it); cache error metric {errors:.0f}",
+            f"({answers}/{answers} answers from both workers, the first ones before any download met it); "
+            f"cache error metric {errors:.0f}",
             f"sha512 ✓ ({len(results)} downloads)")
 
 
@@ -123,7 +123,7 @@ def _cache_disk_full(lab: FaultLab) -> tuple[str, str]:
         left = os.listdir(disk.path / "cache" / "fills")
     assert left == [], f"no fill left behind: {left}"
     return (f"200 as without the cache, {len(results)}/{len(results)}; no fill left; /healthcheck degraded, "
-            f"cache aside ({answers}/{answers} answers); cache error metric {errors:.0f}",
+            f"cache aside ({answers}/{answers} answers from both workers); cache error metric {errors:.0f}",
             f"sha512 ✓ ({len(results)} downloads)")
 
 
@@ -142,8 +142,9 @@ def _cache_dir_emptied(lab: FaultLab) -> tuple[str, str]:
         results = [(image_id, download(sidecar, image_id)) for image_id in others + [cached] * 4]
         answers, errors, _states = check_aside(lab, sidecar, results)
     return (f"200 as without the cache, {len(results)}/{len(results)} (4 images never cached, 4 of one "
-            f"cached before); /healthcheck degraded, cache aside ({answers}/{answers} answers, the first ones "
-            f"before any download met it); cache error metric {errors:.0f}", f"sha512 ✓ ({len(results)} downloads)")
+            f"cached before); /healthcheck degraded, cache aside ({answers}/{answers} answers from both workers, "
+            f"the first ones before any download met it); cache error metric {errors:.0f}",
+            f"sha512 ✓ ({len(results)} downloads)")
 
 
 # -- a rotted entry, scrubbed by another sidecar while one reads it ---------------------------
