@@ -177,11 +177,11 @@ def rot(mounted: Mounted, path: Path, offset: int, data: bytes) -> os.stat_resul
     bytes are written to the loop device at the file's own block, so the
     inode, size and times are exactly as they were (checked; returned).
     The file's cached pages are dropped, so every reader sees the new bytes."""
-    os.sync()  # the file's blocks allocated and written, nothing dirty to overwrite ours later
     before = os.stat(path)
     block_size = os.statvfs(mounted.path).f_bsize
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)  # the file's blocks allocated and written: nothing dirty to overwrite ours later
         position = offset
         while position < offset + len(data):
             logical, within = divmod(position, block_size)
