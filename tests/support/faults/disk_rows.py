@@ -71,7 +71,8 @@ def cache_errors(sidecar: Any) -> float:
 
 
 def committed(sidecar: Any, count: int = 1) -> None:
-    log = sidecar.log_after(r"cache entry \w+ committed", count)
+    """Wait for the fill's commit (an fsync: slow on a loaded shared disk)."""
+    log = sidecar.log_after(r"cache entry \w+ committed", count, timeout=30)
     assert len(re.findall(r"cache entry \w+ committed", log)) >= count, log[-3000:]
 
 
