@@ -94,10 +94,10 @@ class CacheDirectory:
 
     def check(self) -> None:
         """Cheap: ``OSError`` if a directory was removed under us, or the
-        file system is full or went read-only. Opening the lock file for writing sees
-        what ``statvfs`` does not: since Linux 6.x an ext4 error under
-        ``errors=remount-ro`` leaves the mount "rw,emergency_ro" (EROFS on
-        every write, ST_RDONLY unset)."""
+        file system is full or went read-only. Opening the lock file for
+        writing sees what ``statvfs`` does not: since Linux 6.x an ext4
+        error under ``errors=remount-ro`` leaves the mount "rw,emergency_ro"
+        (EROFS on every write, ST_RDONLY unset)."""
         for fd in (self.root, self.entries, self.fills):
             if os.fstat(fd).st_nlink == 0:
                 raise OSError(errno.ENOENT, "a directory of the cache was removed")

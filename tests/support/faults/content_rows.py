@@ -16,6 +16,7 @@ an ERROR naming the copy whose block was refused.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import time
@@ -27,6 +28,7 @@ from locproxy.demo import location
 from tests.support import filesystems
 from tests.support.client import Fetched, fetch
 from tests.support.faults.lab import BLOCK_REFUSED, DATA, FaultLab, Scenarios
+from tests.support.faults.sidecars import counted_sidecar, from_every_worker
 
 ROWS = Scenarios()
 scenario = ROWS.row
@@ -38,9 +40,33 @@ SENT = r"INFO locproxy\.download: image {}: bytes \d+-\d+ sent from (.*)"
 @contextmanager
 def sidecar_on(lab: FaultLab, disk: Path, metrics_file: Path, workers: int = 2, **options: Any) -> Iterator[Any]:
     """Two workers reading file copies on ``disk`` too, sharing ``metrics_file``."""
-    with lab.private_sidecar(workers=workers, file_roots=f"{lab.root},{disk}", metrics_file=metrics_file,
-                             **options) as sidecar:
+    with counted_sidecar(lab, workers, file_roots=f"{lab.root},{disk}", metrics_file=metrics_file,
+                         metrics_path="/metrics", healthcheck_path="/healthcheck", **options) as sidecar:
         yield sidecar
+
+
+def in_every_worker(sidecar: Any, image_id: str) -> list[Fetched]:
+    """At least 8 downloads, more until both workers served some."""
+    path = f"/v2/images/{image_id}/file"
+    before = len(sources(sidecar, image_id))
+    results = from_every_worker(sidecar, path, lambda: fetch(sidecar.port, path, timeout=30), 8)
+    sidecar.log_after(SENT.format(image_id), before + len(results))
+    return results
+
+
+def refused_metric(sidecar: Any) -> float:
+    """locproxy_backend_failures_total of the file copies for checksum_mismatch (blocks refused)."""
+    text = fetch(sidecar.port, "/metrics").body.decode()
+    found = re.search(r'^locproxy_backend_failures_total\{backend="file",reason="checksum_mismatch"\} (\S+)$',
+                      text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def demoted_copies(sidecar: Any) -> int:
+    """/healthcheck's count of demoted copies (a demoted copy leaves the status ok)."""
+    health = fetch(sidecar.port, "/healthcheck").json()
+    assert health["status"] == "ok", health
+    return int(health["demoted_copies"])
 
 
 def copy_on(disk: Path, data: bytes = DATA) -> tuple[Path, dict]:
@@ -56,8 +82,13 @@ def exact(result: Fetched) -> bool:
 
 
 def downloads(sidecar: Any, image_id: str, count: int) -> list[Fetched]:
-    results = [fetch(sidecar.port, f"/v2/images/{image_id}/file", timeout=30) for _ in range(count)]
-    sidecar.log_after(SENT.format(image_id), count)
+    """``count`` downloads, four at a time (so that every worker serves
+    some), once their "sent from" lines are logged."""
+    before = len(sources(sidecar, image_id))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fetch(sidecar.port, f"/v2/images/{image_id}/file", timeout=30),
+                                range(count)))
+    sidecar.log_after(SENT.format(image_id), before + count)
     return results
 
 
@@ -90,8 +121,10 @@ def _rot_under_ext4(lab: FaultLab) -> tuple[str, str]:
             assert all("verified" in line or "every block" in line for line in sources(sidecar, with_spare))
             for path in (rotting, alone_path):
                 filesystems.rot(disk, path, ROT_AT, ROT)
-            later = downloads(sidecar, with_spare, 8) + downloads(sidecar, only_upstream, 8)
+            later = in_every_worker(sidecar, with_spare) + in_every_worker(sidecar, only_upstream)
             log = sidecar.log()
+            counted, demoted = refused_metric(sidecar), demoted_copies(sidecar)
+            refused_before_restart = refusals(log, with_spare) + refusals(log, only_upstream)
             lines = sources(sidecar, with_spare)[2:] + sources(sidecar, only_upstream)[2:]
         with sidecar_on(lab, disk.path, metrics_file) as restarted:
             again = downloads(restarted, with_spare, 4) + downloads(restarted, only_upstream, 4)
@@ -100,12 +133,17 @@ def _rot_under_ext4(lab: FaultLab) -> tuple[str, str]:
     assert_never_wrong(later + again)
     refused = refusals(log, with_spare), refusals(log, only_upstream)
     assert min(refused) >= 1, log[-3000:]
+    assert counted == refused_before_restart, (counted, refused_before_restart)
+    assert demoted == 2, f"/healthcheck: {demoted} demoted copies"
     assert all("every block checked" in line for line in lines), lines
     upstream = sum(1 for line in lines if "upstream" in line)
-    return (f"200, correct body, {len(later) + len(again)}/{len(later) + len(again)} (8 + 8 in two workers, "
-            f"4 + 4 after a restart): the rotten block refused before it was sent, an ERROR naming the copy "
-            f"each time ({refused[0]} of 12 with a spare copy, which then serves first; {refused[1]} of 12 "
-            f"with none, {upstream} of them completed from the image API's /file)",
+    total = len(later) + len(again)
+    return (f"200, correct body, {total}/{total} ({len(later)} with both workers serving each image, then "
+            f"{len(again)} after a restart): the rotten block refused before it was sent, an ERROR naming the "
+            f"copy each time it was read ({refused[0]} times for the image with a spare copy, which then serves first; "
+            f"{refused[1]} for the one with none, {upstream} downloads completed from the image API's /file); "
+            f"locproxy_backend_failures_total{{reason=checksum_mismatch}} counts each ({counted:.0f} before the "
+            f"restart); /healthcheck: {demoted} demoted copies, status ok",
             f"sha512 ✓ ({len(later) + len(again)} downloads)")
 
 
@@ -144,11 +182,14 @@ def _one_second_timestamps(lab: FaultLab) -> tuple[str, str]:
             assert kept, "the rewrite never fell within the second of the write (a loaded machine?)"
             later = downloads(sidecar, image_id, 6)
             log = sidecar.log()
+            counted, demoted = refused_metric(sidecar), demoted_copies(sidecar)
     assert exact(first)
     assert_never_wrong(later)
-    assert refusals(log, image_id) >= 1, log[-3000:]
+    assert refusals(log, image_id) >= 1 and counted == refusals(log, image_id), (counted, log[-3000:])
+    assert demoted == 1, f"/healthcheck: {demoted} demoted copies"
     return ("identity kept (inode, size, mtime to the second); 200, correct body, 6/6: the rewritten block "
-            "refused (ERROR naming the copy), the rest from the spare copy", "sha512 ✓ (6 downloads)")
+            f"refused (ERROR naming the copy, counted: {counted:.0f}), the rest from the spare copy; "
+            "/healthcheck: 1 demoted copy, status ok", "sha512 ✓ (6 downloads)")
 
 
 @scenario("trust content", "copy found bad by one sidecar, read good before by another sharing metrics_file",

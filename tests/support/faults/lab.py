@@ -257,13 +257,12 @@ class FaultLab:
                    if seen["method"] == "GET" and seen["path"].endswith("/file"))
 
     @contextmanager
-    def private_sidecar(self, workers: int = 1, env: dict[str, str] | None = None,
-                        **overrides: Any) -> Iterator[Any]:
+    def private_sidecar(self, **overrides: Any) -> Iterator[Any]:
         """The lab's sidecar configuration (with ``overrides``) in a gunicorn
-        of its own (``workers``, ``env`` added to the environment), stopped on exit."""
+        of its own, stopped on exit."""
         ini = sidecar_ini(self.base / f"private-{os.urandom(4).hex()}.ini", self.upstream_url,
                           {**self.filter_options, **overrides}, self.proxy_options)
-        with run_gunicorn(ini, threads=4, workers=workers, env=env) as sidecar:
+        with run_gunicorn(ini, threads=4) as sidecar:
             yield sidecar
 
     @contextmanager
