@@ -19,7 +19,6 @@ import pytest
 
 from tests.support.processes import accepts, free_port, spawn, stop, wait_until
 
-
 INSTALL_TIMEOUT = 600
 
 
