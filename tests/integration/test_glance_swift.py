@@ -176,7 +176,9 @@ def test_range_across_segments(deployment: Deployment, images: Images, swift: Sw
 
 def test_radosgw_stopped_mid_stream_resumes_from_the_next_copy(deployment: Deployment, images: Images,
                                                                swift: SwiftGateway) -> None:
-    deployment.configure(options(deployment.glance, swift))
+    """Blocks of 1 MiB, two ahead: radosgw stops while most of the image is
+    still to be read (with the defaults, 32 MiB of it would already be in)."""
+    deployment.configure(options(deployment.glance, swift, swift_block_size="1M", swift_segment_readers="2"))
     image = images.dlo
     mark = deployment.log_mark()
     try:

@@ -34,7 +34,8 @@ from locproxy.failures import Failure
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
-LISTING_LIMIT = 4 << 20  # bytes of one listing page (10,000 names at most)
+LISTING_LIMIT = 4 << 20  # bytes of one listing page
+PAGE = 10_000  # names of a full page (Swift's and RGW's default limit)
 MAX_PAGES = 64
 
 
@@ -108,6 +109,8 @@ def _segments(http: HTTPBackend, target: Target, headers: dict[str, str], label:
             break
         segments += [Segment(f"{base}/{quote(name, safe='')}", size, etag) for name, size, etag in page]
         marker = page[-1][0]
+        if len(page) < PAGE:
+            break  # the last page: no request for an empty one
     else:
         raise BackendError(label, "too many segments", Failure.BAD_RESPONSE)
     return segments
