@@ -16,6 +16,7 @@ from bench.rows import (
     rewrite,
     show_filter,
     show_sidecar,
+    swift,
     verify,
 )
 
@@ -32,5 +33,6 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    swift.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

@@ -145,8 +145,8 @@ class SegmentedStream(BackendStream):
         self._blocks = blocks
         self._readers = readers
         self._pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="locproxy-swift")
-        self._pending: deque[concurrent.futures.Future[bytes]] = deque()
-        self._first: bytes | None = None
+        self._pending: deque[concurrent.futures.Future[list[bytes]]] = deque()
+        self._first: list[bytes] | None = None
 
     def begin(self) -> None:
         """Start the first reads and wait for the first block (errors raise here)."""
@@ -160,16 +160,16 @@ class SegmentedStream(BackendStream):
         while len(self._pending) < self._readers and self._blocks:
             self._pending.append(self._pool.submit(self._read, *self._blocks.popleft()))
 
-    def _read(self, segment: Segment, offset: int, size: int) -> bytes:
+    def _read(self, segment: Segment, offset: int, size: int) -> list[bytes]:
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + size - 1}"}
         target = self._target
         with self._http.fetch(target.scheme, target.host, target.port, segment.path, headers, self.label, offset,
                               size, segment.size, identify=_etag) as stream:
             if segment.etag and stream.identity != (segment.etag.strip('"'),):
                 raise BackendError(self.label, "a segment changed during the read", Failure.SIZE_MISMATCH)
-            return b"".join(stream)
+            return list(stream)  # chunk_size pieces, sent as they are: no copy
 
-    def _take(self, first: bool = False) -> bytes:
+    def _take(self, first: bool = False) -> list[bytes]:
         self._fill()
         position = self.position
         try:
@@ -185,10 +185,9 @@ class SegmentedStream(BackendStream):
         while self._sent < self.length:
             if self._closed:
                 raise BackendError(self.label, "stream closed")
-            data = first if first is not None else self._take()
+            chunks = first if first is not None else self._take()
             first = None
-            for piece in range(0, len(data), self._chunk_size):
-                chunk = data[piece:piece + self._chunk_size]
+            for chunk in chunks:
                 self._sent += len(chunk)
                 yield chunk
 
