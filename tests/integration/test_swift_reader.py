@@ -10,6 +10,7 @@ Skips with the lab's reason where Ceph or Keystone cannot run.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 import pytest
@@ -113,6 +114,26 @@ def test_the_token_is_kept_and_a_refused_one_renewed(swift: SwiftGateway, keysto
     keystone_lab.revoke(token)  # ...revoked: radosgw answers it 401
     assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
     assert LOGINS.labels(label)._value.get() == before + 3
+
+
+def test_a_token_about_to_expire_is_renewed_before_it_does(swift: SwiftGateway, keystone_lab: KeystoneLab) -> None:
+    """Keystone tokens of 125 s: keystoneauth renews within 120 s of the
+    expiry, so after 6 s the next read logs in first (Keystone's access log
+    counts it), and reads on."""
+    keystone_lab.restart({"token": {"expiration": "125"}})
+    try:
+        reader = backends(swift)
+        before, logins = keystone_lab.server.token_requests(), LOGINS.labels("swift+config://ref1")._value.get()
+        assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
+        assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
+        first = keystone_lab.server.token_requests()
+        time.sleep(6)
+        assert read(reader.open("swift+config://ref1/reader/plain", 100, 100, len(PLAIN))) == PLAIN[100:200]
+        renewed = keystone_lab.server.token_requests()
+    finally:
+        keystone_lab.restart({})
+    assert first - before >= 1 and renewed - first >= 1, (before, first, renewed)
+    assert LOGINS.labels("swift+config://ref1")._value.get() == logins + 2  # the first, and the one renewal
 
 
 def test_bad_credentials_and_unlisted_hosts(swift: SwiftGateway) -> None:
