@@ -87,6 +87,30 @@ def test_segments_are_read_in_parallel_ranged_gets(swift: SwiftGateway) -> None:
     assert not any('"GET /swift/v1/' in line and "/reader/dlo " in line for line in lines), "not the manifest"
 
 
+def test_many_streams_share_few_connections(swift: SwiftGateway) -> None:
+    """Three DLO reads at once, read in turn, on a pool of 2 connections per
+    host: read-ahead shrinks, nothing waits out a pool timeout, all exact."""
+    reader = backends(swift, backend_pool_maxsize="2")
+    streams = [reader.open("swift+config://ref1/reader/dlo", start, len(DATA) - start, len(DATA))
+               for start in (0, 7, SEGMENT + 3)]
+    iterators = [iter(stream) for stream in streams]
+    got: list[list[bytes]] = [[], [], []]
+    try:
+        while any(iterators):
+            for n, iterator in enumerate(iterators):
+                if iterator is not None:
+                    chunk = next(iterator, None)
+                    if chunk is None:
+                        iterators[n] = None  # type: ignore[call-overload]
+                    else:
+                        got[n].append(chunk)
+    finally:
+        for stream in streams:
+            stream.close()
+    for n, start in enumerate((0, 7, SEGMENT + 3)):
+        assert b"".join(got[n]) == DATA[start:]
+
+
 def test_a_wrong_size_or_a_missing_segment_is_refused_before_the_first_byte(swift: SwiftGateway) -> None:
     reader = backends(swift)
     with pytest.raises(BackendError, match=rf"segments hold {len(DATA)} bytes, expected {len(DATA) + 1}"):

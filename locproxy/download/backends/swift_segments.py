@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -59,7 +60,8 @@ class Segment:
 
 
 def open_segmented(http: HTTPBackend, target: Target, headers: dict[str, str], label: str, start: int,
-                   length: int, total_size: int | None, readers: int, block_size: int) -> BackendStream | None:
+                   length: int, total_size: int | None, readers: int, block_size: int,
+                   spare: threading.BoundedSemaphore) -> BackendStream | None:
     """The stream of a DLO's span read in parallel, or None for a plain
     object (read it with one GET). BackendError before the first byte."""
     status, head, _ = http.small("HEAD", target.scheme, target.host, target.port, target.path, headers, label, 0)
@@ -76,8 +78,8 @@ def open_segmented(http: HTTPBackend, target: Target, headers: dict[str, str], l
                            " (a segment missing?)", Failure.SIZE_MISMATCH)
     if start + length > found:
         raise BackendError(label, f"range beyond end of object ({found} bytes)", Failure.SIZE_MISMATCH)
-    stream = SegmentedStream(http, target, headers, label, start, length, _blocks(segments, start, length,
-                                                                                 block_size), readers)
+    stream = SegmentedStream(http, target, headers, label, start, length,
+                             _blocks(segments, start, length, block_size), readers, spare)
     copy = f"swift://{target.host}:{target.port}{target.path}"
     stream.identity = identity("swift", copy, head, total_size)
     stream.begin()
@@ -136,14 +138,22 @@ def _etag(response: Any) -> tuple[str]:
 
 
 class SegmentedStream(BackendStream):
-    """Blocks read ``readers`` at a time, sent in order."""
+    """Blocks read ``readers`` at a time, sent in order.
+
+    The pools are ``block=True`` with ``backend_pool_maxsize`` connections
+    per host: one block in flight per stream is always allowed (as any
+    reader's one stream), the read-ahead beyond it only while ``spare``
+    (shared by the process's streams) has room, so many downloads at once
+    read ahead less instead of waiting for connections."""
 
     def __init__(self, http: HTTPBackend, target: Target, headers: dict[str, str], label: str, start: int,
-                 length: int, blocks: deque[tuple[Segment, int, int]], readers: int) -> None:
+                 length: int, blocks: deque[tuple[Segment, int, int]], readers: int,
+                 spare: threading.BoundedSemaphore) -> None:
         super().__init__(label, start, length, http.chunk_size)
         self._http, self._target, self._headers = http, target, headers
         self._blocks = blocks
         self._readers = readers
+        self._spare = spare
         self._pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="locproxy-swift")
         self._pending: deque[concurrent.futures.Future[list[bytes]]] = deque()
         self._first: list[bytes] | None = None
@@ -158,7 +168,13 @@ class SegmentedStream(BackendStream):
 
     def _fill(self) -> None:
         while len(self._pending) < self._readers and self._blocks:
-            self._pending.append(self._pool.submit(self._read, *self._blocks.popleft()))
+            ahead = bool(self._pending)
+            if ahead and not self._spare.acquire(blocking=False):
+                return  # no connection to spare now: read ahead later
+            future = self._pool.submit(self._read, *self._blocks.popleft())
+            if ahead:
+                future.add_done_callback(lambda _: self._spare.release())  # run on cancel too
+            self._pending.append(future)
 
     def _read(self, segment: Segment, offset: int, size: int) -> list[bytes]:
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + size - 1}"}
