@@ -70,10 +70,9 @@ def measure_swift(ctx: Context) -> list[Result]:
             return _skipped(names, f"no Ceph, Keystone or Swift lab: {getattr(error, 'reason', error)}")
         log(f"Ceph, Keystone and radosgw (Swift) up ({time.monotonic() - started:.0f}s)")
         g = ctx.glance.server
-        overrides = swift_store_overrides(references_file=swift.references_file)
-        overrides["DEFAULT"]["enabled_backends"] += ", swift2:swift"
+        overrides = swift_store_overrides(references_file=swift.references_file, inline=swift.inline)
         overrides["swift2"] = {**overrides["swift1"], "swift_store_container": "glance-plain",
-                               "swift_store_large_object_size": "5120"}
+                               "swift_store_large_object_size": "5120"}  # a plain object, config credentials
         stack.enter_context(g.config_overrides(overrides))
         image = ctx.image(size)
         image_id = glance.upload(g, image)
