@@ -88,6 +88,8 @@ def measure_swift(ctx: Context) -> list[Result]:
             **ctx.config.extra, "location_strategy": "store_type", "store_type_preference": "swift, file",
             "allowed_hosts": swift.host, "swift_store_config_file": str(swift.references_file)})
         sidecar = stack.enter_context(ctx.start_sidecar("swift", options, upstream=g.url, file_roots=""))
+        one_get = stack.enter_context(ctx.start_sidecar("swift-one-get", ctx.config.with_options(
+            **options.extra, swift_segment_readers="1"), upstream=g.url, file_roots=""))
         headers = g.headers()
         path = f"/v2/images/{image_id}/file"
         token = swift.token()
@@ -98,11 +100,12 @@ def measure_swift(ctx: Context) -> list[Result]:
             "glance_dlo": ctx.one(g.url + path + "?prefer=swift1", size, headers, cpu="Glance DLO",
                                   pids=ctx.pids_of(g)),
             "direct_dlo": lambda: _parallel_segments(swift, segments, token, size),
+            "lp_one_get": ctx.one(one_get.url + path + "?prefer=swift1", size, headers),
             "lp_plain": ctx.one(sidecar.url + path + "?prefer=swift2", size, headers),
             "direct_plain": lambda: measure.curl(plain_url, {"X-Auth-Token": token, "Range": f"bytes=0-{size - 1}"},
                                                  expect_size=size, expect_status=206).mib_s,
         }
-        for name in ("lp_dlo", "lp_plain"):
+        for name in ("lp_dlo", "lp_plain", "lp_one_get"):
             for _ in range(ctx.config.workers * 3):
                 runs[name]()  # every worker verifies the copy and logs in once
         manifest = measure.curl(f"{swift.storage_url}/glance/{image_id}", {"X-Auth-Token": token},
@@ -123,6 +126,8 @@ def measure_swift(ctx: Context) -> list[Result]:
                    f"direct read of the segments, {PARALLEL} in parallel", TARGETS["direct_dlo"]),
         throughput(names["direct_plain"], results["lp_plain"], results["direct_plain"],
                    "curl ranged GET with a kept token", TARGETS["direct_plain"]),
+        throughput(names["one_get"], results["lp_one_get"], results["glance_dlo"], "Glance /file?prefer=swift1",
+                   None),
     ]
 
 
@@ -171,13 +176,14 @@ def _names(size: int) -> dict[str, str]:
         "glance_dlo": f"{name}, swift DLO copy via locproxy (verified before) vs Glance's own /file for it",
         "direct_dlo": f"{name}, swift DLO copy via locproxy vs a direct parallel read of its segments",
         "direct_plain": f"{name}, swift plain object via locproxy vs a direct ranged GET",
+        "one_get": f"{name}, swift DLO copy via locproxy, ``swift_segment_readers = 1`` (one GET, radosgw joins)",
     }
 
 
 def _skipped(names: dict[str, str], reason: str) -> list[Result]:
     log(f"row swift skipped: {reason}")
-    return [Result(name, "skipped", "—", "—", f"≥ {TARGETS[kind]:g} × the peer", "n/a", [reason] if i == 0 else [])
-            for i, (kind, name) in enumerate(names.items())]
+    return [Result(name, "skipped", "—", "—", f"≥ {TARGETS[kind]:g} × the peer" if kind in TARGETS else "(info)",
+                   "n/a", [reason] if i == 0 else []) for i, (kind, name) in enumerate(names.items())]
 
 
 ROW = Row("swift", "Glance's /file for the same swift copies, and direct reads of the objects on radosgw",
