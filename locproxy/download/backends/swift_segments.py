@@ -138,7 +138,8 @@ def _etag(response: Any) -> tuple[str]:
 
 
 class SegmentedStream(BackendStream):
-    """Blocks read ``readers`` at a time, sent in order.
+    """Blocks read ``readers`` at a time, sent in order (at most
+    ``readers + 2`` blocks held).
 
     The pools are ``block=True`` with ``backend_pool_maxsize`` connections
     per host: one block in flight per stream is always allowed (as any
@@ -167,7 +168,10 @@ class SegmentedStream(BackendStream):
             raise
 
     def _fill(self) -> None:
-        while len(self._pending) < self._readers and self._blocks:
+        """Keep ``readers`` reads running: a block read before the one being
+        waited for does not hold its reader back (up to two such blocks)."""
+        running = sum(not future.done() for future in self._pending)
+        while running < self._readers and len(self._pending) < self._readers + 2 and self._blocks:
             ahead = bool(self._pending)
             if ahead and not self._spare.acquire(blocking=False):
                 return  # no connection to spare now: read ahead later
@@ -175,6 +179,7 @@ class SegmentedStream(BackendStream):
             if ahead:
                 future.add_done_callback(lambda _: self._spare.release())  # run on cancel too
             self._pending.append(future)
+            running += 1
 
     def _read(self, segment: Segment, offset: int, size: int) -> list[bytes]:
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + size - 1}"}
@@ -187,13 +192,18 @@ class SegmentedStream(BackendStream):
 
     def _take(self, first: bool = False) -> list[bytes]:
         self._fill()
-        position = self.position
+        position, head = self.position, self._pending[0]
+        while not head.done():  # each read that ends meanwhile makes room for the next
+            concurrent.futures.wait([future for future in self._pending if not future.done()],
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            self._fill()
+        self._pending.popleft()
         try:
-            data = self._pending.popleft().result()
+            data = head.result()
         except BackendError as error:
             at = "" if first or " at byte " in error.reason else f" at byte {position}"
             raise BackendError(self.label, error.reason + at, error.kind) from None
-        self._fill()  # keep reading ahead while this block is sent
+        self._fill()
         return data
 
     def _chunks(self) -> Iterator[bytes]:
