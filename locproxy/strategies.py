@@ -35,12 +35,13 @@ StrategyFactory = Callable[..., SortKey]
 ENTRY_POINT_GROUP = "locproxy.strategies"
 
 # Glance's store -> URL scheme map (glance/common/location_strategy/store_type.py),
-# plus s3, which Glance's map lacked.
+# plus s3 and swift+config (what Glance's swift store writes with a
+# swift_store_config_file), which Glance's map lacked.
 STORE_SCHEMES: dict[str, tuple[str, ...]] = {
     "file": ("file", "filesystem"),
     "http": ("http", "https"),
     "rbd": ("rbd",),
-    "swift": ("swift", "swift+http", "swift+https"),
+    "swift": ("swift", "swift+http", "swift+https", "swift+config"),
     "cinder": ("cinder",),
     "vmware": ("vsphere",),
     "s3": ("s3", "s3+http", "s3+https"),

@@ -171,3 +171,16 @@ def test_refused_inline_keys_never_show(url: str) -> None:
     with pytest.raises(BackendError) as caught:
         backends.open(url, 0, 10, 10)
     assert "Sekr1t" not in str(caught.value) and "tenant" not in str(caught.value)
+
+
+@pytest.mark.parametrize("start, length", [(0, 25), (9, 2), (10, 10), (3, 19), (24, 1)])
+def test_blocks_cover_the_span_within_segments(start: int, length: int) -> None:
+    from locproxy.download.backends.swift_segments import Segment, _blocks
+
+    segments = [Segment(f"/s{n}", size, "") for n, size in enumerate((10, 10, 5))]
+    blocks = list(_blocks(segments, start, length, block_size=4))
+    assert all(0 < size <= 4 and offset + size <= segment.size for segment, offset, size in blocks)
+    data = b"".join(bytes(range(n * 10, n * 10 + s.size)) for n, s in enumerate(segments))
+    got = b"".join(bytes(range(segments.index(seg) * 10 + off, segments.index(seg) * 10 + off + size))
+                   for seg, off, size in blocks)
+    assert got == data[start:start + length]

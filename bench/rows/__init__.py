@@ -18,6 +18,7 @@ from bench.rows import (
     rewrite,
     show_filter,
     show_sidecar,
+    swift,
     verify,
 )
 
@@ -36,5 +37,6 @@ ROWS: tuple[Row, ...] = (
     cache.ROW,
     ceph.ROW,
     promote.ROW,
+    swift.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

@@ -33,7 +33,7 @@ from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.glance.config import swift_store_overrides
 from tests.support.glance.server import GlanceServer
 from tests.support.keystone.lab import KeystoneLab
-from tests.support.swiftlab import SwiftGateway, swift_gateway
+from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,8 @@ def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGat
 def swift_glance(glance_server: GlanceServer, swift: SwiftGateway) -> Iterator[GlanceServer]:
     glance_server.extra_pythonpath = [str(ceph.bindings_dir())]
     try:
-        with glance_server.config_overrides(swift_store_overrides(references_file=swift.references_file)):
+        overrides = swift_store_overrides(references_file=swift.references_file, inline=swift.inline)
+        with glance_server.config_overrides(overrides):
             yield glance_server
     finally:
         glance_server.extra_pythonpath = []
@@ -73,17 +74,24 @@ class Images:
     short: Image  # a DLO whose third segment is gone: RGW serves it 8,192,000 bytes short
 
 
-def make_image(glance: GlanceServer, data: bytes, name: str) -> Image:
+def make_image(glance: GlanceServer, data: bytes, name: str, inline: str = "") -> Image:
+    """fs1, then swift1 (and swift2, whose URL holds ``inline``: user:key@keystone)."""
     image_id = glance.create_image(data, store="fs1", name=name)
     image = glance.copy_to_store(image_id, "swift1", timeout=180)
+    expected = {"fs1": image["locations"][0]["url"], "swift1": f"swift+config://ref1/glance/{image_id}"}
+    if inline:
+        image = glance.copy_to_store(image_id, "swift2", timeout=180)
+        expected["swift2"] = f"swift+http://{inline}/v3/glance-inline/{image_id}"
     urls = {location["metadata"]["store"]: location["url"] for location in image["locations"]}
-    assert urls == {"fs1": urls["fs1"], "swift1": f"swift+config://ref1/glance/{image_id}"}, image["locations"]
+    assert urls == expected, image["locations"]
     return Image(image_id, data, urls)
 
 
 @pytest.fixture(scope="module")
 def images(swift_glance: GlanceServer, swift: SwiftGateway) -> Images:
-    plain = make_image(swift_glance, os.urandom(9 * MiB + 7), "locproxy-swift-plain")
+    """plain: fs1, swift1, swift2 (inline credentials); dlo and short: fs1, swift1."""
+    plain = make_image(swift_glance, os.urandom(9 * MiB + 7), "locproxy-swift-plain",
+                       inline=f"service%3Aswiftglance:{STORE_PASSWORD}@{keystone_host(swift)}")
     dlo = make_image(swift_glance, os.urandom(DLO_SIZE), "locproxy-swift-dlo")
     short = make_image(swift_glance, os.urandom(DLO_SIZE), "locproxy-swift-short")
     status, headers, _ = swift.request("HEAD", f"/glance/{dlo.id}")
@@ -119,6 +127,10 @@ def options(glance: GlanceServer, swift: SwiftGateway, **overrides: str | None) 
     return {name: value for name, value in values.items() if value is not None}
 
 
+def keystone_host(swift: SwiftGateway) -> str:
+    return swift.keystone.url.split("//", 1)[1]
+
+
 def locproxy_reads(swift: SwiftGateway, mark: int) -> list[str]:
     return swift.log_lines(mark, agent="locproxy")
 
@@ -148,17 +160,20 @@ def test_downloads_are_served_from_swift(deployment: Deployment, images: Images,
     assert "lab-swiftglance-secret" not in deployment.log_text()[mark:]
 
 
-def test_one_login_for_many_downloads(deployment: Deployment, images: Images, swift: SwiftGateway) -> None:
-    """The token is kept: four more downloads, no new login (the first
-    ones of each worker were logged by earlier tests or here)."""
+def test_one_login_for_many_downloads(deployment: Deployment, images: Images, swift: SwiftGateway,
+                                      keystone_lab: KeystoneLab) -> None:
+    """The token is kept: four more downloads, not one token request to
+    Keystone (its access log), where Glance's own /file logs in for each."""
     deployment.configure(options(deployment.glance, swift))
     deployment.library_download(images.plain)
-    mark = deployment.log_mark()
+    deployment.library_download(images.plain)  # each worker of the deployment has its token by now, or soon
+    mark, before = deployment.log_mark(), keystone_lab.server.token_requests()
     for _ in range(4):
         deployment.library_download(images.plain)
     deployment.wait_log(mark, sent(images.plain, LABEL), count=4)
     logins = len(re.findall("new Keystone token for the swift reader", deployment.log_text()[mark:]))
-    assert logins <= 1, f"{logins} logins for 4 downloads"  # one only if another worker served its first
+    assert logins <= 1, f"{logins} logins for 4 downloads"  # one only if a worker served its first here
+    assert keystone_lab.server.token_requests() - before == logins
 
 
 @pytest.mark.parametrize("start, end", [(SEGMENT - 10, SEGMENT + 9), (3 * SEGMENT - 1, 4 * SEGMENT),
@@ -176,7 +191,9 @@ def test_range_across_segments(deployment: Deployment, images: Images, swift: Sw
 
 def test_radosgw_stopped_mid_stream_resumes_from_the_next_copy(deployment: Deployment, images: Images,
                                                                swift: SwiftGateway) -> None:
-    deployment.configure(options(deployment.glance, swift))
+    """Blocks of 1 MiB, two ahead: radosgw stops while most of the image is
+    still to be read (with the defaults, 32 MiB of it would already be in)."""
+    deployment.configure(options(deployment.glance, swift, swift_block_size="1M", swift_segment_readers="2"))
     image = images.dlo
     mark = deployment.log_mark()
     try:
@@ -232,3 +249,25 @@ def test_a_storage_host_outside_allowed_hosts_is_never_contacted(deployment: Dep
     deployment.wait_log(mark, rf"backend {LABEL} failed before the first byte: storage host not allowed")
     deployment.wait_log(mark, sent(image, "file"))
     assert locproxy_reads(swift, rgw) == []
+
+
+def test_inline_credentials_are_read_where_their_keystone_is_allowed(deployment: Deployment, images: Images,
+                                                                     swift: SwiftGateway) -> None:
+    """swift2's URL holds the store user and key and the Keystone URL:
+    read (?prefer=swift2) when that Keystone is in allowed_hosts, else not
+    even tried (the next copy, swift1, serves; no login there); the key
+    never in the log."""
+    image, inline = images.plain, re.escape(f"swift+http://{keystone_host(swift)}")
+    deployment.configure(options(deployment.glance, swift, allowed_hosts=f"{swift.host}, {keystone_host(swift)}"))
+    mark = deployment.log_mark()
+    whole = deployment.request(f"/v2/images/{image.id}/file?prefer=swift2")
+    assert (whole.status, whole.body == image.data) == (200, True)
+    deployment.wait_log(mark, sent(image, inline))
+
+    deployment.configure(options(deployment.glance, swift))
+    mark = deployment.log_mark()
+    whole = deployment.request(f"/v2/images/{image.id}/file?prefer=swift2")
+    assert (whole.status, whole.body == image.data) == (200, True)
+    deployment.wait_log(mark, sent(image, LABEL))  # not readable: skipped at the plan, no attempt
+    assert not re.search(rf"{inline}: new Keystone token", deployment.log_text()[mark:])
+    assert STORE_PASSWORD not in deployment.log_text()

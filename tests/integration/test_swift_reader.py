@@ -10,6 +10,7 @@ Skips with the lab's reason where Ceph or Keystone cannot run.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 import pytest
@@ -87,6 +88,30 @@ def test_segments_are_read_in_parallel_ranged_gets(swift: SwiftGateway) -> None:
     assert not any('"GET /swift/v1/' in line and "/reader/dlo " in line for line in lines), "not the manifest"
 
 
+def test_many_streams_share_few_connections(swift: SwiftGateway) -> None:
+    """Three DLO reads at once, read in turn, on a pool of 2 connections per
+    host: read-ahead shrinks, nothing waits out a pool timeout, all exact."""
+    reader = backends(swift, backend_pool_maxsize="2")
+    streams = [reader.open("swift+config://ref1/reader/dlo", start, len(DATA) - start, len(DATA))
+               for start in (0, 7, SEGMENT + 3)]
+    iterators = [iter(stream) for stream in streams]
+    got: list[list[bytes]] = [[], [], []]
+    try:
+        while any(iterators):
+            for n, iterator in enumerate(iterators):
+                if iterator is not None:
+                    chunk = next(iterator, None)
+                    if chunk is None:
+                        iterators[n] = None  # type: ignore[call-overload]
+                    else:
+                        got[n].append(chunk)
+    finally:
+        for stream in streams:
+            stream.close()
+    for n, start in enumerate((0, 7, SEGMENT + 3)):
+        assert b"".join(got[n]) == DATA[start:]
+
+
 def test_a_wrong_size_or_a_missing_segment_is_refused_before_the_first_byte(swift: SwiftGateway) -> None:
     reader = backends(swift)
     with pytest.raises(BackendError, match=rf"segments hold {len(DATA)} bytes, expected {len(DATA) + 1}"):
@@ -114,6 +139,26 @@ def test_the_token_is_kept_and_a_refused_one_renewed(swift: SwiftGateway, keysto
     keystone_lab.revoke(token)  # ...revoked: radosgw answers it 401
     assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
     assert LOGINS.labels(label)._value.get() == before + 3
+
+
+def test_a_token_about_to_expire_is_renewed_before_it_does(swift: SwiftGateway, keystone_lab: KeystoneLab) -> None:
+    """Keystone tokens of 125 s: keystoneauth renews within 120 s of the
+    expiry, so after 6 s the next read logs in first (Keystone's access log
+    counts it), and reads on."""
+    keystone_lab.restart({"token": {"expiration": "125"}})
+    try:
+        reader = backends(swift)
+        before, logins = keystone_lab.server.token_requests(), LOGINS.labels("swift+config://ref1")._value.get()
+        assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
+        assert read(reader.open("swift+config://ref1/reader/plain", 0, 100, len(PLAIN))) == PLAIN[:100]
+        first = keystone_lab.server.token_requests()
+        time.sleep(6)
+        assert read(reader.open("swift+config://ref1/reader/plain", 100, 100, len(PLAIN))) == PLAIN[100:200]
+        renewed = keystone_lab.server.token_requests()
+    finally:
+        keystone_lab.restart({})
+    assert first - before >= 1 and renewed - first >= 1, (before, first, renewed)
+    assert LOGINS.labels("swift+config://ref1")._value.get() == logins + 2  # the first, and the one renewal
 
 
 def test_bad_credentials_and_unlisted_hosts(swift: SwiftGateway) -> None:

@@ -65,6 +65,11 @@ class SwiftGateway:
     def references_file(self) -> Path:
         return self.workdir / "glance-swift.conf"
 
+    @property
+    def inline(self) -> tuple[str, str, str]:
+        """Glance's inline store credentials: (Keystone URL, project:user, key)."""
+        return f"{self.keystone.url}/v3", f"{STORE_PROJECT}:{STORE_USER}", STORE_PASSWORD
+
     def write_references(self, key: str = STORE_PASSWORD, name: str = "ref1") -> Path:
         """The references file (Glance's ``swift_store_config_file`` format)."""
         path = self.workdir / ("glance-swift.conf" if key == STORE_PASSWORD else f"glance-swift-{name}-bad.conf")

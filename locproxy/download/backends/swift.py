@@ -34,6 +34,7 @@ refused, never sent short.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import SplitResult, quote, urlsplit
@@ -76,6 +77,8 @@ class SwiftBackend:
         self.options = options
         self.logins = Logins(common.first_byte_timeout, INTERFACES[options.endpoint_type], options.region)
         self.installed = keystoneauth_available()
+        # Read-ahead connections of all segmented streams together (see SegmentedStream).
+        self._spare = threading.BoundedSemaphore(max(1, common.pool_maxsize // 2))
 
     def check(self, url: str, parts: SplitResult, label: str) -> None:
         """Refuse, without I/O, what may never be read."""
@@ -101,7 +104,7 @@ class SwiftBackend:
         headers = {"X-Auth-Token": token, "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
         if self.options.segment_readers > 1 and length > self.options.block_size:
             stream = open_segmented(self.http, target, headers, label, start, length, total_size,
-                                                   self.options.segment_readers, self.options.block_size)
+                                    self.options.segment_readers, self.options.block_size, self._spare)
             if stream is not None:
                 return stream
         return self.get(target, target.path, headers, label, start, length, total_size)

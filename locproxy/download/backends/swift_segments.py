@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
@@ -34,7 +35,8 @@ from locproxy.failures import Failure
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
-LISTING_LIMIT = 4 << 20  # bytes of one listing page (10,000 names at most)
+LISTING_LIMIT = 4 << 20  # bytes of one listing page
+PAGE = 10_000  # names of a full page (Swift's and RGW's default limit)
 MAX_PAGES = 64
 
 
@@ -58,7 +60,8 @@ class Segment:
 
 
 def open_segmented(http: HTTPBackend, target: Target, headers: dict[str, str], label: str, start: int,
-                   length: int, total_size: int | None, readers: int, block_size: int) -> BackendStream | None:
+                   length: int, total_size: int | None, readers: int, block_size: int,
+                   spare: threading.BoundedSemaphore) -> BackendStream | None:
     """The stream of a DLO's span read in parallel, or None for a plain
     object (read it with one GET). BackendError before the first byte."""
     status, head, _ = http.small("HEAD", target.scheme, target.host, target.port, target.path, headers, label, 0)
@@ -75,8 +78,8 @@ def open_segmented(http: HTTPBackend, target: Target, headers: dict[str, str], l
                            " (a segment missing?)", Failure.SIZE_MISMATCH)
     if start + length > found:
         raise BackendError(label, f"range beyond end of object ({found} bytes)", Failure.SIZE_MISMATCH)
-    stream = SegmentedStream(http, target, headers, label, start, length, _blocks(segments, start, length,
-                                                                                 block_size), readers)
+    stream = SegmentedStream(http, target, headers, label, start, length,
+                             _blocks(segments, start, length, block_size), readers, spare)
     stream.begin()
     return stream
 
@@ -106,6 +109,8 @@ def _segments(http: HTTPBackend, target: Target, headers: dict[str, str], label:
             break
         segments += [Segment(f"{base}/{quote(name, safe='')}", size, etag) for name, size, etag in page]
         marker = page[-1][0]
+        if len(page) < PAGE:
+            break  # the last page: no request for an empty one
     else:
         raise BackendError(label, "too many segments", Failure.BAD_RESPONSE)
     return segments
@@ -127,17 +132,26 @@ def _blocks(segments: list[Segment], start: int, length: int, block_size: int) -
 
 
 class SegmentedStream(BackendStream):
-    """Blocks read ``readers`` at a time, sent in order."""
+    """Blocks read ``readers`` at a time, sent in order (at most
+    ``readers + 2`` blocks held).
+
+    The pools are ``block=True`` with ``backend_pool_maxsize`` connections
+    per host: one block in flight per stream is always allowed (as any
+    reader's one stream), the read-ahead beyond it only while ``spare``
+    (shared by the process's streams) has room, so many downloads at once
+    read ahead less instead of waiting for connections."""
 
     def __init__(self, http: HTTPBackend, target: Target, headers: dict[str, str], label: str, start: int,
-                 length: int, blocks: deque[tuple[Segment, int, int]], readers: int) -> None:
+                 length: int, blocks: deque[tuple[Segment, int, int]], readers: int,
+                 spare: threading.BoundedSemaphore) -> None:
         super().__init__(label, start, length, http.chunk_size)
         self._http, self._target, self._headers = http, target, headers
         self._blocks = blocks
         self._readers = readers
+        self._spare = spare
         self._pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="locproxy-swift")
-        self._pending: deque[concurrent.futures.Future[bytes]] = deque()
-        self._first: bytes | None = None
+        self._pending: deque[concurrent.futures.Future[list[bytes]]] = deque()
+        self._first: list[bytes] | None = None
 
     def begin(self) -> None:
         """Start the first reads and wait for the first block (errors raise here)."""
@@ -148,27 +162,42 @@ class SegmentedStream(BackendStream):
             raise
 
     def _fill(self) -> None:
-        while len(self._pending) < self._readers and self._blocks:
-            self._pending.append(self._pool.submit(self._read, *self._blocks.popleft()))
+        """Keep ``readers`` reads running: a block read before the one being
+        waited for does not hold its reader back (up to two such blocks)."""
+        running = sum(not future.done() for future in self._pending)
+        while running < self._readers and len(self._pending) < self._readers + 2 and self._blocks:
+            ahead = bool(self._pending)
+            if ahead and not self._spare.acquire(blocking=False):
+                return  # no connection to spare now: read ahead later
+            future = self._pool.submit(self._read, *self._blocks.popleft())
+            if ahead:
+                future.add_done_callback(lambda _: self._spare.release())  # run on cancel too
+            self._pending.append(future)
+            running += 1
 
-    def _read(self, segment: Segment, offset: int, size: int) -> bytes:
+    def _read(self, segment: Segment, offset: int, size: int) -> list[bytes]:
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + size - 1}"}
         target = self._target
         with self._http.fetch(target.scheme, target.host, target.port, segment.path, headers, self.label, offset,
                               size, segment.size) as stream:
             if segment.etag and stream.headers.get("ETag", "").strip().strip('"') != segment.etag.strip('"'):
                 raise BackendError(self.label, "a segment changed during the read", Failure.SIZE_MISMATCH)
-            return b"".join(stream)
+            return list(stream)  # chunk_size pieces, sent as they are: no copy
 
-    def _take(self, first: bool = False) -> bytes:
+    def _take(self, first: bool = False) -> list[bytes]:
         self._fill()
-        position = self.position
+        position, head = self.position, self._pending[0]
+        while not head.done():  # each read that ends meanwhile makes room for the next
+            concurrent.futures.wait([future for future in self._pending if not future.done()],
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            self._fill()
+        self._pending.popleft()
         try:
-            data = self._pending.popleft().result()
+            data = head.result()
         except BackendError as error:
             at = "" if first or " at byte " in error.reason else f" at byte {position}"
             raise BackendError(self.label, error.reason + at, error.kind) from None
-        self._fill()  # keep reading ahead while this block is sent
+        self._fill()
         return data
 
     def _chunks(self) -> Iterator[bytes]:
@@ -176,10 +205,9 @@ class SegmentedStream(BackendStream):
         while self._sent < self.length:
             if self._closed:
                 raise BackendError(self.label, "stream closed")
-            data = first if first is not None else self._take()
+            chunks = first if first is not None else self._take()
             first = None
-            for piece in range(0, len(data), self._chunk_size):
-                chunk = data[piece:piece + self._chunk_size]
+            for chunk in chunks:
                 self._sent += len(chunk)
                 yield chunk
 
