@@ -32,16 +32,12 @@ from bench.measure import alternate
 from bench.progress import log
 from bench.results import Result, throughput
 from bench.row import Row
-from bench.settings import Sizes
+from bench.rows.ceph import image_size  # the ceph row's image: the same lab
 
 DOWNLOADS = 20
 PACE = 1.0  # seconds between download starts in the paced storm
 TARGET_LINK = 5.0  # × the image size: each sidecar's threshold downloads plus the one copy
 TARGET_SPEED = 0.9  # × raw librbd, as the ceph row
-
-
-def image_size(sizes: Sizes) -> int:
-    return min(256 * MiB, sizes.big)
 
 
 def measure_promote(ctx: Context) -> list[Result]:
