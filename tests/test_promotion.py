@@ -28,6 +28,8 @@ from locproxy.strategies import stores_of
 
 RULE = Rule(after=3, window=100.0, backoff=10.0, max_backoff=40.0, stale=1000.0)
 ACTIVE = {"id": "i1", "status": "active", "stores": "web"}
+LOCKED = {**ACTIVE, "os_glance_import_task": "t"}  # an import task holds the image
+LISTED = {**ACTIVE, "stores": "web,fs2"}  # the copy is done
 
 
 def count(times: list[float], state: ImageState = ImageState()) -> tuple[ImageState, list[bool]]:
@@ -87,11 +89,11 @@ def test_stores_of(image: dict, expected: tuple) -> None:
     pytest.param(202, None, Answer.STARTED, id="202"),
     pytest.param(403, None, Answer.REFUSED, id="policy"),
     pytest.param(404, None, Answer.REFUSED, id="404: not visible to the service identity"),
-    pytest.param(409, {**ACTIVE, "os_glance_import_task": "t"}, Answer.IN_PROGRESS, id="409 lock"),
+    pytest.param(409, LOCKED, Answer.IN_PROGRESS, id="409 lock"),
     pytest.param(409, {**ACTIVE, "os_glance_importing_to_stores": "fs2"}, Answer.IN_PROGRESS, id="409 importing"),
     pytest.param(409, {**ACTIVE, "status": "deactivated"}, Answer.GONE, id="409 deactivated"),
     pytest.param(409, ACTIVE, Answer.FAILED, id="409 other"),
-    pytest.param(400, {**ACTIVE, "stores": "web,fs2"}, Answer.ALREADY, id="400 already there"),
+    pytest.param(400, LISTED, Answer.ALREADY, id="400 already there"),
     pytest.param(400, ACTIVE, Answer.FAILED, id="400 other"),
     pytest.param(413, None, Answer.FAILED, id="quota"),
 ])
@@ -102,7 +104,7 @@ def test_import_answer(status: int, image: dict | None, expected: Answer) -> Non
 @pytest.mark.parametrize("image, expected", [
     pytest.param(None, Outcome.GONE, id="404"),
     pytest.param({**ACTIVE, "status": "deactivated"}, Outcome.GONE, id="deactivated"),
-    pytest.param({**ACTIVE, "stores": "web,fs2"}, Outcome.DONE, id="listed"),
+    pytest.param(LISTED, Outcome.DONE, id="listed"),
     pytest.param({**ACTIVE, "os_glance_import_task": "t", "os_glance_failed_import": "fs2"}, None,
                  id="running despite an earlier failure"),
     pytest.param({**ACTIVE, "os_glance_failed_import": "fs2"}, Outcome.FAILED, id="failed"),
@@ -166,9 +168,8 @@ def run_copy(script: dict, timeout: float = 5.0) -> tuple[Outcome, str, Scripted
 def test_copy_image_started_then_watched_until_listed() -> None:
     outcome, _, api = run_copy({
         ("POST", "/v2/images/i1/import"): [(202, b"")],
-        ("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"}),
-                                   (200, {**ACTIVE, "os_glance_importing_to_stores": "fs2"}),
-                                   (200, {**ACTIVE, "stores": "web,fs2"})],
+        ("GET", "/v2/images/i1"): [(200, LOCKED), (200, {**ACTIVE, "os_glance_importing_to_stores": "fs2"}),
+                                   (200, LISTED)],
     })
     assert outcome is Outcome.DONE
     assert api.calls[0] == ("POST", "/v2/images/i1/import",
@@ -179,9 +180,7 @@ def test_copy_image_started_then_watched_until_listed() -> None:
 def test_copy_image_409_is_watched_not_an_error() -> None:
     outcome, _, _ = run_copy({
         ("POST", "/v2/images/i1/import"): [(409, b"Image has active task")],
-        ("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"}),
-                                   (200, {**ACTIVE, "os_glance_import_task": "t"}),
-                                   (200, {**ACTIVE, "stores": "web,fs2"})],
+        ("GET", "/v2/images/i1"): [(200, LOCKED), (200, LOCKED), (200, LISTED)],
     })
     assert outcome is Outcome.DONE
 
@@ -195,8 +194,7 @@ class Unanswered(Scripted):
 
 
 def test_copy_image_unanswered_but_taken_is_watched() -> None:
-    api = Unanswered({("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"}),
-                                                 (200, {**ACTIVE, "stores": "web,fs2"})]})
+    api = Unanswered({("GET", "/v2/images/i1"): [(200, LOCKED), (200, LISTED)]})
     assert copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)[0] is Outcome.DONE
     api = Unanswered({("GET", "/v2/images/i1"): [(200, ACTIVE)]})
     outcome, why = copy_image(api, "i1", "fs2", poll_interval=0.01, timeout=5, wait=lambda s: False)
@@ -212,7 +210,7 @@ def test_copy_image_refused_says_why() -> None:
 
 def test_copy_image_times_out() -> None:
     outcome, why, _ = run_copy({("POST", "/v2/images/i1/import"): [(202, b"")],
-                                ("GET", "/v2/images/i1"): [(200, {**ACTIVE, "os_glance_import_task": "t"})]},
+                                ("GET", "/v2/images/i1"): [(200, LOCKED)]},
                                timeout=0.05)
     assert outcome is Outcome.FAILED and "promote_timeout" in why
 

@@ -56,7 +56,7 @@ def measure_ceph(ctx: Context) -> list[Result]:
         return _skipped(names, f"no Glance peer: {ctx.glance.reason}")
     try:
         from tests.support import ceph
-        from tests.support.glance.config import ceph_store_overrides
+        from tests.support.glance.ceph_stores import ceph_stores
     except ImportError as error:
         return _skipped(names, f"the Ceph lab is not importable ({error})")
     with contextlib.ExitStack() as stack:
@@ -69,10 +69,7 @@ def measure_ceph(ctx: Context) -> list[Result]:
         log(f"Ceph lab {lab.fsid} up ({time.monotonic() - started:.0f}s)")
         g = ctx.glance.server
         access, secret = lab.s3_keys()
-        g.extra_pythonpath = [str(ceph.bindings_dir())]
-        stack.callback(setattr, g, "extra_pythonpath", [])
-        stack.enter_context(g.config_overrides(ceph_store_overrides(
-            ceph_conf=lab.conf, pool=lab.pool, rgw_endpoint=lab.rgw_endpoint, access_key=access, secret_key=secret)))
+        stack.enter_context(ceph_stores(g, lab))
         image = ctx.image(size)
         image_id = glance.upload(g, image)
         started = time.monotonic()

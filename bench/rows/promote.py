@@ -32,16 +32,12 @@ from bench.measure import alternate
 from bench.progress import log
 from bench.results import Result, throughput
 from bench.row import Row
-from bench.settings import Sizes
+from bench.rows.ceph import image_size  # the ceph row's image: the same lab
 
 DOWNLOADS = 20
 PACE = 1.0  # seconds between download starts in the paced storm
 TARGET_LINK = 5.0  # × the image size: each sidecar's threshold downloads plus the one copy
 TARGET_SPEED = 0.9  # × raw librbd, as the ceph row
-
-
-def image_size(sizes: Sizes) -> int:
-    return min(256 * MiB, sizes.big)
 
 
 def measure_promote(ctx: Context) -> list[Result]:
@@ -50,7 +46,7 @@ def measure_promote(ctx: Context) -> list[Result]:
     if ctx.glance.server is None:
         return _skipped(names, f"no Glance peer: {ctx.glance.reason}")
     from tests.support import ceph
-    from tests.support.glance.config import ceph_store_overrides
+    from tests.support.glance.ceph_stores import ceph_stores
 
     with contextlib.ExitStack() as stack:
         try:
@@ -59,11 +55,7 @@ def measure_promote(ctx: Context) -> list[Result]:
         except ceph.CephUnavailable as error:
             return _skipped(names, f"no Ceph lab: {error.reason}")
         g = ctx.glance.server
-        access, secret = lab.s3_keys()
-        g.extra_pythonpath = [str(ceph.bindings_dir())]
-        stack.callback(setattr, g, "extra_pythonpath", [])
-        stack.enter_context(g.config_overrides(ceph_store_overrides(
-            ceph_conf=lab.conf, pool=lab.pool, rgw_endpoint=lab.rgw_endpoint, access_key=access, secret_key=secret)))
+        stack.enter_context(ceph_stores(g, lab))
         image = ctx.image(size)
         run = _Run(ctx, g, lab, image, stack)
         promoted = run.storm("promoted", promote="auto")

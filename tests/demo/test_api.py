@@ -10,24 +10,8 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
-from locproxy.demo import (
-    DemoImageAPI,
-    DemoSetup,
-    location,
-)
-from tests.support.demo import (
-    ADMIN,
-    CIRROS,
-    MOTD,
-    OWNER,
-    PRIVATE,
-    QUEUED,
-    RETIRED,
-    UBUNTU,
-    UNKNOWN,
-    file_url,
-    patch,
-)
+from locproxy.demo import DemoImageAPI, DemoSetup, location
+from tests.support.demo import ADMIN, CIRROS, MOTD, OWNER, PRIVATE, QUEUED, RETIRED, UBUNTU, UNKNOWN, file_url, patch
 
 # -- show -------------------------------------------------------------------------
 

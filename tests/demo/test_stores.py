@@ -10,25 +10,8 @@ from pathlib import Path
 import pytest
 from webtest import TestApp
 
-from locproxy.demo import (
-    DemoImageAPI,
-    DemoSetup,
-    build_demo,
-    location,
-    serve_static,
-    web_dir_of,
-)
-from tests.support.demo import (
-    ADMIN,
-    CIRROS,
-    MOTD,
-    OWNER,
-    PRIVATE,
-    QUEUED,
-    RETIRED,
-    UNKNOWN,
-    file_url,
-)
+from locproxy.demo import DemoImageAPI, DemoSetup, build_demo, location, serve_static, web_dir_of
+from tests.support.demo import ADMIN, CIRROS, MOTD, OWNER, PRIVATE, QUEUED, RETIRED, UNKNOWN, file_url
 
 # -- download -------------------------------------------------------------------------------------
 

@@ -49,7 +49,8 @@ import pytest
 from tests.support import ceph
 from tests.support.ceph import OSD_NAME, RGW_NAME, CephCluster
 from tests.support.client import Fetched, http_request
-from tests.support.glance.config import ceph_store_overrides, locproxy_paste_ini
+from tests.support.glance.ceph_stores import ceph_stores
+from tests.support.glance.config import locproxy_paste_ini
 from tests.support.glance.server import GlanceServer
 from tests.support.glance.venv import GlanceEnvError
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
@@ -86,22 +87,10 @@ class Images:
 @pytest.fixture(scope="module")
 def ceph_glance(glance_server: GlanceServer, ceph_lab: CephCluster) -> Iterator[GlanceServer]:
     """The session's Glance with the rbd and s3 stores (restored afterwards)."""
-    access, secret = ceph_lab.s3_keys()
-    overrides = ceph_store_overrides(ceph_conf=ceph_lab.conf, pool=ceph_lab.pool, rgw_endpoint=ceph_lab.rgw_endpoint,
-                                     access_key=access, secret_key=secret)
-    glance_server.extra_pythonpath = [str(ceph.bindings_dir())]
-    policy = glance_server.policy_path.read_text()
     # Store selection for admins only (Glance 33's default lets any project
     # member choose, like download_image): members get the 403 to ?prefer=.
-    glance_server.policy_path.write_text(policy + f'"download_from_store": "{ADMIN_ONLY}"\n')
-    try:
-        with glance_server.config_overrides(overrides):
-            try:
-                yield glance_server
-            finally:
-                glance_server.policy_path.write_text(policy)  # before the restart that restores the config
-    finally:
-        glance_server.extra_pythonpath = []
+    with ceph_stores(glance_server, ceph_lab, policy=f'"download_from_store": "{ADMIN_ONLY}"\n') as glance:
+        yield glance
 
 
 def make_image(glance: GlanceServer, lab: CephCluster, data: bytes, name: str) -> Image:

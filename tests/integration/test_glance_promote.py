@@ -31,13 +31,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from tests.support.client import Fetched, http_request
 from tests.support.glance.config import locproxy_paste_ini
 from tests.support.glance.server import GlanceServer
+from tests.support.processes import wait_until
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
 pytestmark = pytest.mark.integration
@@ -101,15 +102,8 @@ def metric(server: GunicornServer, series: str) -> float:
     return 0.0
 
 
-def wait_for(predicate, what: str, timeout: float = WAIT):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    return wait_until(predicate, timeout=timeout, interval=0.2, what=what)
 
 
 def stores(glance: GlanceServer, image_id: str) -> list[str]:

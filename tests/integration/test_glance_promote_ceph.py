@@ -41,7 +41,7 @@ from tests.integration.test_glance_promote import (
 )
 from tests.support import ceph
 from tests.support.ceph import MON_NAME, OSD_NAME, CephCluster, Daemon
-from tests.support.glance.config import ceph_store_overrides
+from tests.support.glance.ceph_stores import ceph_stores
 from tests.support.glance.server import GlanceServer
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
@@ -54,15 +54,8 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def ceph_glance(glance_server: GlanceServer, ceph_lab: CephCluster) -> Iterator[GlanceServer]:
     """The session's Glance with the rbd and s3 stores (restored afterwards)."""
-    access, secret = ceph_lab.s3_keys()
-    overrides = ceph_store_overrides(ceph_conf=ceph_lab.conf, pool=ceph_lab.pool, rgw_endpoint=ceph_lab.rgw_endpoint,
-                                     access_key=access, secret_key=secret)
-    glance_server.extra_pythonpath = [str(ceph.bindings_dir())]
-    try:
-        with glance_server.config_overrides(overrides):
-            yield glance_server
-    finally:
-        glance_server.extra_pythonpath = []
+    with ceph_stores(glance_server, ceph_lab) as glance:
+        yield glance
 
 
 @contextlib.contextmanager

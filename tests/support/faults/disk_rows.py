@@ -92,6 +92,18 @@ def check_aside(lab: FaultLab, sidecar: Any, downloads: list[tuple[str, Fetched]
     return len(answers), errors, states
 
 
+def aside_from_the_first(lab: FaultLab, sidecar: Any, cached: str,
+                         others: list[str]) -> tuple[list[tuple[str, Fetched]], int, float]:
+    """The cache broke after ``cached`` was committed: /healthcheck says
+    degraded before any download meets it; then ``others`` (never cached)
+    and 4 hits of ``cached``, checked by ``check_aside``."""
+    first = health(sidecar)  # before any download meets it
+    assert {answer["status"] for answer in first} == {"degraded"}, first
+    results = [(image_id, download(sidecar, image_id)) for image_id in others + [cached] * 4]
+    answers, errors, _states = check_aside(lab, sidecar, results)
+    return results, answers, errors
+
+
 @scenario("site cache", "its ext4 meets an error and goes read-only while serving (errors=remount-ro)")
 def _cache_disk_read_only(lab: FaultLab) -> tuple[str, str]:
     web = lab.backend()
@@ -100,10 +112,7 @@ def _cache_disk_read_only(lab: FaultLab) -> tuple[str, str]:
         assert as_without_cache(lab, download(sidecar, cached), cached)
         committed(sidecar)
         how = filesystems.read_only(disk)
-        first = health(sidecar)  # before any download meets it
-        assert {answer["status"] for answer in first} == {"degraded"}, first
-        results = [(image_id, download(sidecar, image_id)) for image_id in others + [cached] * 4]
-        answers, errors, _states = check_aside(lab, sidecar, results)
+        results, answers, errors = aside_from_the_first(lab, sidecar, cached, others)
     return (f"file system made read-only by {how}; 200 as without the cache, {len(results)}/{len(results)} "
             f"(4 images never cached, 4 hits of one cached before); /healthcheck degraded, cache aside "
             f"({answers}/{answers} answers from both workers, the first ones before any download met it); "
@@ -139,10 +148,7 @@ def _cache_dir_emptied(lab: FaultLab) -> tuple[str, str]:
         for child in cache_dir.iterdir():
             with contextlib.suppress(FileNotFoundError):  # sqlite's journal comes and goes
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        first = health(sidecar)  # before any download meets it
-        assert {answer["status"] for answer in first} == {"degraded"}, first
-        results = [(image_id, download(sidecar, image_id)) for image_id in others + [cached] * 4]
-        answers, errors, _states = check_aside(lab, sidecar, results)
+        results, answers, errors = aside_from_the_first(lab, sidecar, cached, others)
     return (f"200 as without the cache, {len(results)}/{len(results)} (4 images never cached, 4 of one "
             f"cached before); /healthcheck degraded, cache aside ({answers}/{answers} answers from both workers, "
             f"the first ones before any download met it); cache error metric {errors:.0f}",
