@@ -12,6 +12,7 @@ from bench.rows import (
     fallback,
     file,
     http,
+    keystone,
     memory,
     rewrite,
     show_filter,
@@ -32,5 +33,6 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    keystone.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)
