@@ -17,7 +17,9 @@ through the sidecar and from Glance before the timed ones (copies verified
 and shared by the workers through ``metrics_file``; locations remembered per
 worker, ``locations_ttl`` 600 s: the notes count the ``GET .../locations``
 that reached Glance while timing, expected 0). curl
-for both, interleaved. TTFB is curl's ``time_starttransfer``.
+for both, interleaved (and Glance's own show of the image, for the notes:
+the sidecar's authorisation costs one). TTFB is curl's
+``time_starttransfer``.
 """
 
 from __future__ import annotations
@@ -71,14 +73,18 @@ def measure_keystone(ctx: Context) -> list[Result]:
             for url in [*pair.values()] * WARM_ROUNDS:  # tokens cached, copies verified, locations remembered
                 measure.curl(url, headers, expect_size=len(image.data))
         reads, mark = _locations_reads(g), ctx.log_mark(sidecar)
+        show = f"{g.url}/v2/images/{small.id}"
         ttfb = alternate(ctx.sizes.ttfb_samples, {
-            name: lambda url=url: measure.curl(url, headers, expect_size=TTFB_SIZE).ttfb
-            for name, url in urls["small"].items()})
+            **{name: lambda url=url: measure.curl(url, headers, expect_size=TTFB_SIZE).ttfb
+               for name, url in urls["small"].items()},
+            "show": lambda: measure.curl(show, headers).ttfb})
         speeds = alternate(ctx.sizes.reps, {
             name: lambda url=url: measure.curl(url, headers, expect_size=len(big.data)).mib_s
             for name, url in urls["big"].items()})
         notes = [f"served: {ctx.served_by(mark, sidecar)}; GET .../locations reaching Glance while timing: "
-                 f"{_locations_reads(g) - reads}; strategy's copy fs2, Glance's direct_url and /file fs1"]
+                 f"{_locations_reads(g) - reads}; strategy's copy fs2, Glance's direct_url and /file fs1",
+                 f"Glance's own show of the image (the sidecar's authorisation, one per download), same token: "
+                 f"TTFB {ms(Stat.of(ttfb['show']))}"]
     return [_ttfb_result(names["ttfb"], ttfb, notes),
             throughput(names["throughput"], speeds["sidecar"], speeds["glance"], "Glance /file", THROUGHPUT_TARGET)]
 
