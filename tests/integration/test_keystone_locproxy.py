@@ -136,3 +136,25 @@ def test_an_application_credential_as_the_service_identity(kind: str, glance: Ke
         assert got.status == 200 and got.body == image.data, got.describe()
         assert web_reads(glance, image) == before + 1, opened.log()[-3000:]
         assert secret not in opened.log()
+
+
+def test_service_mode_after_admin_leaves_service_api(glance: KeystoneGlance, keystone_lab: KeystoneLab,
+                                                    images: dict[str, SeededImage]) -> None:
+    """Glance's TODO (admin leaves ``service_api``), simulated: an admin-only
+    token is refused the locations; locproxy-admin (admin and service, as the
+    README says to create it) still reads them."""
+    original = glance.policy_path.read_text()
+    glance.policy_path.write_text('"service_api": "role:service"\n')  # and no service_token line
+    glance.restart()
+    try:
+        image = images["e"]
+        admin_only = glance.request("GET", f"/v2/images/{image.id}/locations", identity=glance.as_user("admin"))
+        assert admin_only.status == 403, admin_only.body[:300]
+        with open_front("sidecar", glance, filter_options(glance, keystone_lab, "service")) as opened:
+            before = web_reads(glance, image)
+            got = opened.get(f"/v2/images/{image.id}/file", keystone_lab.token("alice"))
+            assert got.status == 200 and got.body == image.data, got.describe()
+            assert web_reads(glance, image) == before + 1, opened.log()[-3000:]
+    finally:
+        glance.policy_path.write_text(original)
+        glance.restart()
