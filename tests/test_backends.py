@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from locproxy.config import load_filter_settings
+from locproxy.config import configured_backends, load_filter_settings
 from locproxy.download.backends import BackendError, Backends, BackendStream
 from tests.support.faultserver import EXTRA, FaultServer, RefusingPort, StalledListener
 
@@ -59,7 +59,7 @@ _INI_NAMES = {"connect_timeout": "backend_connect_timeout", "read_timeout": "bac
 
 
 def configure(**options: object) -> Backends:
-    return Backends.configure(**{_INI_NAMES.get(name, name): value for name, value in options.items()})
+    return configured_backends(**{_INI_NAMES.get(name, name): value for name, value in options.items()})
 
 
 @pytest.fixture
@@ -384,8 +384,7 @@ def test_host_allow_list(
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param("swift+https://tenant:Sekr1t@keystone.example/v3/container/obj", id="swift-with-key"),
-        pytest.param("swift://account:Sekr1t@auth/container/obj", id="swift"),
+        pytest.param("sheepdog://tenant:Sekr1t@sheep.example/v3/container/obj", id="with-key"),
         pytest.param("cinder://volume-id", id="cinder"),
         pytest.param("vsphere://vc.example/folder/image?dcPath=dc", id="vsphere"),
         pytest.param("ftp://127.0.0.1/img", id="ftp"),

@@ -14,9 +14,12 @@ from bench.rows import (
     http,
     keystone,
     memory,
+    promote,
+    relay,
     rewrite,
     show_filter,
     show_sidecar,
+    swift,
     verify,
 )
 
@@ -24,6 +27,7 @@ ROWS: tuple[Row, ...] = (
     file.ROW,
     http.ROW,
     concurrent.ROW,
+    relay.ROW,
     fallback.ROW,
     show_sidecar.ROW,
     show_filter.ROW,
@@ -33,6 +37,8 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    promote.ROW,
+    swift.ROW,
     keystone.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

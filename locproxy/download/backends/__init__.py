@@ -23,7 +23,7 @@ import logging
 from typing import Any, Mapping
 from urllib.parse import SplitResult, urlsplit
 
-from locproxy.download.backends import file, http, rbd, s3
+from locproxy.download.backends import file, http, rbd, s3, swift
 from locproxy.download.backends.base import BackendError, BackendStream, Reader
 from locproxy.failures import Failure
 from locproxy.urls import backend_label
@@ -33,7 +33,7 @@ __all__ = ["READERS", "BackendError", "BackendStream", "Backends", "Reader", "re
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
 #: Every reader, in the order they are built (a reader may use those before it).
-READERS: tuple[Reader, ...] = (file.READER, http.READER, rbd.READER, s3.READER)
+READERS: tuple[Reader, ...] = (file.READER, http.READER, rbd.READER, s3.READER, swift.READER)
 
 
 def reader_options(values: Mapping[str, Mapping[str, Any]] = {}) -> tuple[tuple[str, Any], ...]:
@@ -60,14 +60,6 @@ class Backends:
     def from_settings(cls, settings: Any) -> Backends:
         """From a ``config.FilterSettings``."""
         return cls(settings.readers, settings.backends)
-
-    @classmethod
-    def configure(cls, **options: Any) -> Backends:
-        """From filter options by their ini names (``file_roots=...``,
-        ``backend_read_timeout=...``), validated as at load."""
-        from locproxy.config import load_filter_settings  # noqa: PLC0415 - config imports this module
-
-        return cls.from_settings(load_filter_settings({}, options))
 
     def clear(self) -> None:
         """Close pooled connections (idle ones; in-flight ones when released)."""

@@ -136,6 +136,31 @@ def ceph_store_overrides(*, ceph_conf: Path, pool: str, rgw_endpoint: str, acces
     }
 
 
+SWIFT_BACKENDS = "fs1:file, fs2:file, web:http, swift1:swift, swift2:swift"
+
+
+def swift_store_overrides(*, references_file: Path, inline: tuple[str, str, str], reference: str = "ref1",
+                          container: str = "glance") -> dict[str, dict[str, str]]:
+    """glance-api.conf overrides adding two swift stores beside the file and
+    http ones: ``swift1`` with its credentials in a references file
+    (``swift+config://`` locations) and ``swift2`` with ``inline`` =
+    (Keystone URL, ``project:user``, key) in its own section (locations
+    ``swift+http://user:key@<keystone>/...``). Objects of 32 "MB"
+    (32,768,000 bytes) and more are written as DLOs of 8 "MB" segments (see
+    /work/shared/swift-testbed.md for the sizes glance_store 5.7.0 can write)."""
+    sizes = {"swift_store_create_container_on_put": "True", "swift_store_large_object_size": "32",
+             "swift_store_large_object_chunk_size": "8"}
+    auth_address, user, key = inline
+    return {
+        "DEFAULT": {"enabled_backends": SWIFT_BACKENDS},
+        "swift1": {"store_description": "lab swift (radosgw)", "swift_store_config_file": str(references_file),
+                   "default_swift_reference": reference, "swift_store_container": container, **sizes},
+        "swift2": {"store_description": "lab swift, inline credentials", "swift_store_auth_address": auth_address,
+                   "swift_store_user": user, "swift_store_key": key, "swift_store_container": f"{container}-inline",
+                   **sizes},
+    }
+
+
 def render_paste_ini(pipeline: Sequence[str] = DEFAULT_PIPELINE, extra: str = "") -> str:
     """Glance's paste file with one flavor-less pipeline, ``glance-api``.
 

@@ -36,8 +36,9 @@ CONSTRAINTS_FILE = REPO_ROOT / "tests" / "integration" / "glance-constraints.txt
 # s3 store (glance_store imports it), for the Ceph integration tests; it
 # brings botocore, which locproxy's s3 reader signs with inside Glance.
 # python-openstackclient: ``openstack image save`` against the Keystone lab.
+# python-swiftclient: Glance's swift store (tests/integration/test_glance_swift.py).
 REQUIREMENTS = ("glance", "python-glanceclient", "gunicorn", "setuptools", "wheel", "boto3", "python-openstackclient",
-                "xxhash")
+                "xxhash", "python-swiftclient")
 
 ENV_VENV = "LOCPROXY_GLANCE_VENV"
 
