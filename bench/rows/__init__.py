@@ -12,6 +12,7 @@ from bench.rows import (
     fallback,
     file,
     http,
+    keystone,
     memory,
     promote,
     relay,
@@ -38,5 +39,6 @@ ROWS: tuple[Row, ...] = (
     ceph.ROW,
     promote.ROW,
     swift.ROW,
+    keystone.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

@@ -5,38 +5,28 @@ False``, ``show_image_direct_url = True``.
 Every image has an http copy (``web``, registered while queued) and file
 copies ``fs1`` (weight 100: Glance's ``direct_url``) and ``fs2``. locproxy's
 strategy prefers http, so a download served from the web copy is the
-strategy's choice, not ``direct_url``'s: the web server's own request log
-proves which copy was read, and a download without any web request came
-from ``direct_url`` (fs1). Both deployments (sidecar under gunicorn,
-locproxy inside Glance's own keystone pipeline) and both modes
+strategy's choice, not ``direct_url``'s (``tests.support.keystone.fronts``).
+Both deployments (sidecar under gunicorn, locproxy inside Glance's own
+keystone pipeline) and both modes
 (``service``: locproxy-admin's own token; ``service_token``: the user's
 token plus locproxy's as ``X-Service-Token``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import re
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from tests.support.client import Fetched, http_request
+from tests.support.keystone.fronts import KINDS_AND_MODES, Front, filter_options, locations_reads, open_front, web_reads
 from tests.support.keystone.lab import KeystoneGlance, KeystoneLab, keystone_glance
 from tests.support.keystone.seed import SeededImage, seed_image
-from tests.support.servers import GunicornServer, run_gunicorn, sidecar_ini
 
 pytestmark = pytest.mark.integration
 
-COMBOS = [pytest.param(("sidecar", "service_token"), id="sidecar-service_token"),
-          pytest.param(("sidecar", "service"), id="sidecar-service"),
-          pytest.param(("pipeline", "service_token"), id="pipeline-service_token"),
-          pytest.param(("pipeline", "service"), id="pipeline-service")]
-SERVICE_USER = {"service_token": "locproxy", "service": "locproxy-admin"}
+COMBOS = [pytest.param(combo, id="-".join(combo)) for combo in KINDS_AND_MODES]
 
 
 @pytest.fixture(scope="module")
@@ -56,65 +46,12 @@ def images(glance: KeystoneGlance) -> dict[str, SeededImage]:
     return made
 
 
-def filter_options(glance: KeystoneGlance, lab: KeystoneLab, mode: str, *, user: str | None = None,
-                   **extra: str) -> dict[str, str]:
-    options = {"file_roots": f"{glance.store_dirs['fs1']}, {glance.store_dirs['fs2']}",
-               "allowed_hosts": f"127.0.0.1:{glance.web.port}", "location_strategy": "store_type",
-               "store_type_preference": "http, file", "locations_from": mode,
-               "healthcheck_path": "/healthcheck", "metrics_path": "/metrics",
-               **lab.service_options(user or SERVICE_USER[mode])}
-    options.update(extra)
-    return options
-
-
-@contextlib.contextmanager
-def sidecar(glance: KeystoneGlance, options: dict[str, str], tmp: Path) -> Iterator[GunicornServer]:
-    ini = sidecar_ini(tmp / "sidecar.ini", glance.url, {"service_endpoint_override": glance.url, **options},
-                      log_level="INFO")
-    with run_gunicorn(ini, threads=8) as server:
-        yield server
-
-
-class Front:
-    """locproxy in front of (or inside) the module's Glance: where clients go, and its log."""
-
-    def __init__(self, url: str, log: Any, kind: str, mode: str) -> None:
-        self.url, self._log, self.kind, self.mode = url, log, kind, mode
-
-    def log(self) -> str:
-        return self._log()
-
-    def get(self, path: str, token: str | None, **headers: str) -> Fetched:
-        sent = {"Accept": "application/json", **headers}
-        if token:
-            sent["X-Auth-Token"] = token
-        return http_request(self.url + path, headers=sent, timeout=60)
-
-
 @pytest.fixture(scope="module", params=COMBOS)
 def front(request: pytest.FixtureRequest, glance: KeystoneGlance, keystone_lab: KeystoneLab,
           images: dict[str, SeededImage]) -> Iterator[Front]:
     kind, mode = request.param
-    options = filter_options(glance, keystone_lab, mode)
-    if kind == "sidecar":
-        with tempfile.TemporaryDirectory() as tmp, sidecar(glance, options, Path(tmp)) as server:
-            yield Front(server.url, server.log, kind, mode)
-        return
-    original = glance.paste_ini_path.read_text()
-    glance.restart(glance.paste_with_locproxy(**options))  # no endpoint override: the catalog's internal one
-    try:
-        yield Front(glance.url, lambda: glance.glance_log_path.read_text(errors="replace"), kind, mode)
-    finally:
-        glance.restart(original)
-
-
-def locations_reads(glance: KeystoneGlance) -> int:
-    """GET .../locations requests that reached Glance (its access log)."""
-    return len(re.findall(r'"GET /v2/images/[^/ ]+/locations ', glance.access_log_path.read_text()))
-
-
-def web_reads(glance: KeystoneGlance, image: SeededImage) -> int:
-    return sum(1 for method, path, _ in glance.web.requests if method == "GET" and path == image.web_path)
+    with open_front(kind, glance, filter_options(glance, keystone_lab, mode)) as opened:
+        yield opened
 
 
 def test_member_download_is_served_from_the_strategys_copy(front: Front, glance: KeystoneGlance,
@@ -144,9 +81,13 @@ def test_member_show_has_the_nodes_direct_url_and_no_locations(front: Front, gla
     assert listed[0]["direct_url"] == body["direct_url"], "a list uses what the show's read remembered"
 
 
+@pytest.mark.parametrize("warm", [pytest.param(False, id="cold"), pytest.param(True, id="verified-copy")])
 def test_another_projects_member_gets_glances_404_and_nothing_is_read(
-        front: Front, glance: KeystoneGlance, keystone_lab: KeystoneLab, images: dict[str, SeededImage]) -> None:
+        front: Front, glance: KeystoneGlance, keystone_lab: KeystoneLab, images: dict[str, SeededImage],
+        warm: bool) -> None:
     image = images["c"]
+    if warm:  # the copy verified, its fingerprint known and its locations remembered: still refused
+        assert front.get(f"/v2/images/{image.id}/file", keystone_lab.token("alice")).body == image.data
     reads, web = locations_reads(glance), web_reads(glance, image)
     for path in (f"/v2/images/{image.id}/file", f"/v2/images/{image.id}"):
         got = front.get(path, keystone_lab.token("bob"))
@@ -175,3 +116,45 @@ def test_service_clients_own_location_list_is_reordered(front: Front, keystone_l
     got = front.get(f"/v2/images/{images['a'].id}/locations", keystone_lab.token("locproxy-admin"))
     assert got.status == 200, got.describe()
     assert [entry["metadata"]["store"] for entry in got.json()] == ["web", "fs1", "fs2"], got.json()
+
+
+@pytest.mark.parametrize("kind", ["sidecar", "pipeline"])
+def test_an_application_credential_as_the_service_identity(kind: str, glance: KeystoneGlance,
+                                                           keystone_lab: KeystoneLab,
+                                                           images: dict[str, SeededImage]) -> None:
+    """``service_auth_type = v3applicationcredential``: the same as a password."""
+    credential_id, secret = keystone_lab.identities.application_credential("locproxy", label=f"locproxy-lab-{kind}")
+    options = filter_options(glance, keystone_lab, "service_token")
+    for name in ("username", "password", "project_name", "user_domain_name", "project_domain_name"):
+        del options[f"service_{name}"]
+    options.update(service_auth_type="v3applicationcredential", service_application_credential_id=credential_id,
+                   service_application_credential_secret=secret)
+    image = images["e"]
+    with open_front(kind, glance, options) as opened:
+        before = web_reads(glance, image)
+        got = opened.get(f"/v2/images/{image.id}/file", keystone_lab.token("alice"))
+        assert got.status == 200 and got.body == image.data, got.describe()
+        assert web_reads(glance, image) == before + 1, opened.log()[-3000:]
+        assert secret not in opened.log()
+
+
+def test_service_mode_after_admin_leaves_service_api(glance: KeystoneGlance, keystone_lab: KeystoneLab,
+                                                    images: dict[str, SeededImage]) -> None:
+    """Glance's TODO (admin leaves ``service_api``), simulated: an admin-only
+    token is refused the locations; locproxy-admin (admin and service, as the
+    README says to create it) still reads them."""
+    original = glance.policy_path.read_text()
+    glance.policy_path.write_text('"service_api": "role:service"\n')  # and no service_token line
+    glance.restart()
+    try:
+        image = images["e"]
+        admin_only = glance.request("GET", f"/v2/images/{image.id}/locations", identity=glance.as_user("admin"))
+        assert admin_only.status == 403, admin_only.body[:300]
+        with open_front("sidecar", glance, filter_options(glance, keystone_lab, "service")) as opened:
+            before = web_reads(glance, image)
+            got = opened.get(f"/v2/images/{image.id}/file", keystone_lab.token("alice"))
+            assert got.status == 200 and got.body == image.data, got.describe()
+            assert web_reads(glance, image) == before + 1, opened.log()[-3000:]
+    finally:
+        glance.policy_path.write_text(original)
+        glance.restart()

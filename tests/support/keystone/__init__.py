@@ -14,6 +14,11 @@ benchmarks, on loopback only.
 * ``lab``: ``keystone_lab()`` (Keystone with its identities) and
   ``keystone_glance()`` (a Glance 33 lab server in ``flavor = keystone``
   mode in front of it), as context managers.
+* ``seed``: images with an http copy and file copies under the defaults.
+* ``fronts``: locproxy as a sidecar or inside Glance's keystone pipeline
+  (``open_front``), and which copy or API served (web, access logs).
+* ``clients``: python-glanceclient, openstacksdk and ``openstack image
+  save`` from the Glance venv, as a Keystone user.
 
 From a shell: ``python -m tests.support.keystone --selfcheck``. Trust:
 passwords and keys here are for loopback test servers only.
