@@ -81,6 +81,7 @@ class Context:
             "location_strategy": "store_type",
             "store_type_preference": "file, http",
             "chunk_size": config.chunk_size,
+            "metrics_file": "",  # per-worker memory, as the rows were written; a row may say auto
             **config.extra,
         }
         return servers.sidecar(name, self.work, paste_globals, workers=config.workers, threads=config.threads,

@@ -5,7 +5,7 @@ stand-in upstream and locproxy under gunicorn, optionally a real Glance from
 ``tests/support/glance``), measures each row, prints one markdown
 table and stops every process it started (also on errors and Ctrl-C).
 
-Rows (``--rows``, declared in ``bench/rows/``): file, http, concurrent,
+Rows (``--rows``, declared in ``bench/rows/``): file, http, concurrent, relay,
 fallback, show_sidecar, show_filter, rewrite, rss, failover, ceph. ``--sweep`` adds
 a table of locproxy settings (chunk size, gunicorn workers/threads) instead of
 the main rows.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from bench.results import Result, failed
 from bench.row import Row
 from bench.rows import NAMES, ROWS
 from bench.settings import SidecarConfig, Sizes
+from locproxy.options import parse_size
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SWEEP_RESULTS = Path(__file__).resolve().parent / "RESULTS-sweep.md"
@@ -52,6 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=16, help="locproxy gunicorn threads (default 16)")
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--chunk-size", default="1M", help="locproxy chunk_size (default 1M)")
+    parser.add_argument("--relay-size", type=_size, metavar="SIZE",
+                        help="relay row: the size of each download, e.g. 64M (default 64M, quick 16M)")
+    parser.add_argument("--relay-count", type=int, metavar="N", help="relay row: downloads at once (default 16)")
     parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
                         help="before each row, wait up to SECONDS for the 1-minute load average to drop below "
                              "half the CPU count (other work on the machine adds noise)")
@@ -67,6 +72,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _size(value: str) -> int:
+    try:
+        size = parse_size("--relay-size", value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if size % (1 << 20):
+        raise argparse.ArgumentTypeError(f"--relay-size: {value!r} is not a whole number of MiB")
+    return size
+
+
 def measure_rows(ctx: context.Context, rows: Sequence[Row], quiet_wait: float) -> list[Result]:
     """Each row in turn; a row that fails gives an error line, the others still run."""
     results: list[Result] = []
@@ -74,10 +89,13 @@ def measure_rows(ctx: context.Context, rows: Sequence[Row], quiet_wait: float) -
         wait_quiet(quiet_wait)
         log(f"row {row.name} (load {os.getloadavg()[0]:.2f})")
         try:
-            results += row.measure(ctx)
+            measured = row.measure(ctx)
         except ROW_ERRORS as error:
-            results.append(failed(row.name, error))
+            measured = [failed(row.name, error)]
             log(f"row {row.name} failed: {error}")
+        for result in measured:
+            result.row = row.name
+        results += measured
     return results
 
 
@@ -85,6 +103,8 @@ def run(args: argparse.Namespace, work: Path, started: float, load_before: str) 
     """Start what the selected rows (or the sweep) need, measure, and the report."""
     rows = [row for name in args.row_list for row in ROWS if row.name == name]
     sizes = Sizes.quick() if args.quick else Sizes.full()
+    sizes = dataclasses.replace(sizes, relay_size=args.relay_size or sizes.relay_size,
+                                relay_count=args.relay_count or sizes.relay_count)
     config = SidecarConfig(args.workers, args.threads, args.worker_class, args.chunk_size)
     specs = sweep.image_specs(sizes) if args.sweep else [spec for row in rows for spec in row.images(sizes)]
     results: list[Result] = []

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from bench.measure import Stat
 
-HEADER = ["measure", "locproxy", "peer", "ratio", "target", "met?"]
+HEADER = ["row", "measure", "locproxy", "peer", "ratio", "target", "met?"]
 
 
 @dataclass
@@ -22,9 +22,10 @@ class Result:
     target: str
     met: str  # "yes", "**no**", "n/a" or "**error**"
     notes: list[str] = field(default_factory=list)
+    row: str = ""  # the name ``bench/run --rows`` knows it by (set by the runner)
 
     def cells(self) -> list[str]:
-        return [self.measure, self.locproxy, self.peer, self.ratio, self.target, self.met]
+        return [self.row, self.measure, self.locproxy, self.peer, self.ratio, self.target, self.met]
 
 
 def mib_s(stat: Stat) -> str:

@@ -135,12 +135,16 @@ def gunicorn(name: str, app: str, workdir: Path, *, workers: int = 1, threads: i
 def sidecar(name: str, workdir: Path, paste_globals: Mapping[str, str], *, workers: int, threads: int,
             worker_class: str, env: Mapping[str, str] | None = None) -> Iterator[Gunicorn]:
     """The locproxy sidecar as ``locproxy serve`` runs it (the packaged
-    gunicorn.conf.py and paste.ini), with ``paste_globals`` and our gunicorn settings."""
+    gunicorn.conf.py and paste.ini), with ``paste_globals`` and our gunicorn settings.
+
+    Each start has a fresh state directory of its own (``$STATE_DIRECTORY``, for
+    ``metrics_file = auto``): a new node, never ``/var/lib/locproxy``."""
+    state = Path(tempfile.mkdtemp(prefix=f"state-{name}-", dir=workdir))
 
     def command(port: int) -> list[str]:
         return sidecar_command(paste_globals, _options(port, workers, threads, worker_class))
 
-    with _running(name, workdir, command, workers, env) as server:
+    with _running(name, workdir, command, workers, {"STATE_DIRECTORY": str(state), **(env or {})}) as server:
         yield server
 
 

@@ -24,6 +24,8 @@ class Sizes:
     latency_per_round: int
     ttfb_samples: int
     rewrite_repeat: int
+    relay_count: int = 16  # the relay row: this many downloads at once ...
+    relay_size: int = 64 * MiB  # ... of this size each (bench/run --relay-count, --relay-size)
 
     @classmethod
     def full(cls) -> Sizes:
@@ -33,7 +35,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(128 * MiB, 512 * MiB, 16, 32 * MiB, 16 * MiB, reps=2, conc_reps=1, latency_rounds=4,
-                   latency_per_round=100, ttfb_samples=10, rewrite_repeat=3)
+                   latency_per_round=100, ttfb_samples=10, rewrite_repeat=3, relay_size=16 * MiB)
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,18 @@ def open_read_only(path: str) -> sqlite3.Connection:
     except sqlite3.OperationalError:
         db.close()
         return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
+class KeptInFile:
+    """A store kept in memory and, with a ``metrics_file``, in its
+    ``SharedFile`` too (``_file``): what is failing, and closing it."""
+
+    _file: SharedFile | None = None
+
+    @property
+    def degraded(self) -> str | None:
+        return None if self._file is None else self._file.degraded
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

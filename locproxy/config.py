@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from locproxy import identity, strategies
-from locproxy.download.backends import READERS, reader_options
+from locproxy import identity, state, strategies
+from locproxy.download.backends import READERS, Backends, reader_options
 from locproxy.options import (
     ConfigError,
     MiB,
@@ -112,6 +112,30 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class PromotionSettings:
+    """Which Glance stores are this site's, and when an image is copied
+    into one of them (``copy-image``; see locproxy.promotion)."""
+
+    local_stores: tuple[str, ...] = ()
+    mode: str = "off"  # off or auto
+    after: int = 3  # downloads from a non-local copy ...
+    window: float = 3600.0  # ... within this many seconds
+    backoff: float = 300.0  # after a failed copy; doubled per failure
+    max_backoff: float = 21600.0
+    poll_interval: float = 5.0  # how often a copy in progress is looked at
+    timeout: float = 3600.0  # a copy not done by then has failed
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "auto"
+
+    @property
+    def target(self) -> str:
+        """The store copies go to: the first local one."""
+        return self.local_stores[0] if self.local_stores else ""
+
+
+@dataclass(frozen=True)
 class ObservabilitySettings:
     healthcheck_path: str = ""
     metrics_path: str = ""
@@ -129,6 +153,7 @@ class FilterSettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     identity: identity.IdentitySettings = field(default_factory=identity.IdentitySettings)  # locproxy.identity
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
 
 # -- option parsers of the filter ------------------------------------------------
@@ -154,6 +179,14 @@ def parse_writable_file(option: str, value: Any) -> str:
         if header and header != b"SQLite format 3\x00":
             raise ConfigError(f"{option}: {value!r} exists and is not an sqlite file")
     return path
+
+
+def parse_metrics_file(option: str, value: Any) -> str:
+    """``auto``: ``metrics.sqlite`` in the default state directory (``locproxy.state``);
+    else a file as ``parse_writable_file``."""
+    if str(value).strip().lower() == state.AUTO:
+        return parse_writable_file(option, state.default_metrics_file(option))
+    return parse_writable_file(option, value)
 
 
 def parse_directory(option: str, value: Any) -> str:
@@ -212,7 +245,7 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "backend_pool_maxsize": ("backends", "pool_maxsize", parse_count),
     "verify_checksums": ("backends", "verify_checksums", _verification),
     "verify_ahead": ("backends", "verify_ahead", parse_bool),
-    "metrics_file": ("health", "metrics_file", parse_writable_file),
+    "metrics_file": ("health", "metrics_file", parse_metrics_file),
     "failure_threshold": ("health", "failure_threshold", parse_count),
     "cooldown": ("health", "cooldown", parse_seconds),
     "max_cooldown": ("health", "max_cooldown", parse_seconds),
@@ -222,12 +255,21 @@ _FILTER_OPTIONS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     "cache_dir": ("cache", "directory", parse_directory),
     "cache_max_size": ("cache", "max_size", parse_size),
     "cache_verify_interval": ("cache", "verify_interval", parse_seconds),
+    "local_stores": ("promotion", "local_stores", parse_list),
+    "promote": ("promotion", "mode", one_of("off", "auto")),
+    "promote_after": ("promotion", "after", parse_count),
+    "promote_window": ("promotion", "window", parse_seconds),
+    "promote_backoff": ("promotion", "backoff", parse_seconds),
+    "promote_max_backoff": ("promotion", "max_backoff", parse_seconds),
+    "promote_poll_interval": ("promotion", "poll_interval", parse_seconds),
+    "promote_timeout": ("promotion", "timeout", parse_seconds),
     "healthcheck_path": ("observability", "healthcheck_path", parse_path),
     "metrics_path": ("observability", "metrics_path", parse_path),
 }
 
 _GROUPS = {"selection": SelectionSettings, "security": SecuritySettings, "backends": BackendSettings,
-           "health": HealthSettings, "cache": CacheSettings, "observability": ObservabilitySettings}
+           "health": HealthSettings, "cache": CacheSettings, "observability": ObservabilitySettings,
+           "promotion": PromotionSettings}
 
 #: Each backend reader's own options: option -> (reader, field, parser).
 _READER_OPTIONS = {option: (reader.name, name, parse) for reader in READERS
@@ -253,6 +295,8 @@ def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str
     cache = CacheSettings(**values["cache"])
     if cache.directory and not cache.max_size:
         raise ConfigError("cache_max_size: required with cache_dir (the cache never holds more), e.g. 50G")
+    service = identity.load_settings(conf)
+    promotion = _promotion(PromotionSettings(**values["promotion"]), service)
     return FilterSettings(
         selection=SelectionSettings(**load_strategy(conf), **values["selection"]),
         security=SecuritySettings(**values["security"]),
@@ -261,8 +305,24 @@ def load_filter_settings(global_conf: Mapping[str, Any], local_conf: Mapping[str
         health=HealthSettings(**values["health"]),
         cache=cache,
         observability=ObservabilitySettings(**values["observability"]),
-        identity=identity.load_settings(conf),
+        identity=service,
+        promotion=promotion,
     )
+
+
+def _promotion(settings: PromotionSettings, service: identity.IdentitySettings) -> PromotionSettings:
+    """``promote = auto`` needs somewhere to copy to and an identity to ask with."""
+    if not settings.enabled:
+        return settings
+    if not settings.local_stores:
+        raise ConfigError("promote: auto needs local_stores (the Glance stores of this site, e.g. ceph-site1)")
+    if not service.auth_type:
+        raise ConfigError("promote: auto needs a service identity: set service_auth_type (e.g. password) and "
+                          "its service_* options (copy-image is asked with it)")
+    if settings.max_backoff < settings.backoff:
+        raise ConfigError(f"promote_max_backoff: {settings.max_backoff:g} s is less than promote_backoff "
+                          f"({settings.backoff:g} s)")
+    return settings
 
 
 def _given(conf: Mapping[str, Any], option: str) -> bool:
@@ -300,3 +360,10 @@ def _options_for(strategy: str, conf: Mapping[str, Any]) -> dict[str, Any]:
     """The options a strategy declares; all strategy options if it declares none."""
     declared = strategies.strategy_options(strategy) or _strategy_option_names() - {"location_strategy"}
     return {name: conf[name] for name in declared if name in conf}
+
+
+def configured_backends(**options: Any) -> Backends:
+    """The readers for filter options by their ini names (``file_roots=...``,
+    ``backend_read_timeout=...``), validated as at load: for a client or a
+    test that reads locations without the filter."""
+    return Backends.from_settings(load_filter_settings({}, options))

@@ -38,7 +38,7 @@ from typing import Callable
 
 import xxhash
 
-from locproxy.bookkeeping import SharedFile
+from locproxy.bookkeeping import KeptInFile, SharedFile
 
 Digest = tuple[str, str]  # (hashlib name, hex)
 
@@ -99,7 +99,7 @@ def _key(digest: Digest, size: int) -> str:
     return f"{digest[0].lower()}:{digest[1].lower()}:{size}"
 
 
-class Fingerprints:
+class Fingerprints(KeptInFile):
     """Fingerprints by image digest: in memory, and with ``metrics_file`` in
     that sqlite file, shared by the workers and kept across restarts."""
 
@@ -159,11 +159,3 @@ class Fingerprints:
             db.execute("DELETE FROM fingerprints WHERE image IN (SELECT image FROM (SELECT image, "
                        "SUM(length(blocks)) OVER (ORDER BY used DESC) AS total FROM fingerprints) "
                        "WHERE total > ?)", (FILE_BYTES,))
-
-    @property
-    def degraded(self) -> str | None:
-        return None if self._file is None else self._file.degraded
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()

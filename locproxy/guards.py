@@ -144,18 +144,7 @@ class RbdClusters:
         bindings importable (they come from the distribution): a cluster
         configured where it could never be read is refused at load.
         """
-        if isinstance(value, dict):
-            pairs = list(value.items())
-        else:
-            text = value.replace("\n", ",") if isinstance(value, str) else value
-            pairs = []
-            for position, item in enumerate(parse_list(option, text), 1):
-                fields = [part.strip() for part in item.split(":")]
-                if not 2 <= len(fields) <= 4 or not all(fields):
-                    raise ConfigError(
-                        f"{option}: item {position} ({item!r}) is not fsid:/path/ceph.conf[:user[:/path/keyring]]"
-                    )
-                pairs.append((fields[0], tuple(fields[1:])))
+        pairs = list(value.items()) if isinstance(value, dict) else _cluster_items(option, value)
         clusters: dict[str, RbdCluster] = {}
         for fsid, spec in pairs:
             try:
@@ -164,17 +153,7 @@ class RbdClusters:
                 raise ConfigError(f"{option}: {fsid!r} is not a cluster fsid (a UUID)") from None
             if key in clusters:
                 raise ConfigError(f"{option}: fsid {key} is listed twice")
-            cluster = spec if isinstance(spec, RbdCluster) else RbdCluster(*spec)
-            if cluster.user.startswith("client."):
-                cluster = RbdCluster(cluster.conf, cluster.user[len("client."):], cluster.keyring)
-            for path in (cluster.conf, cluster.keyring):
-                if path is None:
-                    continue
-                if not os.path.isabs(path):
-                    raise ConfigError(f"{option}: {path!r} (cluster {key}) is not an absolute path")
-                if not os.path.isfile(path) or not os.access(path, os.R_OK):
-                    raise ConfigError(f"{option}: {path!r} (cluster {key}) is not a readable file")
-            clusters[key] = cluster
+            clusters[key] = _checked_cluster(option, key, spec if isinstance(spec, RbdCluster) else RbdCluster(*spec))
         if clusters:
             require_rbd_bindings(option)
         return cls(tuple(sorted(clusters.items())))
@@ -189,6 +168,32 @@ class RbdClusters:
     @property
     def fsids(self) -> tuple[str, ...]:
         return tuple(fsid for fsid, _ in self.entries)
+
+
+def _cluster_items(option: str, value: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """``fsid:conf[:user[:keyring]]`` items, comma- or newline-separated."""
+    text = value.replace("\n", ",") if isinstance(value, str) else value
+    pairs = []
+    for position, item in enumerate(parse_list(option, text), 1):
+        fields = [part.strip() for part in item.split(":")]
+        if not 2 <= len(fields) <= 4 or not all(fields):
+            raise ConfigError(f"{option}: item {position} ({item!r}) is not fsid:/path/ceph.conf[:user[:/path/keyring]]")
+        pairs.append((fields[0], tuple(fields[1:])))
+    return pairs
+
+
+def _checked_cluster(option: str, key: str, cluster: RbdCluster) -> RbdCluster:
+    """``client.`` dropped from the user; the files absolute and readable now."""
+    if cluster.user.startswith("client."):
+        cluster = RbdCluster(cluster.conf, cluster.user[len("client."):], cluster.keyring)
+    for path in (cluster.conf, cluster.keyring):
+        if path is None:
+            continue
+        if not os.path.isabs(path):
+            raise ConfigError(f"{option}: {path!r} (cluster {key}) is not an absolute path")
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"{option}: {path!r} (cluster {key}) is not a readable file")
+    return cluster
 
 
 RBD_BINDINGS_HELP = (

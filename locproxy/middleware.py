@@ -80,8 +80,9 @@ class LocationFilter:
             if environ["REQUEST_METHOD"] == "GET" and path:
                 settings = state.settings
                 if path == settings.observability.healthcheck_path:
-                    response = observability.healthcheck_response(state.services)
-                    return response(environ, start_response)
+                    body = json.dumps(state.services.health()).encode()
+                    return Response(body=body, content_type="application/json", charset=None,
+                                    cache_control="no-store")(environ, start_response)
                 if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)
             return self.app(environ, start_response)  # not ours: no request object, no cost

@@ -13,7 +13,6 @@ worker then answers ``/metrics`` with the totals of all of them.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from webob import Response
 from locproxy.failures import Failure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.services import Services
     from locproxy.tracker import Tracker
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +46,14 @@ CACHE_BYTES = Counter("locproxy_cache_bytes", "Bytes of the site cache's fills (
                       "and orphans removed", ["event"])
 DEMOTED = Gauge("locproxy_backend_demoted", "1 while the health rule demotes a backend", ["backend"],
                 multiprocess_mode="livemax")
+PROMOTIONS = Counter("locproxy_promotions", "copy-image promotions into a local store: started (our task), "
+                     "in_progress (another's, Glance's 409), done, failed, gone (the image went away)", ["event"])
+PROMOTION_DOWNLOADS = Counter("locproxy_promotion_downloads", "Whole downloads served from a non-local copy, "
+                              "counted towards promote_after")
+PROMOTIONS_RUNNING = Gauge("locproxy_promotions_running", "Copies this node asked for or watches now",
+                           multiprocess_mode="livesum")
+COPY_BYTES = Counter("locproxy_copy_bytes", "Image bytes locproxy read from a copy in a local store (local_stores) "
+                     "or in another (remote)", ["copy"])
 
 _children: dict[tuple[Any, str], Any] = {}
 
@@ -75,6 +81,14 @@ def cache_request(result: str) -> None:
 def cache_event(event: str, nbytes: int) -> None:
     _child(CACHE_EVENTS, event).inc()
     _child(CACHE_BYTES, event).inc(nbytes)
+
+
+def promotion(event: str) -> None:
+    _child(PROMOTIONS, event).inc()
+
+
+def promotion_download() -> None:
+    PROMOTION_DOWNLOADS.inc()
 
 
 def bookkeeping_error(what: str) -> None:
@@ -110,8 +124,9 @@ class Recorder:
     """Feeds download events to the tracker (learning, health) and to metrics.
     No method ever raises."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, local_stores: Iterable[str] = ()) -> None:
         self.tracker = tracker
+        self.local_stores = frozenset(local_stores)
 
     @_never_raises
     def opened(self, key: str, seconds: float) -> None:
@@ -140,6 +155,11 @@ class Recorder:
         DEMOTED.labels(label).set(0)
 
     @_never_raises
+    def read_from(self, store: str, nbytes: int) -> None:
+        """Bytes read from a copy in Glance store ``store`` ('' unknown: remote)."""
+        _child(COPY_BYTES, "local" if store in self.local_stores else "remote").inc(nbytes)
+
+    @_never_raises
     def outcome(self, label: str, outcome: str) -> None:
         DOWNLOADS.labels(label, outcome).inc()
 
@@ -159,30 +179,3 @@ def metrics_response() -> Response:
 
         body = generate_latest(REGISTRY)
     return Response(body=body, headerlist=[("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
-
-
-def healthcheck_response(services: Services) -> Response:
-    """Cheap and local: no upstream call. Counts what the health rule demotes
-    (``locproxy stats`` names them), the site cache's use, and says when a
-    store fails (downloads go on: still 200). This endpoint may be reachable
-    by anyone: no names, paths or error texts."""
-    now = time.time()
-    demoted = [key for key, stats in services.tracker.stats().items() if stats.demoted(now)]
-    copies = sum(1 for key in demoted if "#" in key)
-    body: dict[str, Any] = {"status": "ok", "strategy": services.settings.selection.strategy,
-                            "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
-    cache = services.cache
-    if cache is not None:
-        cache.probe()
-        used, entries = cache.usage()
-        body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
-    if services.degraded:
-        body["status"] = "degraded"
-    if services.tracker.degraded or services.shown.degraded or services.fingerprints.degraded:
-        body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
-    if cache is not None and cache.degraded:
-        body["cache"]["state"] = "aside: downloads go on without it until it works again"
-    if services.hidden is not None and services.hidden.failing:
-        body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
-    return Response(body=json.dumps(body).encode(), content_type="application/json", charset=None,
-                    cache_control="no-store")

@@ -1,8 +1,8 @@
 """``Range`` request header parsing for image downloads (pure).
 
 Follows RFC 9110 section 14.1.2 for one byte range, with Glance's choices
-where the RFC leaves room: several ranges, other units and malformed values
-are refused with 416 rather than ignored, as Glance's ``/file`` does.
+where the RFC leaves room, refusing rather than ignoring: several ranges get
+400, other units and malformed values 416, as Glance's ``/file`` answers.
 """
 
 from __future__ import annotations
@@ -19,12 +19,24 @@ def _number(digits: str) -> int:
     return int(significant) if len(significant) <= 20 else _HUGE
 
 
-class Unsatisfiable(ValueError):
+class RangeRefused(ValueError):
+    """The Range is not served; ``status`` is the answer."""
+
+    status = 416
+
+
+class SeveralRanges(RangeRefused):
+    """A list of ranges: Glance answers 400 and asks for single-range requests."""
+
+    status = 400
+
+
+class Unsatisfiable(RangeRefused):
     """The Range cannot be served: answer 416 with ``Content-Range: bytes */size``."""
 
 
 class Malformed(Unsatisfiable):
-    """Not one ``bytes=`` range at all (several ranges, another unit, garbage).
+    """Not one ``bytes=`` range at all (another unit, garbage).
     locproxy and Glance answer 416; RFC 9110 also lets a server ignore it."""
 
 
@@ -36,6 +48,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
+    if "," in header:
+        raise SeveralRanges("several ranges in one request are not supported: make single-range requests")
     match = _BYTE_RANGE.match(header)
     if match is None:
         raise Malformed(f"unsupported Range {header[:64]!r}: one 'bytes=' range only")
@@ -55,3 +69,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise Unsatisfiable(f"range starts at or beyond the image size ({size})")
     return start, min(end, size)
+
+
+def refused_range_headers(error: RangeRefused, size: int) -> dict[str, str]:
+    """What goes with the refusal: a 416 names the size (RFC 9110 section 15.5.17)."""
+    return {"Content-Range": f"bytes */{size}"} if error.status == 416 else {}

@@ -4,7 +4,8 @@
 those settings open, built once per settings change: the selector (with
 what ``measured`` learnt), the tracker, the shown orders, the
 fingerprints, the site cache, the backend readers and their pools, the prober,
-the verify-ahead worker and the reader of hidden copies (``locproxy.hidden``).
+the verify-ahead worker, the reader of hidden copies (``locproxy.hidden``)
+and the promoter (``locproxy.promoter``).
 
 One reuse rule covers them all: on a reload, a service is kept when what it
 was opened from (its slice of the settings, and the services it uses) is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any, Callable
 
 from locproxy import observability
@@ -34,6 +36,7 @@ from locproxy.download.probing import Prober
 from locproxy.fingerprints import Fingerprints
 from locproxy.hidden import HiddenLocations, open_hidden
 from locproxy.observability import Recorder
+from locproxy.promoter import Promoter, open_promoter
 from locproxy.shown import ShownOrders
 from locproxy.tracker import Tracker
 
@@ -61,7 +64,10 @@ class Services:
                                                 lambda: Backends.from_settings(settings))
         self.hidden: HiddenLocations | None = self._service("hidden", settings.identity,
                                                            lambda: open_hidden(settings.identity, None))
-        self.recorder = Recorder(self.tracker)
+        self.recorder = Recorder(self.tracker, settings.promotion.local_stores)
+        self.promoter: Promoter | None = self._service(
+            "promoter", (settings.promotion, settings.identity, metrics_file),
+            lambda: open_promoter(settings.promotion, settings.identity, metrics_file))
         self.selector = settings.selection.selector(self.tracker)
         self.prober: Prober | None = self._service(
             "prober", (health.probe_interval, health.probe_size, self.backends, self.tracker),
@@ -85,12 +91,39 @@ class Services:
                 stop()  # a background worker of the replaced settings
         return make()
 
+    def health(self) -> dict[str, Any]:
+        """``/healthcheck``'s body. Cheap and local: no upstream call. Counts
+        what the health rule demotes (``locproxy stats`` names them), the
+        site cache's use, and says when a store fails (downloads go on:
+        still 200). It may be reachable by anyone: no names, paths or error texts."""
+        now = time.time()
+        demoted = [key for key, stats in self.tracker.stats().items() if stats.demoted(now)]
+        copies = sum(1 for key in demoted if "#" in key)
+        body: dict[str, Any] = {"status": "degraded" if self.degraded else "ok",
+                                "strategy": self.settings.selection.strategy,
+                                "demoted_backends": len(demoted) - copies, "demoted_copies": copies}
+        cache = self.cache
+        if cache is not None:
+            cache.probe()  # before ``degraded`` is read: a removed or read-only directory says so now
+            used, entries = cache.usage()
+            body["cache"] = {"bytes": used, "max_bytes": cache.max_size, "entries": entries}
+            if cache.degraded:
+                body["status"] = "degraded"
+                body["cache"]["state"] = "aside: downloads go on without it until it works again"
+        if self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded:
+            body["metrics_file"] = "failing: what is learnt is kept in memory until it works again"
+        if self.hidden is not None and self.hidden.failing:
+            body["service_identity"] = "failing: hidden copies are not read; downloads go on from direct_url"
+        return body
+
     @property
     def degraded(self) -> bool:
         """Whether a store is failing now (``/healthcheck`` says so)."""
         cache = self.cache
-        return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded or self.shown.degraded or self.fingerprints.degraded
-                    or (cache is not None and cache.degraded))
+        promoter = self.promoter
+        return bool((self.hidden is not None and self.hidden.failing) or self.tracker.degraded
+                    or self.shown.degraded or self.fingerprints.degraded or (cache is not None and cache.degraded)
+                    or (promoter is not None and promoter.ledger.degraded))
 
 
 def _open_cache(settings: FilterSettings) -> SiteCache | None:

@@ -23,10 +23,10 @@ import math
 import posixpath
 import socket
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights
-from locproxy.urls import backend_label, parse_rbd_url, scrub_credentials
+from locproxy.urls import backend_label, rbd_label, scrub_credentials
 
 Location = Mapping[str, Any]
 SortKey = Callable[[Location], Any]
@@ -103,6 +103,19 @@ def store_of(location: Location) -> str | None:
     return store if isinstance(store, str) and store else None
 
 
+def stores_of(image: Mapping[str, Any]) -> tuple[str, ...]:
+    """The image's stores: Glance's ``stores`` field and its locations' ``store``."""
+    listed = image.get("stores")
+    stores = [item.strip() for item in listed.split(",")] if isinstance(listed, str) else []
+    locations = image.get("locations")
+    for location in locations if isinstance(locations, list) else ():
+        metadata = location.get("metadata") if isinstance(location, dict) else None
+        store = metadata.get("store") if isinstance(metadata, dict) else None
+        if isinstance(store, str):
+            stores.append(store)
+    return tuple(dict.fromkeys(store for store in stores if store))
+
+
 def backend_key(location: Location) -> str:
     """The backend a location lives in, from its URL: ``scheme://host[:port]``,
     ``file://`` + directory for files, ``rbd://<fsid>/<pool>`` for rbd. What
@@ -115,11 +128,7 @@ def backend_key(location: Location) -> str:
     if scheme == "file":
         return "file://" + posixpath.dirname(urlsplit(url).path)
     if scheme == "rbd":
-        try:
-            rbd = parse_rbd_url(url)
-        except ValueError:
-            return "rbd"
-        return f"rbd://{rbd.fsid}/{quote(rbd.pool or '', safe='')}" if rbd.fsid else "rbd"
+        return rbd_label(url, with_pool=True)
     return backend_label(url)
 
 

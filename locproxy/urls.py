@@ -11,7 +11,7 @@ import ipaddress
 import re
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 # scheme://user:pass@host -> scheme://host. Matches up to the last "@" before
 # the path, so passwords containing "@" or ":" are removed entirely.
@@ -32,13 +32,7 @@ def backend_label(url: str) -> str:
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "rbd":
-        # rbd://<fsid>/...: the cluster. The legacy rbd://<image> names an
-        # image, not a backend: never a label.
-        try:
-            rbd = parse_rbd_url(url)
-        except ValueError:
-            return "rbd"
-        return f"rbd://{rbd.fsid}" if rbd.fsid else "rbd"
+        return rbd_label(url)
     if scheme in S3_SCHEMES:
         # Glance splits s3 URLs at the "@" itself: a secret holding an
         # unencoded "/" would otherwise be read as a host by urlsplit.
@@ -86,6 +80,18 @@ class RbdURL:
     pool: str | None
     image: str
     snapshot: str | None
+
+
+def rbd_label(url: str, with_pool: bool = False) -> str:
+    """``rbd://<fsid>`` (``/<pool>`` too with ``with_pool``): the cluster. The
+    legacy ``rbd://<image>`` names an image, not a backend: never a label."""
+    try:
+        rbd = parse_rbd_url(url)
+    except ValueError:
+        return "rbd"
+    if not rbd.fsid:
+        return "rbd"
+    return f"rbd://{rbd.fsid}/{quote(rbd.pool or '', safe='')}" if with_pool else f"rbd://{rbd.fsid}"
 
 
 def parse_rbd_url(url: str) -> RbdURL:

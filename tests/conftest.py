@@ -7,6 +7,13 @@ once for ``tests/test_rbd_s3.py`` and the Ceph integration tests alike, with
 the rados/rbd bindings importable in this process. Tests using it skip with
 the lab's reason where Ceph cannot run (not root and not installed, no
 package, a daemon that does not start), or when ``LOCPROXY_SKIP_CEPH=1``.
+
+``state_directory`` (every test): ``$STATE_DIRECTORY`` is a fresh directory
+of the test's own (and one of the session's while module and session
+fixtures start their servers), so the shipped ini's ``metrics_file = auto`` (and every
+gunicorn a test starts, which inherits the environment) never writes
+``/var/lib/locproxy`` or ``~/.local/state``, and no test trusts what another
+verified.
 """
 
 from __future__ import annotations
@@ -18,6 +25,22 @@ from typing import Iterator
 import pytest
 
 from tests.support import ceph
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """For servers that module or session fixtures start before any test's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        directory = str(tmp_path_factory.mktemp("state-session"))
+        patch.setenv("STATE_DIRECTORY", directory)
+        yield directory
+
+
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    directory = str(tmp_path_factory.mktemp("state"))
+    monkeypatch.setenv("STATE_DIRECTORY", directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from locproxy.config import load_filter_settings
+from locproxy.config import configured_backends, load_filter_settings
 from locproxy.download.backends import BackendError, Backends, BackendStream
 from tests.support.faultserver import EXTRA, FaultServer, RefusingPort, StalledListener
 
@@ -59,7 +59,7 @@ _INI_NAMES = {"connect_timeout": "backend_connect_timeout", "read_timeout": "bac
 
 
 def configure(**options: object) -> Backends:
-    return Backends.configure(**{_INI_NAMES.get(name, name): value for name, value in options.items()})
+    return configured_backends(**{_INI_NAMES.get(name, name): value for name, value in options.items()})
 
 
 @pytest.fixture

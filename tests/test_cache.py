@@ -30,11 +30,11 @@ from tests.support.cachelab import (
     downloads,
     exact,
     filler_pid,
-    fingerprint_of,
     lab_fixture,
     wait_for_fill,
 )
 from tests.support.client import fetch
+from tests.support.download_fakes import fingerprint_of
 from tests.support.faultserver import FaultServer
 
 
@@ -176,6 +176,22 @@ def test_a_corrupt_entry_is_removed_even_while_it_is_read(tmp_path: Path) -> Non
     assert cache.list() == [] and os.listdir(tmp_path / "entries") == []
     assert reading.fileobj.read() == DATA, "its reader keeps its open file (and checks every block)"
     reading.fileobj.close()
+
+
+def test_a_fill_that_cannot_write_is_a_cache_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write error of a fill (ENOSPC on a full disk; here the descriptor
+    taken away) is counted and puts the cache aside like any other, after
+    the fill's file is gone."""
+    events: list[str] = []
+    cache = SiteCache(str(tmp_path), 100 * MiB, on_event=lambda event, amount: events.append(event))
+    started = begin(cache, "x")
+    os.close(started.fd)
+    with pytest.raises(OSError):
+        started.write(DATA)
+    started.fd = -1
+    started.abort()
+    assert os.listdir(tmp_path / "fills") == [], "the fill's file removed before the cache went aside"
+    assert events.count("error") == 1 and "fill: " in (cache.degraded or ""), (events, cache.degraded)
 
 
 @pytest.mark.parametrize("broken", ["fills-removed", "lock-held"])

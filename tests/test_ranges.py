@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from locproxy.ranges import Unsatisfiable, parse_range
+from locproxy.ranges import RangeRefused, SeveralRanges, Unsatisfiable, parse_range, refused_range_headers
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,6 @@ def test_parse_range(header, size, expected):
         pytest.param("bytes=10-", 10, "beyond the image size", id="start-at-size"),
         pytest.param("bytes=5-2", 10, "ends before it starts", id="reversed"),
         pytest.param("bytes=-0", 10, "empty suffix", id="empty-suffix"),
-        pytest.param("bytes=0-1,3-4", 10, "one 'bytes=' range only", id="multiple"),
         pytest.param("items=0-1", 10, "one 'bytes=' range only", id="other-unit"),
         pytest.param("bytes=a-b", 10, "one 'bytes=' range only", id="garbage"),
         pytest.param("bytes=-", 10, "one 'bytes=' range only", id="no-numbers"),
@@ -46,11 +45,24 @@ def test_unsatisfiable(header, size, message):
         parse_range(header, size)
 
 
+@pytest.mark.parametrize("header", ["bytes=0-1,3-4", "bytes=0-1, 5-", "bytes=,0-1"])
+def test_several_ranges_are_400_as_glance(header):
+    with pytest.raises(SeveralRanges) as refused:
+        parse_range(header, 10)
+    assert refused.value.status == 400 and refused_range_headers(refused.value, 10) == {}
+
+
+def test_unsatisfiable_names_the_size():
+    with pytest.raises(Unsatisfiable) as refused:
+        parse_range("bytes=10-", 10)
+    assert refused.value.status == 416 and refused_range_headers(refused.value, 10) == {"Content-Range": "bytes */10"}
+
+
 @given(header=st.text(max_size=40), size=st.integers(min_value=0, max_value=10**12))
 def test_any_header_parses_inside_the_image_or_refuses(header, size):
     try:
         span = parse_range(header, size)
-    except Unsatisfiable:
+    except RangeRefused:
         return
     if span is not None:
         start, end = span

@@ -393,34 +393,12 @@ def test_each_reader_is_served_by_its_backend(ceph_lab: CephCluster, make_backen
     assert SIZE - 1 <= rgw_s3 <= SIZE and osd_s3 >= SIZE, f"s3 read: OSD +{osd_s3}, RGW +{rgw_s3}"
 
 
-def test_identities_name_the_same_copy_until_it_changes(ceph_lab: CephCluster, make_backends: Callable[..., Backends],
-                                                        rbd_url: str, s3_object: ceph.S3Object) -> None:
-    backends = make_backends()
-
-    def identity_of(url: str, start: int = 0, length: int = 10) -> tuple | None:
-        with backends.open(url, start, length, SIZE) as stream:
-            return stream.identity
-
-    rbd_identity = identity_of(rbd_url)
-    assert rbd_identity is not None and rbd_identity[:3] == ("rbd", ceph_lab.fsid, "images")
-    assert rbd_identity[-1] == SIZE and identity_of(rbd_url, 5_000_000) == rbd_identity, "a snapshot is one copy"
-    s3_identity = identity_of(s3_object.url)
-    assert s3_identity is not None and s3_identity[0] == "s3" and s3_identity[2] == "etag"
-    assert identity_of(s3_object.legacy_url) == s3_identity, "the same object, whatever gives the keys"
-    # The same name rewritten: another copy.
-    ceph_lab.put_s3_object(s3_object.bucket, "rewritten", DATA)
-    first = identity_of(s3_object.url.replace(s3_object.key, "rewritten"))
-    ceph_lab.put_s3_object(s3_object.bucket, "rewritten", DATA[::-1])
-    assert identity_of(s3_object.url.replace(s3_object.key, "rewritten")) != first
-
-
 def test_legacy_rbd_url_reads_the_default_pool(ceph_lab: CephCluster, make_backends: Callable[..., Backends]) -> None:
     data = DATA[: 5 * MiB + 1]
     ceph_lab.create_rbd_image("legacy-img", data)
     backends = make_backends(rbd_default_cluster=ceph_lab.fsid, rbd_default_pool="images")
     assert backend_label("rbd://legacy-img") == "rbd"
     with backends.open("rbd://legacy-img", 3, len(data) - 3, len(data)) as stream:
-        assert stream.identity is None, "an image head can change: no identity"
         assert read_all(stream)[0] == data[3:]
 
 

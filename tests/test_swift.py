@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from locproxy.config import load_filter_settings
-from locproxy.download.backends import BackendError, Backends
+from locproxy.config import configured_backends, load_filter_settings
+from locproxy.download.backends import BackendError
 from locproxy.options import ConfigError
 from locproxy.swift_locations import SwiftReferences, SwiftURL, keystone_v3, parse_swift_url
 from locproxy.urls import backend_label
@@ -146,7 +146,7 @@ def test_without_keystoneauth_swift_is_refused_at_load(tmp_path: Path, monkeypat
     ],
 )
 def test_refusals_need_no_network(tmp_path: Path, url: str, reason: str) -> None:
-    backends = Backends.configure(allowed_hosts="127.0.0.1", swift_store_config_file=write_refs(tmp_path, REFS))
+    backends = configured_backends(allowed_hosts="127.0.0.1", swift_store_config_file=write_refs(tmp_path, REFS))
     assert not backends.readable(url)
     with pytest.raises(BackendError) as caught:
         backends.open(url, 0, 10, None)
@@ -154,10 +154,10 @@ def test_refusals_need_no_network(tmp_path: Path, url: str, reason: str) -> None
 
 
 def test_storage_endpoint_outside_allowed_hosts_is_refused_without_io(tmp_path: Path) -> None:
-    backends = Backends.configure(allowed_hosts="127.0.0.1:5000", swift_store_endpoint="http://10.9.9.9:7480/swift/v1",
+    backends = configured_backends(allowed_hosts="127.0.0.1:5000", swift_store_endpoint="http://10.9.9.9:7480/swift/v1",
                                   swift_store_config_file=write_refs(tmp_path, REFS))
     assert not backends.readable(f"swift+config://ref1/glance/{IMAGE}")
-    allowed = Backends.configure(allowed_hosts="127.0.0.1", swift_store_endpoint="http://127.0.0.1:7480/swift/v1",
+    allowed = configured_backends(allowed_hosts="127.0.0.1", swift_store_endpoint="http://127.0.0.1:7480/swift/v1",
                                  swift_store_config_file=write_refs(tmp_path, REFS))
     assert allowed.readable(f"swift+config://ref1/glance/{IMAGE}")
 
@@ -166,7 +166,7 @@ def test_storage_endpoint_outside_allowed_hosts_is_refused_without_io(tmp_path: 
                                  "swift://account:Sekr1t@auth/container/obj",
                                  "swift+http://a%3Ab:Sekr1t@10.1.1.1:1/v3/c/o"])
 def test_refused_inline_keys_never_show(url: str) -> None:
-    backends = Backends.configure(allowed_hosts="127.0.0.1")
+    backends = configured_backends(allowed_hosts="127.0.0.1")
     assert not backends.readable(url)
     with pytest.raises(BackendError) as caught:
         backends.open(url, 0, 10, 10)

@@ -13,6 +13,8 @@ from bench.rows import (
     file,
     http,
     memory,
+    promote,
+    relay,
     rewrite,
     show_filter,
     show_sidecar,
@@ -24,6 +26,7 @@ ROWS: tuple[Row, ...] = (
     file.ROW,
     http.ROW,
     concurrent.ROW,
+    relay.ROW,
     fallback.ROW,
     show_sidecar.ROW,
     show_filter.ROW,
@@ -33,6 +36,7 @@ ROWS: tuple[Row, ...] = (
     verify.ROW,
     cache.ROW,
     ceph.ROW,
+    promote.ROW,
     swift.ROW,
 )
 NAMES = tuple(row.name for row in ROWS)

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from bench import glance, measure
 from bench.context import Context
-from bench.images import MiB, file_name, human
+from bench.images import GiB, MiB, file_name, human
 from bench.measure import alternate
 from bench.progress import log
 from bench.results import Result, throughput
@@ -107,6 +107,9 @@ def measure_ceph(ctx: Context) -> list[Result]:
         # curl's SigV4 signs x-amz-content-sha256 only when given: the empty payload's hash, as botocore does.
         range_header = {"Range": f"bytes=0-{size - 1}", "x-amz-content-sha256": EMPTY_SHA256}
 
+        def ceph_pids() -> list[int]:  # what serves an S3 GET: radosgw and the OSD
+            return [pid for name in (ceph.RGW_NAME, ceph.OSD_NAME) if (pid := lab.pid(name)) is not None]
+
         def direct() -> float:
             return measure.curl(direct_s3, range_header, expect_size=size, args=sigv4, expect_status=206).mib_s
 
@@ -117,8 +120,9 @@ def measure_ceph(ctx: Context) -> list[Result]:
             "lp_rbd": ctx.one(urls["lp_rbd"], size, headers, cpu="locproxy rbd", pids=ctx.pids_of(sidecar)),
             "raw": raw_librbd,
             "glance_rbd": ctx.one(urls["glance_rbd"], size, headers, cpu="Glance rbd", pids=ctx.pids_of(g)),
-            "lp_s3": ctx.one(urls["lp_s3"], size, headers, cpu="locproxy s3", pids=ctx.pids_of(sidecar)),
-            "direct_s3": direct,
+            "lp_s3": _cpu_of(ctx, "radosgw + OSD behind locproxy", ceph_pids, size, ctx.one(
+                urls["lp_s3"], size, headers, cpu="locproxy s3", pids=ctx.pids_of(sidecar))),
+            "direct_s3": _cpu_of(ctx, "radosgw + OSD (direct)", ceph_pids, size, direct),
             "glance_s3": ctx.one(urls["glance_s3"], size, headers, cpu="Glance s3", pids=ctx.pids_of(g)),
         })
         paths = _paths(sidecar.log()[mark:], lab)
@@ -135,10 +139,23 @@ def measure_ceph(ctx: Context) -> list[Result]:
                    "curl SigV4 ranged GET from radosgw", TARGETS["direct_s3"],
                    [f"timed locproxy downloads: {paths['s3']}",
                     f"first downloads, sha512 verified while streaming (one per worker that served one): {_speeds(first['lp_s3'])}",
-                    ctx.cpu_note("locproxy s3", "Glance s3")]),
+                    ctx.cpu_note("locproxy s3", "radosgw + OSD behind locproxy", "radosgw + OSD (direct)",
+                                 "Glance s3")]),
         throughput(names["glance_s3"], results["lp_s3"], results["glance_s3"], "Glance /file?prefer=s3",
                    TARGETS["glance_s3"]),
     ]
+
+
+def _cpu_of(ctx: Context, label: str, pids: Callable[[], list[int]], size: int,
+            run: Callable[[], float]) -> Callable[[], float]:
+    """``run``, with the CPU seconds per GiB ``pids`` spent on it recorded under ``label``."""
+    def timed() -> float:
+        group = pids()
+        before = measure.cpu_seconds(group)
+        speed = run()
+        ctx.cpu.setdefault(label, []).append((measure.cpu_seconds(group) - before) / (size / GiB))
+        return speed
+    return timed
 
 
 def _names(size: int) -> dict[str, str]:

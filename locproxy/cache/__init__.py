@@ -26,7 +26,8 @@ Every request is still authorised by the upstream first; the cache only
 changes where the bytes come from.
 """
 
+from locproxy.cache.files import is_site_cache
 from locproxy.cache.fills import Fill, FillerGone, Follow, Hit
 from locproxy.cache.store import SiteCache, cache_key
 
-__all__ = ["Fill", "FillerGone", "Follow", "Hit", "SiteCache", "cache_key"]
+__all__ = ["Fill", "FillerGone", "Follow", "Hit", "SiteCache", "cache_key", "is_site_cache"]

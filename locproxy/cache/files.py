@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: Open flags of every file of the cache.
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -56,6 +56,17 @@ def lock_within(fd: int, exclusive: bool, timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
+def is_site_cache(path: str) -> bool:
+    """Whether ``path`` holds a cache this module made (operators' commands
+    refuse any other path rather than create a cache there)."""
+    def is_a(name: str, kind: Callable[[int], bool]) -> bool:
+        try:
+            return kind(os.lstat(os.path.join(path, name)).st_mode)
+        except OSError:
+            return False
+    return os.path.isdir(path) and is_a("index.sqlite", stat.S_ISREG) and is_a("entries", stat.S_ISDIR)
+
+
 class CacheDirectory:
     """``cache_dir`` with its ``entries/`` and ``fills/``, opened safely."""
 
@@ -82,13 +93,20 @@ class CacheDirectory:
         return fd
 
     def check(self) -> None:
-        """Cheap: ``OSError`` if a directory was removed under us or the
-        file system went read-only (as ext4's ``errors=remount-ro`` does)."""
+        """Cheap: ``OSError`` if a directory was removed under us, or the
+        file system is full or went read-only. Opening the lock file for
+        writing sees what ``statvfs`` does not: since Linux 6.x an ext4
+        error under ``errors=remount-ro`` leaves the mount "rw,emergency_ro"
+        (EROFS on every write, ST_RDONLY unset)."""
         for fd in (self.root, self.entries, self.fills):
             if os.fstat(fd).st_nlink == 0:
                 raise OSError(errno.ENOENT, "a directory of the cache was removed")
-        if os.fstatvfs(self.root).f_flag & os.ST_RDONLY:
+        space = os.fstatvfs(self.root)
+        if space.f_flag & os.ST_RDONLY:
             raise OSError(errno.EROFS, "the cache's file system is read-only")
+        if space.f_bavail == 0:
+            raise OSError(errno.ENOSPC, "the cache's file system is full")
+        os.close(self.open_file(self.root, "lock", os.O_RDWR | os.O_CREAT))
 
     def close(self) -> None:
         for name in ("root", "entries", "fills"):

@@ -8,13 +8,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Protocol
 
 from locproxy.cache.files import try_lock
+from locproxy.cache.guard import Guard
 from locproxy.fingerprints import Fingerprint
-
-if TYPE_CHECKING:  # pragma: no cover
-    from locproxy.cache.store import SiteCache
 
 LOG = logging.getLogger("locproxy.cache")
 
@@ -22,12 +20,22 @@ LOG = logging.getLogger("locproxy.cache")
 FOLLOW_POLL = 0.005
 
 
+class Index(Protocol):
+    """What a hit or a fill asks of its cache (``store.SiteCache``)."""
+
+    guard: Guard
+
+    def remove(self, key: str, why: str) -> None: ...
+    def commit(self, fill: Fill, fingerprint: Fingerprint) -> bool: ...
+    def abandon(self, fill: Fill) -> None: ...
+
+
 @dataclass
 class Hit:
     """A committed entry, opened with a shared lock (eviction passes it by
     while this file is open; a corrupt entry is removed all the same)."""
 
-    cache: SiteCache
+    cache: Index
     key: str
     fileobj: BinaryIO
     size: int
@@ -50,18 +58,25 @@ class Fill:
     """One image being written to the cache by its filler (one thread).
     The exclusive lock on the file tells followers it is alive."""
 
-    def __init__(self, cache: SiteCache, key: str, image_id: str, size: int, digest: str, fd: int) -> None:
+    def __init__(self, cache: Index, key: str, image_id: str, size: int, digest: str, fd: int) -> None:
         self.cache, self.key, self.image_id, self.size, self.digest, self.fd = cache, key, image_id, size, digest, fd
         self.written = 0
         self.done = False
+        self.error: OSError | None = None  # what stopped a write
 
     def write(self, chunk: bytes) -> None:
-        """Append ``chunk``; an ``OSError`` stops the fill (the caller aborts it)."""
+        """Append ``chunk``; an ``OSError`` (a full disk, say) stops the fill
+        (the caller aborts it) and is the cache's error like any other: once
+        the fill is gone, the guard counts it and puts the cache aside."""
         view = memoryview(chunk)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-            self.written += written
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.written += written
+        except OSError as error:
+            self.error = error
+            raise
 
     def commit(self, fingerprint: Fingerprint) -> bool:
         """Make the whole, verified image an entry; False if that failed."""
@@ -77,8 +92,10 @@ class Fill:
     def abort(self) -> None:
         if not self.done:
             self.done = True
-            self.cache.abandon(self)
+            self.cache.abandon(self)  # before the guard puts the cache aside: a full disk gets its bytes back
             self._close()
+            if self.error is not None:
+                self.cache.guard.failed("fill", self.error)
 
     def _close(self) -> None:
         if self.fd >= 0:

@@ -31,7 +31,7 @@ from locproxy.demo.model import (
 )
 from locproxy.demo.patching import Patcher
 from locproxy.demo.stores import CHUNK_SIZE, MAX_IMAGE_DATA, DemoStores
-from locproxy.ranges import Unsatisfiable, parse_range
+from locproxy.ranges import RangeRefused, parse_range, refused_range_headers
 from locproxy.rewrite import JSON_PATCH_TYPES
 
 MAX_JSON_BODY = 1024 * 1024
@@ -324,8 +324,8 @@ class DemoImageAPI:
     def _range(header: str, size: int) -> tuple[int, int]:
         try:
             span = parse_range(header, size)
-        except Unsatisfiable as error:
-            raise ApiError(416, str(error), {"Content-Range": f"bytes */{size}"}) from None
+        except RangeRefused as error:
+            raise ApiError(error.status, str(error), refused_range_headers(error, size)) from None
         assert span is not None
         return span
 

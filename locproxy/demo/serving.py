@@ -25,7 +25,7 @@ from typing import Any, Callable
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from locproxy.demo.stores import BoundedReader
-from locproxy.ranges import Unsatisfiable, parse_range
+from locproxy.ranges import RangeRefused, parse_range
 
 LOG = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
         size = os.fstat(handle.fileno()).st_size
         try:
             start, stop = parse_range(self.headers["Range"], size) or (0, size)
-        except Unsatisfiable:
+        except RangeRefused:  # a plain server: 416 for any Range it does not serve
             handle.close()
             self._send_unsatisfiable(size)
             return None

@@ -210,6 +210,7 @@ class ImageBody:
                   self.verifier.recorded(self.plan.size), self.fingerprints, self.sources.recorder)
         if candidate.backend:
             self.sources.recorder.transferred(candidate.key, candidate.copy, candidate.label, read, seconds)
+            self.sources.recorder.read_from(candidate.store, read)
         resumed = len(set(self.used)) > 1
         outcome = "resumed" if resumed else "served" if self.sources.failures == self.failures_before else "fell_back"
         self.sources.recorder.outcome(first_label, outcome)

@@ -70,7 +70,6 @@ class FollowStream:
     """A source: the bytes a filler is writing into the cache."""
 
     fileobj = None
-    identity = None
 
     def __init__(self, follow: Follow, start: int, end: int, chunk_size: int) -> None:
         self.follow, self.start, self.end, self.chunk_size = follow, start, end, chunk_size

@@ -14,23 +14,28 @@
    or one just started, a copy, or the upstream.
 5. **Serve** (``serve.py``): headers only, sendfile, or a checked body
    (``body.py``) that resumes from the next sources.
+6. **Promote** (``promote = auto``, ``locproxy.promoter``): a whole
+   download served (200) from a copy outside ``local_stores`` counts
+   towards copying the image into the site's store; the copy is asked
+   for in the background. Cache hits, ranges, HEADs and refusals never count.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from webob import Request, Response
 
 from locproxy import bodies, observability
 from locproxy.cache import Fill, Follow, Hit
 from locproxy.download import caching
-from locproxy.download.choose import choose_source
+from locproxy.download.choose import CacheHit, Following, Source, Upstream, choose_source
 from locproxy.download.plan import DownloadPlan, Refusal, plan_download
 from locproxy.download.policy import body_policy
 from locproxy.download.serve import serve
 from locproxy.download.sources import Sources
+from locproxy.promotion import locality
 from locproxy.responses import json_error
 from locproxy.services import Services
 from locproxy.upstream import ImageRequests
@@ -88,7 +93,7 @@ class DownloadHandler:
         if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             services.recorder.outcome("upstream", "upstream")
-            return image_requests.as_sent()
+            return self._promoting(plan, Upstream(), image_requests.as_sent(), image_requests)
         if plan.head_only:
             return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         cached = None if cache is None else caching.begin(cache, plan, backends.first_byte_timeout)
@@ -101,13 +106,40 @@ class DownloadHandler:
         sources = self._sources(plan, image_requests)
         source = choose_source(plan, policy, cached, cache, sources, self._sources(plan, image_requests),
                                services.fingerprints)
-        return serve(plan, source, policy, sources, services.fingerprints, image_requests, req.environ,
-                     backends.chunk_size)
+        response = serve(plan, source, policy, sources, services.fingerprints, image_requests, req.environ,
+                         backends.chunk_size)
+        return self._promoting(plan, source, response, image_requests)
+
+    def _promoting(self, plan: DownloadPlan, source: Source, response: Response | None,
+                   image_requests: ImageRequests) -> Any:
+        """Step 6: ``response``, after counting it towards a promotion if it
+        serves the whole image from a non-local copy; None (the upstream
+        answers the client's own request) becomes the upstream, watched."""
+        promoter = self.services.promoter
+        if (promoter is None or plan.head_only or not plan.whole_image or isinstance(source, (CacheHit, Following))
+                or locality(plan.stores, self.settings.promotion.local_stores)):
+            return response
+        if response is None:
+            return _counted_if_served(image_requests.app, lambda: promoter.served(plan.image_id))
+        if response.status_code == 200:
+            promoter.served(plan.image_id)
+        return response
 
     def _sources(self, plan: DownloadPlan, image_requests: ImageRequests) -> Sources:
         services = self.services
         return Sources(plan.candidates, services.backends, services.recorder, image_requests, plan.image_id,
                        plan.size)
+
+
+def _counted_if_served(app: Callable, served: Callable[[], None]) -> Callable:
+    """``app`` (the upstream), calling ``served()`` when it answers 200."""
+    def watched(environ: dict, start_response: Callable) -> Any:
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            if status.startswith("200"):
+                served()
+            return start_response(status, headers, exc_info)
+        return app(environ, start)
+    return watched
 
 
 def _count(cache: object, cached: Hit | Follow | Fill | None) -> None:

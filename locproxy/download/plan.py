@@ -18,8 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from locproxy.ranges import Unsatisfiable, parse_range
-from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of
+from locproxy.ranges import RangeRefused, parse_range, refused_range_headers
+from locproxy.strategies import Selector, backend_key, copy_key, is_active, store_of, stores_of
 from locproxy.urls import backend_label
 
 Digest = tuple[str, str]  # (hashlib name, expected hex value)
@@ -34,6 +34,7 @@ class Candidate:
     key: str
     copy: str
     label: str
+    store: str = ""  # the Glance store the location names ('' if none)
 
     @property
     def backend(self) -> bool:
@@ -66,6 +67,7 @@ class DownloadPlan:
     candidates: tuple[Candidate, ...]  # best first; demoted ones last
     head_only: bool
     upstream_prefer: tuple[str, ...] = ()  # ?prefer= for the upstream's own /file (see upstream_prefer())
+    stores: tuple[str, ...] = ()  # the Glance stores that hold the image (strategies.stores_of)
 
     @property
     def whole(self) -> bool:
@@ -95,8 +97,8 @@ def plan_download(
         return None  # not an active image with data, or not understood: the upstream decides
     try:
         span = parse_range(range_header, size)
-    except Unsatisfiable as error:
-        return Refusal(416, str(error), {"Content-Range": f"bytes */{size}"})
+    except RangeRefused as error:
+        return Refusal(error.status, str(error), refused_range_headers(error, size))
     start, end = span or (0, size)
     headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
                ("Accept-Ranges", "bytes")]
@@ -115,6 +117,7 @@ def plan_download(
         candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
         head_only=method == "HEAD",
         upstream_prefer=upstream_prefer(image, selector, prefer),
+        stores=stores_of(image),
     )
 
 
@@ -128,7 +131,8 @@ def candidates(image: dict, selector: Selector, prefer: Sequence[str], readable:
     else:  # the upstream shows only direct_url
         ordered = [{"url": image.get("direct_url")}]
     found = [
-        Candidate(location["url"], backend_key(location), copy_key(location), backend_label(location["url"]))
+        Candidate(location["url"], backend_key(location), copy_key(location), backend_label(location["url"]),
+                  store_of(location) or "")
         for location in ordered
         if isinstance(location.get("url"), str) and readable(location["url"])
     ]

@@ -79,6 +79,8 @@ def _sendfile(plan: DownloadPlan, first: Opened, policy: BodyPolicy, sources: So
     LOG.info("image %s: bytes %d-%d sent from %s (sendfile%s)", plan.image_id, plan.start, plan.end - 1,
              candidate.label, ", checked beside" if policy.check is Check.BESIDE else "")
     recorder.outcome(candidate.label, "served" if sources.failures == 0 else "fell_back")
+    if candidate.backend:
+        recorder.read_from(candidate.store, plan.end - plan.start)
     return corked(file_wrapper(stream.fileobj, chunk_size), environ)
 
 

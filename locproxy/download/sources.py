@@ -109,7 +109,6 @@ class UpstreamStream:
     """
 
     fileobj = None
-    identity = None  # never trusted as a verified copy
 
     def __init__(self, image_requests: ImageRequests, offset: int, end: int, size: int) -> None:
         self.start, self.end = offset, end

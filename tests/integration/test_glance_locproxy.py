@@ -551,6 +551,10 @@ def test_range_and_head_through_locproxy(deployment: Deployment, images: ModuleI
 
     beyond = deployment.request("GET", path, headers={"Range": f"bytes={size}-"})
     assert (beyond.status, beyond.header("Content-Range")) == (416, f"bytes */{size}")
+    several = {"Range": "bytes=0-1,5-6"}  # Glance: 400, "make multiple single-range requests instead"
+    theirs, ours = glance.request("GET", path, headers=several), deployment.request("GET", path, headers=several)
+    assert (ours.status, theirs.status) == (400, 400), (ours.body[:300], theirs.body[:300])
+    assert ours.json()["error"]["code"] == 400 and ours.header("Content-Range") is None
 
     seen = len(glance.web.requests)
     head = deployment.request("HEAD", path)

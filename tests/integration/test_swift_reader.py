@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from locproxy.config import configured_backends
 from locproxy.download.backends import BackendError, Backends, BackendStream
 from locproxy.download.backends.swift_auth import LOGINS
 from tests.support.ceph import CephCluster, CephUnavailable
@@ -54,7 +55,7 @@ def put(swift: SwiftGateway, path: str, body: bytes, headers: dict[str, str] | N
 
 
 def backends(swift: SwiftGateway, **options: str) -> Backends:
-    return Backends.configure(**{"allowed_hosts": swift.host, "swift_store_config_file": str(swift.references_file),
+    return configured_backends(**{"allowed_hosts": swift.host, "swift_store_config_file": str(swift.references_file),
                                  "backend_first_byte_timeout": "5", "backend_read_timeout": "5",
                                  "swift_block_size": "300000", **options})
 

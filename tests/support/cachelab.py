@@ -18,7 +18,6 @@ from typing import Any, Iterator
 import pytest
 
 from locproxy.demo import DemoImageAPI, demo_bytes, serve_wsgi
-from locproxy.fingerprints import BLOCK, Fingerprint, FingerprintBuilder
 from tests.support.client import Fetched, fetch
 from tests.support.faultserver import FaultServer
 from tests.support.servers import run_gunicorn, sidecar_ini
@@ -27,12 +26,6 @@ MiB = 1 << 20
 DATA = demo_bytes("cache-tests", 8 * MiB + 11)
 DIGEST = ("sha512", hashlib.sha512(DATA).hexdigest())
 
-
-def fingerprint_of(data: bytes) -> Fingerprint:
-    built = FingerprintBuilder()
-    for start in range(0, len(data), BLOCK):
-        built.add(data[start:start + BLOCK])
-    return built.fingerprint(len(data))
 
 
 class Lab:

@@ -79,8 +79,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
-PACKAGES = ("ceph-mon", "ceph-osd", "ceph-common", "python3-rados", "python3-rbd", "radosgw")
-TOOLS = ("ceph-mon", "ceph-osd", "ceph", "ceph-authtool", "monmaptool", "rados", "rbd", "radosgw", "radosgw-admin")
+# ceph-mgr: only the pool-quota rows run one (pool usage needs it), started by those tests.
+PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr", "ceph-common", "python3-rados", "python3-rbd", "radosgw")
+TOOLS = ("ceph-mon", "ceph-osd", "ceph-mgr", "ceph", "ceph-authtool", "monmaptool", "rados", "rbd", "radosgw",
+         "radosgw-admin")
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
 BINDING_MODULES = ("rados", "rbd")
 

@@ -16,7 +16,7 @@ path (GET and HEAD), over HTTP/1.1 keep-alive, honouring one
 ``Range: bytes=a-b`` / ``a-`` / ``-n`` with 206 + ``Content-Range``, read by
 ``locproxy.ranges.parse_range``: 416 when unsatisfiable (beyond the data,
 ``bytes=-0``, an end before the start); a Range it cannot parse at all
-(``locproxy.ranges.Malformed``: several ranges, another unit, garbage) is
+(several ranges, another unit, garbage) is
 ignored, as RFC 9110 section 14.2 allows: 200 with the whole data. It is
 threaded, bound to 127.0.0.1 port 0, and used as a context manager (or
 ``start()``/``close()``): closing stops accepting, shuts down every open
@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from locproxy.ranges import Malformed, Unsatisfiable, parse_range
+from locproxy.ranges import Malformed, SeveralRanges, Unsatisfiable, parse_range
 
 EXTRA = b"EXTRA-BYTES-BEYOND-THE-PROMISED-BODY"
 
@@ -221,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         if header is not None and "ignore_range" not in faults:
             try:
                 span = parse_range(header, size)
-            except Malformed:
+            except (Malformed, SeveralRanges):
                 span = None  # not one range at all: RFC 9110 lets us ignore Range
             except Unsatisfiable:
                 self.send_response(416)

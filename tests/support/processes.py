@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from locproxy.sidecar import stop_process
+from tests.support.client import http_request
 
 #: Seconds a stopping process group gets before it is killed.
 STOP_TIMEOUT = 10.0
@@ -78,6 +79,30 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_serving(process: subprocess.Popen, url: str, *, timeout: float, failed: Callable[[str], Exception],
+                 log_tail: Callable[[], str], stop_it: Callable[[], None]) -> None:
+    """Wait until ``url`` answers 200 from the server ``process`` started.
+    ``failed(message)`` is raised, with its log's tail, if the process exits
+    or the wait times out; ``stop_it`` then stops it (also on any other error)."""
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise failed(f"{what} exited with {process.returncode} while starting\n{log_tail()}")
+        try:
+            return http_request(url, timeout=2).status == 200
+        except OSError:
+            return False
+
+    what = f"the server on {url}"
+    try:
+        wait_until(ready, timeout=timeout, interval=0.1, what=what)
+    except TimeoutError as exc:
+        stop_it()
+        raise failed(f"{exc}\n{log_tail()}") from None
+    except BaseException:
+        stop_it()
+        raise
 
 
 def children(pid: int) -> list[int]:

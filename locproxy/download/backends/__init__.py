@@ -61,14 +61,6 @@ class Backends:
         """From a ``config.FilterSettings``."""
         return cls(settings.readers, settings.backends)
 
-    @classmethod
-    def configure(cls, **options: Any) -> Backends:
-        """From filter options by their ini names (``file_roots=...``,
-        ``backend_read_timeout=...``), validated as at load."""
-        from locproxy.config import load_filter_settings  # noqa: PLC0415 - config imports this module
-
-        return cls.from_settings(load_filter_settings({}, options))
-
     def clear(self) -> None:
         """Close pooled connections (idle ones; in-flight ones when released)."""
         for reader in self.readers.values():

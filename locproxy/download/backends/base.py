@@ -35,14 +35,11 @@ class BackendStream:
     caller must then abort or resume, never end the body as if complete.
     ``fileobj`` is the open file (file:// only), positioned at ``start``: a
     caller may hand it to ``wsgi.file_wrapper`` (sendfile) instead of
-    iterating, and must then not iterate. ``identity`` says which copy this
-    is, as long as it stays the same copy (``locproxy.verified``); None when
-    that cannot be told.
+    iterating, and must then not iterate.
     """
 
     label: str
     fileobj: BinaryIO | None = None
-    identity: tuple[object, ...] | None = None
 
     def __init__(self, label: str, start: int, length: int, chunk_size: int) -> None:
         self.label = label

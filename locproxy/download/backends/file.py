@@ -123,16 +123,7 @@ class FileBackend:
             os.close(fd)
             raise
         LOG.debug("reading %s bytes %s+%s", label, start, length)
-        stream = FileStream(label, fileobj, start, length, self.chunk_size)
-        stream.identity = file_identity(fileobj)
-        return stream
-
-
-def file_identity(fileobj: BinaryIO) -> tuple[object, ...]:
-    """The same file while device, inode, size, mtime and ctime are (ctime
-    cannot be set back: a copy rewritten in place is a new copy)."""
-    stat = os.fstat(fileobj.fileno())
-    return ("file", stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        return FileStream(label, fileobj, start, length, self.chunk_size)
 
 
 def _checked_file(fd: int, real: str, label: str, start: int, length: int, total_size: int | None) -> BinaryIO:

@@ -79,6 +79,7 @@ class HTTPStream(BackendStream):
                  watch: Watch, rate: MinimumRate | None) -> None:
         super().__init__(label, start, length, chunk_size)
         self._response: urllib3.BaseHTTPResponse | None = response
+        self.headers = response.headers  # the backend's answer, e.g. a swift segment's ETag
         self._failed = False
         self._watch = watch
         self._rate = rate
@@ -182,14 +183,11 @@ class HTTPBackend:
         assert host is not None  # check() refused URLs without a host
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         whole = start == 0 and total_size is not None and length == total_size
-        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # credentials are not part of it
         return self.fetch(scheme, host, port, target, _request_headers(parts, start, length, whole), label,
-                          start, length, total_size, identify=lambda response: identity("http", url, response,
-                                                                                         total_size))
+                          start, length, total_size)
 
     def fetch(self, scheme: str, host: str, port: int, target: str, headers: dict[str, str], label: str,
               start: int, length: int, total_size: int | None, *,
-              identify: Callable[[urllib3.BaseHTTPResponse], tuple | None] = lambda response: None,
               error_detail: Callable[[urllib3.BaseHTTPResponse], str] | None = None) -> HTTPStream:
         """GET ``target`` from exactly ``host:port`` (already allowed by the
         caller) with only ``headers``; the stream of ``length`` bytes at
@@ -198,15 +196,8 @@ class HTTPBackend:
         to the reason of an error status (e.g. the S3 error code)."""
         whole = "Range" not in headers
         LOG.debug("GET %s bytes %s+%s%s", label, start, length, "" if whole else " (ranged)")
-        try:
-            # Connect to exactly the host/port that was allowed: the URL is not
-            # handed to urllib3 to be parsed a second time.
-            pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
-        except (HTTPError, ValueError) as error:
-            kind, reason = describe(error)
-            raise BackendError(label, reason, kind) from None
         watch = WATCHDOG.watch()
-        response = self._send(pool, target, headers, label, watch)
+        response = self._send(self._pool(scheme, host, port, label), target, headers, label, watch)
         try:
             if watch.expired:
                 raise BackendError(label, watch.reason, Failure.TOO_SLOW)
@@ -223,9 +214,16 @@ class HTTPBackend:
             response.close()
             response.release_conn()
             raise
-        stream = HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
-        stream.identity = identify(response)
-        return stream
+        return HTTPStream(label, response, start, length, self.chunk_size, watch, self._rate)
+
+    def _pool(self, scheme: str, host: str, port: int, label: str) -> urllib3.HTTPConnectionPool:
+        """The pool of exactly the host and port that were allowed: the URL
+        is not handed to urllib3 to be parsed a second time."""
+        try:
+            return self._pools.get().connection_from_host(host, port=port, scheme=scheme)
+        except (HTTPError, ValueError) as error:
+            kind, reason = describe(error)
+            raise BackendError(label, reason, kind) from None
 
     def _detail(self, response: urllib3.BaseHTTPResponse, error_detail: Callable[[urllib3.BaseHTTPResponse], str],
                 watch: Watch) -> str:
@@ -243,13 +241,8 @@ class HTTPBackend:
         """(status, headers, body) of a small answer (a HEAD, a listing) from
         exactly ``host:port`` (allowed by the caller), all within
         ``first_byte_timeout``; BackendError if it fails or the body passes ``limit``."""
-        try:
-            pool = self._pools.get().connection_from_host(host, port=port, scheme=scheme)
-        except (HTTPError, ValueError) as error:
-            kind, reason = describe(error)
-            raise BackendError(label, reason, kind) from None
         watch = WATCHDOG.watch()
-        response = self._send(pool, target, headers, label, watch, method)
+        response = self._send(self._pool(scheme, host, port, label), target, headers, label, watch, method)
         watch.arm(self._first_byte_timeout, f"no whole answer within {self._first_byte_timeout:g} s")
         try:
             body = b"" if method == "HEAD" else response.read(limit + 1, decode_content=False)
@@ -284,27 +277,6 @@ class HTTPBackend:
             raise BackendError(label, reason, kind) from None
         finally:
             watch.disarm()
-
-
-def validator(headers: Mapping[str, str]) -> tuple[str, str] | None:
-    """What tells a later answer holds the same bytes: a strong ETag, else
-    Last-Modified (RFC 9110 section 8.8); None without either."""
-    etag, modified = headers.get("ETag", "").strip(), headers.get("Last-Modified", "").strip()
-    if etag and not etag.startswith("W/"):
-        return ("etag", etag)
-    if modified:
-        return ("last-modified", modified)
-    return None
-
-
-def identity(kind: str, url: str, response: urllib3.BaseHTTPResponse | Mapping[str, str],
-             total_size: int | None) -> tuple | None:
-    """The copy behind ``url`` (without credentials), as the backend
-    describes it (a response or its headers): its validator and the whole
-    length; None without a validator (nothing tells a later answer is the
-    same bytes)."""
-    found = validator(response.headers if hasattr(response, "headers") else response)
-    return None if found is None else (kind, url, *found, total_size)
 
 
 def _request_headers(parts: SplitResult, start: int, length: int, whole: bool) -> dict[str, str]:

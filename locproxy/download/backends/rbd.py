@@ -18,10 +18,9 @@ How it reads:
   each download opens its own ioctx and image.
 * The snapshot is opened read-only. ``open`` reads the first block itself,
   so an unreachable or hung OSD fails *before the first byte* (the download
-  falls back to the next location without a resume). A snapshot cannot
-  change, so ``(fsid, pool, image id, snapshot id, size)`` identifies the
-  copy (``locproxy.verified``): verified once, it is streamed without hashing.
-  The legacy form reads the image head, which can change: no identity.
+  falls back to the next location without a resume). Like every copy, a
+  snapshot is checked block by block on every read (``locproxy.download.verify``):
+  what is read is trusted, never what the copy is called.
 * Read-ahead: up to ``rbd_readahead`` asynchronous reads (``aio_read``) of
   ``rbd_block_size`` (4M: one RADOS object of a default image) are in flight
   while the WSGI thread sends the block before them, so the cluster works on
@@ -365,9 +364,6 @@ class RbdBackend:
                                    Failure.SIZE_MISMATCH)
             if start + length > size:
                 raise BackendError(label, f"range beyond end of image ({size} bytes)", Failure.SIZE_MISMATCH)
-            if location.snapshot is not None:
-                # A snapshot never changes: this is the same copy while these are the same.
-                stream.identity = ("rbd", fsid, pool, image.id(), image.snap_get_id(location.snapshot), size)
         except BackendError:
             stream.close()
             raise

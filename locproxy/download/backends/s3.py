@@ -47,7 +47,7 @@ import urllib3
 
 from locproxy.credentials import S3Credentials, S3Keys
 from locproxy.download.backends.base import BackendError, Reader
-from locproxy.download.backends.http import USER_AGENT, HTTPBackend, HTTPStream, identity
+from locproxy.download.backends.http import USER_AGENT, HTTPBackend, HTTPStream
 from locproxy.failures import Failure
 from locproxy.guards import DEFAULT_PORTS
 from locproxy.options import one_of, parse_name
@@ -124,9 +124,7 @@ class S3Backend:
             headers["Range"] = f"bytes={start}-{start + length - 1}"
         netloc = netloc_label(location.host, None if port == DEFAULT_PORTS[scheme] else port)
         signed = self._sign(keys, f"{scheme}://{netloc}{target}", headers)
-        copy = f"s3://{netloc_label(location.host, port)}{target}"
         return self.http.fetch(scheme, location.host, port, target, signed, label, start, length, total_size,
-                               identify=lambda response: identity("s3", copy, response, total_size),
                                error_detail=_error_code)
 
     # -- decisions (no I/O) ------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 from urllib.parse import SplitResult, quote, urlsplit
 
 from locproxy.download.backends.base import BackendError, BackendStream, Reader
-from locproxy.download.backends.http import USER_AGENT, HTTPBackend, identity
+from locproxy.download.backends.http import USER_AGENT, HTTPBackend
 from locproxy.download.backends.swift_auth import INSTALL_HINT, INTERFACES, Login, Logins, keystoneauth_available
 from locproxy.download.backends.swift_segments import Target, open_segmented
 from locproxy.failures import Failure
@@ -113,9 +113,8 @@ class SwiftBackend:
             total_size: int | None) -> BackendStream:
         if not (start == 0 and total_size is not None and length == total_size):
             headers = {**headers, "Range": f"bytes={start}-{start + length - 1}"}
-        copy = f"swift://{target.host}:{target.port}{target.path}"
         return self.http.fetch(target.scheme, target.host, target.port, path, headers, label, start, length,
-                               total_size, identify=lambda response: identity("swift", copy, response, total_size))
+                               total_size)
 
     # -- decisions (no I/O) ------------------------------------------------------
 

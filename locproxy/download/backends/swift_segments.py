@@ -26,11 +26,11 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 from urllib.parse import quote, unquote
 
 from locproxy.download.backends.base import BackendError, BackendStream
-from locproxy.download.backends.http import HTTPBackend, identity
+from locproxy.download.backends.http import HTTPBackend
 from locproxy.failures import Failure
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
@@ -80,8 +80,6 @@ def open_segmented(http: HTTPBackend, target: Target, headers: dict[str, str], l
         raise BackendError(label, f"range beyond end of object ({found} bytes)", Failure.SIZE_MISMATCH)
     stream = SegmentedStream(http, target, headers, label, start, length,
                              _blocks(segments, start, length, block_size), readers, spare)
-    copy = f"swift://{target.host}:{target.port}{target.path}"
-    stream.identity = identity("swift", copy, head, total_size)
     stream.begin()
     return stream
 
@@ -133,10 +131,6 @@ def _blocks(segments: list[Segment], start: int, length: int, block_size: int) -
     return blocks
 
 
-def _etag(response: Any) -> tuple[str]:
-    return (response.headers.get("ETag", "").strip().strip('"'),)
-
-
 class SegmentedStream(BackendStream):
     """Blocks read ``readers`` at a time, sent in order (at most
     ``readers + 2`` blocks held).
@@ -185,8 +179,8 @@ class SegmentedStream(BackendStream):
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + size - 1}"}
         target = self._target
         with self._http.fetch(target.scheme, target.host, target.port, segment.path, headers, self.label, offset,
-                              size, segment.size, identify=_etag) as stream:
-            if segment.etag and stream.identity != (segment.etag.strip('"'),):
+                              size, segment.size) as stream:
+            if segment.etag and stream.headers.get("ETag", "").strip().strip('"') != segment.etag.strip('"'):
                 raise BackendError(self.label, "a segment changed during the read", Failure.SIZE_MISMATCH)
             return list(stream)  # chunk_size pieces, sent as they are: no copy
 

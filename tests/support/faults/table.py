@@ -12,10 +12,18 @@ from typing import Sequence
 
 import pytest
 
-from tests.support.faults import backend_rows, operation_rows, upstream_rows
+from tests.support.faults import (
+    backend_rows,
+    content_rows,
+    disk_rows,
+    http_rows,
+    operation_rows,
+    upstream_rows,
+)
 from tests.support.faults.lab import Row, Scenario, fault_lab
 
-SCENARIOS: list[Scenario] = [*backend_rows.ROWS, *upstream_rows.ROWS, *operation_rows.ROWS]
+SCENARIOS: list[Scenario] = [*backend_rows.ROWS, *upstream_rows.ROWS, *operation_rows.ROWS,
+                             *disk_rows.ROWS, *content_rows.ROWS, *http_rows.ROWS]
 
 
 # Rows whose promise locproxy breaks today (scenario id -> reason). Each is

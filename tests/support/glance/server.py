@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tests.support.client import http_request
 from tests.support.glance.api import GlanceAPI
 from tests.support.glance.config import render_api_conf
 from tests.support.glance.venv import REPO_ROOT, GlanceEnvError, clean_env, venv_python
-from tests.support.processes import spawn, stop, wait_until
+from tests.support.processes import spawn, stop, wait_serving
 
 START_TIMEOUT = 90
 STOP_TIMEOUT = 15
@@ -114,25 +113,8 @@ class GlanceServer(GlanceAPI):
         ]
         self.proc = spawn(cmd, self.log_path, env=self.env(), cwd=self.workdir)
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise GlanceEnvError(
-                    f"Glance (gunicorn) exited with {self.proc.returncode} while starting\n{self.log_tail()}"
-                )
-            try:
-                return http_request(self.url + "/versions", timeout=5).status == 200
-            except OSError:
-                return False
-
-        try:
-            wait_until(ready, timeout=timeout, interval=0.1, what=f"Glance on {self.url}")
-        except TimeoutError as exc:
-            self.stop()
-            raise GlanceEnvError(f"{exc}\n{self.log_tail()}") from None
-        except BaseException:
-            self.stop()
-            raise
+        wait_serving(self.proc, self.url + "/versions", timeout=timeout, failed=GlanceEnvError,
+                     log_tail=self.log_tail, stop_it=self.stop)
         self.start_seconds = time.monotonic() - started
         return self.start_seconds
 

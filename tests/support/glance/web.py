@@ -6,7 +6,7 @@ this serves a directory read-only with exactly that, records every request (so
 a test can tell which backend really served the bytes) and binds to 127.0.0.1
 only. Ranges are read by ``locproxy.ranges.parse_range``: an unsatisfiable
 one (beyond the file, ``bytes=-0``, an end before the start) gets 416; one it
-cannot parse at all (``Malformed``: several ranges, other units) is ignored
+cannot parse at all (several ranges, other units) is ignored
 and the whole file sent, as RFC 9110 section 14.2 allows. It runs in a thread
 of the test process and is closed by ``close()`` or the context manager,
 joining its handler threads (no leaked sockets under ``filterwarnings = error``).
@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from locproxy.ranges import Malformed, Unsatisfiable, parse_range
+from locproxy.ranges import Malformed, SeveralRanges, Unsatisfiable, parse_range
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -49,7 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         status, first, last = 200, 0, size - 1
         try:
             span = parse_range(self.headers.get("Range"), size)
-        except Malformed:  # not understood: ignore it, send the whole file
+        except (Malformed, SeveralRanges):  # not understood: ignore it, send the whole file
             span = None
         except Unsatisfiable:
             self._reply_empty(416, {"Content-Range": f"bytes */{size}"})

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from tests.support.client import http_request
 from tests.support.glance.venv import clean_env, run, venv_python
 from tests.support.keystone.config import render_gunicorn_conf, render_keystone_conf
 from tests.support.keystone.venv import KeystoneEnvError
-from tests.support.processes import spawn, stop, wait_until
+from tests.support.processes import spawn, stop, wait_serving
 
 START_TIMEOUT = 60
 STOP_TIMEOUT = 10
@@ -128,23 +127,8 @@ class KeystoneServer:
         self.proc = spawn([venv_python(self.venv), self.venv / "bin" / "gunicorn"], self.gunicorn_log_path,
                           env=self.env(), cwd=self.config_dir)
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise KeystoneEnvError(f"Keystone exited with {self.proc.returncode} while starting\n{self.log_tail()}")
-            try:
-                return http_request(self.url + "/v3", timeout=2).status == 200
-            except OSError:
-                return False
-
-        try:
-            wait_until(ready, timeout=timeout, interval=0.1, what=f"Keystone on {self.url}")
-        except TimeoutError as exc:
-            self.stop()
-            raise KeystoneEnvError(f"{exc}\n{self.log_tail()}") from None
-        except BaseException:
-            self.stop()
-            raise
+        wait_serving(self.proc, self.url + "/v3", timeout=timeout, failed=KeystoneEnvError,
+                     log_tail=self.log_tail, stop_it=self.stop)
         self.start_seconds = time.monotonic() - started
         return self.start_seconds
 

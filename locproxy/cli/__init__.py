@@ -5,7 +5,9 @@
 ``locproxy stats``   prints what a node learnt about each backend.
 ``locproxy config``  prints the sidecar's paste ini, to copy and edit.
 ``locproxy serve``   runs the sidecar (gunicorn) in front of an image API.
-``locproxy cache``   lists, fills, evicts or clears a site cache.
+``locproxy cache``   lists, fills, evicts or clears a site cache (``cache.py``).
+``locproxy promote`` asks the image API to copy images into a store
+                     (copy-image) and waits until it holds them (``promote.py``).
 ``locproxy demo``    starts a demo image API on loopback with locproxy in
                      front, and prints commands to try.
 """
@@ -18,6 +20,8 @@ import sys
 from typing import Any, Sequence
 
 from locproxy import rewrite
+from locproxy.cli import cache, promote
+from locproxy.cli.common import command
 from locproxy.options import parse_list
 from locproxy.strategies import Selector, strategy_names
 
@@ -25,19 +29,16 @@ from locproxy.strategies import Selector, strategy_names
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="locproxy", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_order, _add_stats, _add_config, _add_serve, _add_cache, _add_demo):
+    for add in (_add_order, _add_stats, _add_config, _add_serve, cache.add, _add_demo, promote.add):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
 
 def _add_order(commands: Any) -> None:
-    order = commands.add_parser(
-        "order",
-        help="reorder image JSON from stdin",
-        description="Read an image, an image list page or a location list as JSON on stdin; "
-        "print it with locations, direct_url and stores in the strategy's order.",
-    )
+    order = command(commands, "order", _order, "reorder image JSON from stdin",
+                    "Read an image, an image list page or a location list as JSON on stdin; "
+                    "print it with locations, direct_url and stores in the strategy's order.")
     order.add_argument("--strategy", default="location_order", help=f"one of: {', '.join(strategy_names())}")
     order.add_argument("--store-type-preference", help="for store_type, e.g. 'rbd, file, http'")
     order.add_argument("--store-weights", help="for weight/node_weight, e.g. 'fast:100, slow:10'")
@@ -45,76 +46,41 @@ def _add_order(commands: Any) -> None:
     order.add_argument("--prefer", default="", help="stores to put first, e.g. 'fast-disk,web'")
     order.add_argument("--add-direct-url", action="store_true", help="set direct_url even if absent")
     order.add_argument("--scrub-credentials", action="store_true", help="remove user:password@ from urls")
-    order.set_defaults(run=_order)
 
 
 def _add_stats(commands: Any) -> None:
-    stats = commands.add_parser(
-        "stats",
-        help="what this node learnt about each backend",
-        description="Print the speed and health locproxy measured per backend (from its metrics_file).",
-    )
-    stats.add_argument("metrics_file", help="the filter's metrics_file (an sqlite file)")
-    stats.set_defaults(run=_stats)
+    stats = command(commands, "stats", _stats, "what this node learnt about each backend",
+                    "Print the speed and health locproxy measured per backend (from its metrics_file).")
+    stats.add_argument("metrics_file", nargs="?", help="the filter's metrics_file (an sqlite file); default: "
+                       "metrics.sqlite in the state directory (metrics_file = auto)")
 
 
 def _add_config(commands: Any) -> None:
-    config = commands.add_parser(
-        "config",
-        help="print the sidecar's paste ini",
-        description="Print the paste ini the sidecar runs (locproxy filter + proxy app), "
-        "to copy, edit and run with gunicorn --paste.",
-    )
+    config = command(commands, "config", _config, "print the sidecar's paste ini",
+                     "Print the paste ini the sidecar runs (locproxy filter + proxy app), "
+                     "to copy, edit and run with gunicorn --paste.")
     config.add_argument("--path", action="store_true", help="print where the packaged file is instead")
-    config.set_defaults(run=_config)
 
 
 def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="run the sidecar in front of an image API (gunicorn)",
-        description="Run gunicorn with the packaged sidecar configuration. Options after -- go to gunicorn "
-        "(e.g. -- --bind 0.0.0.0:9393 --workers 4).",
-    )
+    serve = command(commands, "serve", _serve, "run the sidecar in front of an image API (gunicorn)",
+                    "Run gunicorn with the packaged sidecar configuration. Options after -- go to gunicorn "
+                    "(e.g. -- --bind 0.0.0.0:9393 --workers 4). The workers share what they verify and learn in "
+                    "metrics.sqlite in the state directory ($STATE_DIRECTORY, /var/lib/locproxy as root, else "
+                    "$XDG_STATE_HOME/locproxy); --set metrics_file= keeps it per worker.")
     serve.add_argument("--upstream", required=True, help="the image API, e.g. http://127.0.0.1:9292")
     serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                        help="a filter option (as in the ini's [DEFAULT]), e.g. file_roots=/var/lib/glance/images")
     serve.add_argument("--paste", help="another paste ini to run instead of the packaged one")
     serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="-- then options for gunicorn")
-    serve.set_defaults(run=_serve)
-
-
-def _add_cache(commands: Any) -> None:
-    cache = commands.add_parser(
-        "cache",
-        help="the site cache: list, prefetch, evict, clear",
-        description="Operate on a site cache (cache_dir). list, evict and clear work on the directory (entries "
-        "being read are never removed); prefetch downloads images through a running locproxy, as a client "
-        "the image API authorises, which fills the cache.",
-    )
-    actions = cache.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="the entries, most recently used first")
-    listing.add_argument("cache_dir")
-    evict = actions.add_parser("evict", help="remove the entries of images")
-    evict.add_argument("cache_dir")
-    evict.add_argument("image_ids", nargs="+")
-    clear = actions.add_parser("clear", help="remove every entry")
-    clear.add_argument("cache_dir")
-    prefetch = actions.add_parser("prefetch", help="fill the cache by downloading images through locproxy")
-    prefetch.add_argument("url", help="locproxy's URL, e.g. http://127.0.0.1:9393")
-    prefetch.add_argument("image_ids", nargs="+")
-    prefetch.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                          help="a request header, e.g. X-Auth-Token:... (repeatable)")
-    cache.set_defaults(run=_cache)
 
 
 def _add_demo(commands: Any) -> None:
-    demo = commands.add_parser("demo", help="run a demo image API with locproxy in front (loopback)")
+    demo = command(commands, "demo", _demo, "run a demo image API with locproxy in front (loopback)")
     demo.add_argument("--port", type=int, default=8080, help="locproxy's port (default 8080)")
     demo.add_argument("--workdir", help="where to put the demo images (default: a temporary directory)")
     demo.add_argument("--check", action="store_true",
                       help="run the demo requests, print what they show, and exit (0 if all as expected)")
-    demo.set_defaults(run=_demo)
 
 
 def _order(args: argparse.Namespace) -> int:
@@ -157,8 +123,10 @@ def _order(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     import os
 
+    from locproxy.state import METRICS_NAME, state_directory
     from locproxy.tracker import read_table
 
+    args.metrics_file = args.metrics_file or str(state_directory() / METRICS_NAME)
     if not os.path.isfile(args.metrics_file):
         print(f"locproxy stats: {args.metrics_file}: no such file", file=sys.stderr)
         return 2
@@ -192,52 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - not reached
 
 
-def _cache(args: argparse.Namespace) -> int:
-    if args.action == "prefetch":
-        return _prefetch(args.url, args.image_ids, args.header)
-    from locproxy.cache import SiteCache
-
-    try:
-        cache = SiteCache(args.cache_dir, max_size=1 << 62, on_event=None)
-    except OSError as error:
-        print(f"locproxy cache: {args.cache_dir}: {error}", file=sys.stderr)
-        return 2
-    if args.action == "list":
-        for entry in cache.list():
-            print(f"{entry['image']}  {entry['size']:>14,} B  key {entry['key']}")
-        used, count = cache.usage()
-        print(f"{count} entries, {used:,} bytes")
-        return 0
-    removed, busy = cache.clear() if args.action == "clear" else map(sum, zip(
-        *(cache.evict_image(image_id) for image_id in args.image_ids)))
-    print(f"removed {removed} entries" + (f"; {busy} being read, kept" if busy else ""))
-    return 0 if not busy else 1
-
-
-def _prefetch(url: str, image_ids: Sequence[str], header_items: Sequence[str]) -> int:
-    import urllib.request
-
-    headers = dict(item.split(":", 1) for item in header_items if ":" in item)
-    failed = 0
-    for image_id in image_ids:
-        request = urllib.request.Request(f"{url.rstrip('/')}/v2/images/{image_id}/file", headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                size = 0
-                while chunk := response.read(1 << 20):
-                    size += len(chunk)
-            print(f"{image_id}: {size:,} bytes")
-        except OSError as error:
-            failed += 1
-            print(f"{image_id}: {error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def _demo(args: argparse.Namespace) -> int:
     from locproxy.demo.runner import run_demo
 
     return run_demo(port=args.port, workdir=args.workdir, check=args.check)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
