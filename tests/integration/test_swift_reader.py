@@ -9,6 +9,7 @@ Skips with the lab's reason where Ceph or Keystone cannot run.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Iterator
@@ -20,7 +21,7 @@ from locproxy.download.backends import BackendError, Backends, BackendStream
 from locproxy.download.backends.swift_auth import LOGINS
 from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.keystone.lab import KeystoneLab
-from tests.support.swiftlab import SwiftGateway, swift_gateway
+from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +171,17 @@ def test_bad_credentials_and_unlisted_hosts(swift: SwiftGateway) -> None:
     with pytest.raises(BackendError, match="storage host not allowed"):
         elsewhere.open("swift+config://ref1/reader/plain", 0, 10, len(PLAIN))
     assert swift.log_lines(mark, agent="locproxy") == []
+
+
+def test_no_key_or_token_in_debug_logs(swift: SwiftGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG everywhere (locproxy, keystoneauth, urllib3): a login and reads
+    log neither the key nor the token."""
+    caplog.set_level(logging.DEBUG)
+    reader = backends(swift)
+    assert read(reader.open("swift+config://ref1/reader/dlo", 0, len(DATA), len(DATA))) == DATA
+    swift_reader = reader.readers["swift"]
+    label = "swift+config://ref1"
+    token, _ = swift_reader.logins.token(swift_reader._login(swift_reader._parse(
+        "swift+config://ref1/reader/dlo", label), label), label)
+    assert "new Keystone token" in caplog.text and "GET swift+config://ref1" in caplog.text
+    assert STORE_PASSWORD not in caplog.text and token not in caplog.text
