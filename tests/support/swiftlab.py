@@ -1,5 +1,6 @@
 """A Swift API for tests: a radosgw of its own on the Ceph lab, trusting the
-Keystone lab, as ``/work/shared/swift-testbed.md`` describes.
+Keystone lab (``rgw_keystone_*``), with the store user and the catalog's
+``object-store`` endpoints in Keystone.
 
 ::
 

@@ -146,8 +146,8 @@ def swift_store_overrides(*, references_file: Path, inline: tuple[str, str, str]
     (``swift+config://`` locations) and ``swift2`` with ``inline`` =
     (Keystone URL, ``project:user``, key) in its own section (locations
     ``swift+http://user:key@<keystone>/...``). Objects of 32 "MB"
-    (32,768,000 bytes) and more are written as DLOs of 8 "MB" segments (see
-    /work/shared/swift-testbed.md for the sizes glance_store 5.7.0 can write)."""
+    (32,768,000 bytes) and more are written as DLOs of 8 "MB" segments
+    (glance_store 5.7.0 cannot upload every size: the tests keep to sizes it can)."""
     sizes = {"swift_store_create_container_on_put": "True", "swift_store_large_object_size": "32",
              "swift_store_large_object_chunk_size": "8"}
     auth_address, user, key = inline
