@@ -231,8 +231,9 @@ class ServiceIdentity:
         self._retry_at = time.monotonic() + RETRY_AFTER
         if self._failing_since is None:
             self._failing_since = time.monotonic()
-            LOG.warning("service identity %s (%s): copies the image API hides are not read; downloads go on "
-                        "from direct_url, then the image API's /file", _WORDS[reason], detail)
+            LOG.warning("service identity %s (%s): copies the image API hides are not read and no image is "
+                        "promoted meanwhile; downloads go on from direct_url, then the image API's /file",
+                        _WORDS[reason], detail)
 
     def recovered(self) -> None:
         if self._failing_since is not None:
