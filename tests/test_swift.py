@@ -184,3 +184,36 @@ def test_blocks_cover_the_span_within_segments(start: int, length: int) -> None:
     got = b"".join(bytes(range(segments.index(seg) * 10 + off, segments.index(seg) * 10 + off + size))
                    for seg, off, size in blocks)
     assert got == data[start:start + length]
+
+
+def test_a_failed_login_is_not_retried_at_once(tmp_path: Path) -> None:
+    """A Keystone that accepts and never answers: the first download waits
+    out the timeout, the next ones within RETRY_AFTER fall back at once."""
+    import threading
+    import time
+
+    from tests.support.servers import serve_raw_http_in_thread
+
+    released = threading.Event()
+
+    def hang(head: bytes, sock: object) -> bool:
+        released.wait(5)
+        return False
+
+    with serve_raw_http_in_thread(hang) as url:
+        refs = write_refs(tmp_path, f"[ref1]\nauth_address = {url}/v3\nuser = p:u\nkey = secretvalue\n")
+        backends = configured_backends(allowed_hosts="127.0.0.1", swift_store_config_file=refs,
+                                       backend_first_byte_timeout="1")
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendError, match="Keystone unreachable") as first:
+                backends.open(f"swift+config://ref1/glance/{IMAGE}", 0, 10, 10)
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(BackendError, match=r"Keystone unreachable .*\(not retried yet\)"):
+                backends.open(f"swift+config://ref1/glance/{IMAGE}", 0, 10, 10)
+            again = time.monotonic() - started
+        finally:
+            released.set()
+    assert waited >= 0.9 and again < 0.2, (waited, again, first.value.reason)
+    assert "secretvalue" not in str(first.value)

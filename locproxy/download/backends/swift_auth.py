@@ -6,7 +6,9 @@ first use, after gunicorn's fork). keystoneauth keeps the token, reuses it
 and fetches a new one when it is within 120 s of expiring; ``invalidate``
 drops it after a storage 401 so the next ``token`` logs in again. So a
 download costs no login, only the first one of a worker and one per token
-lifetime (``locproxy_swift_logins_total`` counts them).
+lifetime (``locproxy_swift_logins_total`` counts them). A login that
+failed is not tried again for ``RETRY_AFTER`` seconds: downloads meanwhile
+fall back at once instead of each waiting out an unreachable Keystone.
 
 Trust: the key lives in the plugin only; failures are told by exception
 type (keystoneauth's messages may hold URLs), never with a key or token.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ from locproxy.failures import Failure
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
+RETRY_AFTER = 5.0  # seconds a failed login is answered from memory, without I/O
 INSTALL_HINT = "install keystoneauth1 (pip install 'locproxy[keystone]' or pip install keystoneauth1)"
 LOGINS = Counter("locproxy_swift_logins", "Keystone logins of the swift reader (one per worker and token "
                  "lifetime, never one per download), by backend", ["backend"])
@@ -67,11 +71,12 @@ class Logins:
         self._lock = threading.Lock()
         self._pid = -1
         self._sessions: dict[Login, Any] = {}
+        self._failed: dict[Login, tuple[float, BackendError]] = {}  # the last failure, while it is fresh
 
     def session(self, login: Login) -> Any:
         with self._lock:
             if self._pid != os.getpid():
-                self._sessions, self._pid = {}, os.getpid()  # after fork: not ours
+                self._sessions, self._failed, self._pid = {}, {}, os.getpid()  # after fork: not ours
             found = self._sessions.get(login)
             if found is None:
                 found = self._sessions[login] = self._open(login)
@@ -94,13 +99,19 @@ class Logins:
         """(token, storage URL): the kept token, and ``endpoint`` or the
         catalog's object-store endpoint. BackendError if they cannot be had."""
         sess = self.session(login)
+        failed = self._failed.get(login)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise BackendError(label, failed[1].reason + " (not retried yet)", failed[1].kind)
         before = getattr(sess.auth, "auth_ref", None)
         try:
             token = sess.get_token()
             url = endpoint or sess.get_endpoint(service_type="object-store", interface=self.interface,
                                                 region_name=self.region or None)
         except Exception as error:  # noqa: BLE001 - whatever keystoneauth raises: this copy is not read
-            raise _error(label, error) from None
+            backend_error = _error(label, error)
+            self._failed[login] = (time.monotonic() + RETRY_AFTER, backend_error)
+            raise backend_error from None
+        self._failed.pop(login, None)
         if not token or not url:
             raise BackendError(label, f"no {self.interface} object-store endpoint in the catalog", Failure.MISSING)
         if getattr(sess.auth, "auth_ref", None) is not before:
