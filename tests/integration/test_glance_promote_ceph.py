@@ -45,7 +45,7 @@ from tests.support.glance.ceph_stores import ceph_stores
 from tests.support.glance.server import GlanceServer
 from tests.support.servers import REPO_ROOT, GunicornServer, run_gunicorn
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
 PASTE_INI = REPO_ROOT / "etc" / "paste.ini"
 MiB = 1024 * 1024

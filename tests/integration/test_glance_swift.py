@@ -35,7 +35,7 @@ from tests.support.glance.server import GlanceServer
 from tests.support.keystone.lab import KeystoneLab
 from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
 MiB = 1024 * 1024
 SEGMENT = 8_192_000  # Glance's swift_store_large_object_chunk_size = 8 ("MB" of 1,024,000 bytes)

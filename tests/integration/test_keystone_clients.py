@@ -26,7 +26,7 @@ from tests.support.keystone.fronts import KINDS_AND_MODES, Front, filter_options
 from tests.support.keystone.lab import KeystoneGlance, KeystoneLab, keystone_glance
 from tests.support.keystone.seed import SeededImage, seed_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from tests.support.keystone.lab import KeystoneGlance, KeystoneLab, keystone_gla
 from tests.support.keystone.seed import SeededImage, seed_image
 from tests.support.servers import GunicornServer, run_gunicorn, sidecar_ini
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
 MiB = 1024 * 1024
 WAIT = 60.0
