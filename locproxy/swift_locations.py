@@ -114,10 +114,9 @@ def split_user(user: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class SwiftReference:
-    """One section of a swift references file (the key kept out of repr)."""
+class Login:
+    """Who logs in where: a reference's or a location's credentials."""
 
-    name: str
     auth_url: str  # Keystone v3
     project: str
     user: str
@@ -126,6 +125,14 @@ class SwiftReference:
     user_domain_name: str = ""
     project_domain_id: str = "default"
     project_domain_name: str = ""
+
+
+@dataclass(frozen=True)
+class SwiftReference:
+    """One section of a swift references file: its name and its login."""
+
+    name: str
+    login: Login
 
 
 @dataclass(frozen=True)
@@ -185,4 +192,4 @@ def _reference(option: str, name: str, section: dict[str, str]) -> SwiftReferenc
     for kind in ("user", "project"):
         if not domains[f"{kind}_domain_id"] and not domains[f"{kind}_domain_name"]:
             domains[f"{kind}_domain_id"] = "default"
-    return SwiftReference(name, auth_url, project, user, _value(section, "key"), **domains)
+    return SwiftReference(name, Login(auth_url, project, user, _value(section, "key"), **domains))

@@ -91,9 +91,10 @@ def test_references_file_as_glance_reads_it(tmp_path: Path) -> None:
     refs = SwiftReferences.parse("swift_store_config_file", write_refs(tmp_path, REFS))
     ref1, ref2 = refs.get("ref1"), refs.get("ref2")
     assert ref1 is not None and ref2 is not None and refs.get("ref3") is None
-    assert (ref1.auth_url, ref1.project, ref1.user, ref1.key) == ("http://127.0.0.1:5000/v3", "service",
-                                                                  "swiftglance", "pa:ss")
-    assert (ref2.auth_url, ref2.project, ref2.user_domain_id, ref2.project_domain_id) == (
+    login1, login2 = ref1.login, ref2.login
+    assert (login1.auth_url, login1.project, login1.user, login1.key) == ("http://127.0.0.1:5000/v3", "service",
+                                                                          "swiftglance", "pa:ss")
+    assert (login2.auth_url, login2.project, login2.user_domain_id, login2.project_domain_id) == (
         "http://127.0.0.1:5000/v3", "other", "default", "default")
     assert "pa:ss" not in repr(refs)
 

@@ -41,12 +41,20 @@ from urllib.parse import SplitResult, quote, urlsplit
 
 from locproxy.download.backends.base import BackendError, BackendStream, Reader
 from locproxy.download.backends.http import USER_AGENT, HTTPBackend
-from locproxy.download.backends.swift_auth import INSTALL_HINT, INTERFACES, Login, Logins, keystoneauth_available
+from locproxy.download.backends.swift_auth import INSTALL_HINT, INTERFACES, Logins, keystoneauth_available
 from locproxy.download.backends.swift_segments import Target, open_segmented
 from locproxy.failures import Failure
 from locproxy.guards import DEFAULT_PORTS
 from locproxy.options import ConfigError, MiB, one_of, parse_count, parse_http_url, parse_name, parse_size
-from locproxy.swift_locations import SWIFT_SCHEMES, SwiftReferences, SwiftURL, keystone_v3, parse_swift_url, split_user
+from locproxy.swift_locations import (
+    SWIFT_SCHEMES,
+    Login,
+    SwiftReferences,
+    SwiftURL,
+    keystone_v3,
+    parse_swift_url,
+    split_user,
+)
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
@@ -135,8 +143,7 @@ class SwiftBackend:
             ref = self.options.references.get(location.reference)
             if ref is None:
                 raise BackendError(label, "swift reference not in swift_store_config_file", Failure.NOT_ALLOWED)
-            login = Login(ref.auth_url, ref.project, ref.user, ref.key, ref.user_domain_id, ref.user_domain_name,
-                          ref.project_domain_id, ref.project_domain_name)
+            login = ref.login
         else:
             self._allowed(location.auth_url, label, "Keystone host not allowed")
             try:

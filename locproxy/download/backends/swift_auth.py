@@ -20,13 +20,13 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
 
 from locproxy.download.backends.base import BackendError
 from locproxy.failures import Failure
+from locproxy.swift_locations import Login
 
 LOG = logging.getLogger(__package__)  # one logger for all the backends
 
@@ -36,20 +36,6 @@ LOGINS = Counter("locproxy_swift_logins", "Keystone logins of the swift reader (
                  "lifetime, never one per download), by backend", ["backend"])
 #: glance_store's swift_store_endpoint_type values -> keystoneauth interfaces.
 INTERFACES = {"publicURL": "public", "internalURL": "internal", "adminURL": "admin"}
-
-
-@dataclass(frozen=True)
-class Login:
-    """Who logs in where: a reference's or a location's credentials."""
-
-    auth_url: str
-    project: str
-    user: str
-    key: str = field(repr=False)
-    user_domain_id: str = "default"
-    user_domain_name: str = ""
-    project_domain_id: str = "default"
-    project_domain_name: str = ""
 
 
 def keystoneauth_available() -> bool:
