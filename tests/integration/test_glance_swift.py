@@ -29,11 +29,11 @@ import pytest
 
 from tests.integration.test_glance_ceph import VERIFIED, Deployment, Image, sent
 from tests.support import ceph
-from tests.support.ceph import CephCluster, CephUnavailable
+from tests.support.ceph import CephCluster
 from tests.support.glance.config import swift_store_overrides
 from tests.support.glance.server import GlanceServer
 from tests.support.keystone.lab import KeystoneLab
-from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway
+from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway_or_skip
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
@@ -45,15 +45,8 @@ LABEL = re.escape("swift+config://ref1")
 
 @pytest.fixture(scope="module")
 def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGateway]:
-    try:
-        gateway = swift_gateway(ceph_lab, keystone_lab)
-        lab = gateway.__enter__()
-    except CephUnavailable as error:
-        pytest.skip(f"no Swift gateway here: {error.reason}")
-    try:
-        yield lab
-    finally:
-        gateway.__exit__(None, None, None)
+    with swift_gateway_or_skip(ceph_lab, keystone_lab) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import pytest
 from locproxy.config import configured_backends
 from locproxy.download.backends import BackendError, Backends, BackendStream
 from locproxy.download.backends.swift_auth import LOGINS
-from tests.support.ceph import CephCluster, CephUnavailable
+from tests.support.ceph import CephCluster
 from tests.support.keystone.lab import KeystoneLab
-from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway
+from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +32,13 @@ PLAIN = os.urandom(3 * 1024 * 1024 + 1)
 
 @pytest.fixture(scope="module")
 def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGateway]:
-    try:
-        gateway = swift_gateway(ceph_lab, keystone_lab)
-        lab = gateway.__enter__()
-    except CephUnavailable as error:
-        pytest.skip(f"no Swift gateway here: {error.reason}")
-    try:
+    with swift_gateway_or_skip(ceph_lab, keystone_lab) as lab:
         put(lab, "/reader", b"")
         put(lab, "/reader/plain", PLAIN)
         for n, offset in enumerate(range(0, len(DATA), SEGMENT), 1):
             put(lab, f"/reader/dlo-{n:05d}", DATA[offset:offset + SEGMENT])
         put(lab, "/reader/dlo", b"", {"X-Object-Manifest": "reader/dlo-"})
         yield lab
-    finally:
-        gateway.__exit__(None, None, None)
 
 
 def put(swift: SwiftGateway, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:

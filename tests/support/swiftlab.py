@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import pytest
+
 from tests.support.ceph import CephCluster, CephUnavailable, Daemon, free_port
 from tests.support.keystone.lab import KeystoneLab
 from tests.support.keystone.server import ADMIN_PASSWORD
@@ -192,3 +194,14 @@ def swift_gateway(ceph: CephCluster, keystone: KeystoneLab) -> Iterator[SwiftGat
     finally:
         gateway.stop()
         del ceph.daemons[NAME]
+
+
+@contextlib.contextmanager
+def swift_gateway_or_skip(ceph: CephCluster, keystone: KeystoneLab) -> Iterator[SwiftGateway]:
+    """``swift_gateway``, or the test skipped with the reason where it cannot run."""
+    with contextlib.ExitStack() as stack:
+        try:
+            gateway = stack.enter_context(swift_gateway(ceph, keystone))
+        except CephUnavailable as error:
+            pytest.skip(f"no Swift gateway here: {error.reason}")
+        yield gateway
