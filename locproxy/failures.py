@@ -35,6 +35,9 @@ class Failure(str, enum.Enum):
     SIZE_MISMATCH = "size_mismatch"
     TOO_SLOW = "too_slow"
     CHECKSUM_MISMATCH = "checksum_mismatch"
+    # The client's own credentials refused, by a backend read as the client:
+    # the client's answer, not the backend's fault (no health record).
+    DENIED = "denied"
     OTHER = "other"
 
 

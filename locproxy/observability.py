@@ -135,6 +135,8 @@ class Recorder:
     @_never_raises
     def failed(self, key: str, label: str, kind: Failure) -> None:
         BACKEND_FAILURES.labels(label, kind.value).inc()
+        if kind is Failure.DENIED:
+            return  # a client refused (its own token): says nothing of the backend's health
         if self.tracker.record_failure(key).demoted(time.time()):
             DEMOTED.labels(label).set(1)
 

@@ -142,7 +142,7 @@ def test_without_keystoneauth_swift_is_refused_at_load(tmp_path: Path, monkeypat
         pytest.param(f"swift+http://ab:k@127.0.0.1:5000/v3/glance/{IMAGE}",
                      "invalid swift URL (user is not project:user)", id="user"),
         pytest.param(f"swift+http://127.0.0.1:7480/swift/v1/AUTH_p/glance_{IMAGE}/{IMAGE}",
-                     "multi-tenant swift copy: only its owner's token reads it", id="multi-tenant"),
+                     "multi-tenant swift copy: storage host not in swift_multi_tenant_hosts", id="multi-tenant"),
         pytest.param("swift+config://ref1/glance", "invalid swift URL (expected host/container/object)", id="bad"),
     ],
 )

@@ -30,6 +30,7 @@ from webob import Request, Response
 from locproxy import bodies, observability
 from locproxy.cache import Fill, Follow, Hit
 from locproxy.download import caching
+from locproxy.download.backends import Caller
 from locproxy.download.choose import CacheHit, Following, Source, Upstream, choose_source
 from locproxy.download.plan import DownloadPlan, Refusal, plan_download
 from locproxy.download.policy import body_policy
@@ -75,8 +76,10 @@ class DownloadHandler:
             return json_error(502, "The image API's response ended before it was complete.")
         if services.hidden is not None:  # copies the image API hides (locproxy.hidden), after the show's 200
             image = services.hidden.complete(image, req.environ)
+        caller = Caller.of(image_requests.req.environ)  # the token the show just went with
         plan = plan_download(image, method=req.method, range_header=req.headers.get("Range"),
-                             selector=services.selector, prefer=prefer, readable=services.backends.readable,
+                             selector=services.selector, prefer=prefer,
+                             readable=lambda url: services.backends.readable(url, caller),
                              demoted=services.tracker.demoted)
         if isinstance(plan, Refusal):
             return json_error(plan.status, plan.message, dict(plan.headers))
@@ -128,7 +131,7 @@ class DownloadHandler:
     def _sources(self, plan: DownloadPlan, image_requests: ImageRequests) -> Sources:
         services = self.services
         return Sources(plan.candidates, services.backends, services.recorder, image_requests, plan.image_id,
-                       plan.size)
+                       plan.size, Caller.of(image_requests.req.environ))
 
 
 def _counted_if_served(app: Callable, served: Callable[[], None]) -> Callable:

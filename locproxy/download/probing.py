@@ -42,8 +42,9 @@ class Prober:
         self._stop = threading.Event()
 
     def note(self, plan: DownloadPlan) -> None:
-        """Note the backends of one download's candidates."""
-        self.remember(plan.candidates, plan.size)
+        """Note the backends of one download's candidates, those it may read
+        without the client (never a copy only the client's token reads)."""
+        self.remember([c for c in plan.candidates if self.backends.readable(c.url)], plan.size)
 
     def remember(self, candidates: Iterable[Candidate], image_size: int) -> None:
         """Note the backends of these candidates; start the thread if needed."""

@@ -13,7 +13,7 @@ import time
 from typing import Iterator
 
 from locproxy import bodies
-from locproxy.download.backends import BackendError, Backends, BackendStream
+from locproxy.download.backends import NOBODY, BackendError, Backends, BackendStream, Caller
 from locproxy.download.plan import UPSTREAM, Candidate
 from locproxy.failures import Failure
 from locproxy.observability import Recorder
@@ -32,8 +32,9 @@ class Sources:
     LOGGED_FAILURES = 3
 
     def __init__(self, candidates: tuple[Candidate, ...], backends: Backends, recorder: Recorder,
-                 image_requests: ImageRequests, image_id: str, size: int) -> None:
+                 image_requests: ImageRequests, image_id: str, size: int, caller: Caller = NOBODY) -> None:
         self.remaining = list(candidates)
+        self.caller = caller  # the client's, for copies only it may read (image_requests' environ)
         self.backends = backends
         self.recorder = recorder
         self.image_requests = image_requests
@@ -57,7 +58,7 @@ class Sources:
                 started = time.monotonic()
                 try:
                     with tracker.attempt(candidate.key):
-                        stream = self.backends.open(candidate.url, offset, end - offset, self.size)
+                        stream = self.backends.open(candidate.url, offset, end - offset, self.size, self.caller)
                 except BackendError as error:
                     self.failed(candidate, error, offset, before_first_byte=True)
                     continue
@@ -85,6 +86,11 @@ class Sources:
             self.recorder.failed(candidate.key, candidate.label, error.kind)
         if self.failures > self.LOGGED_FAILURES:
             self.unlogged += 1
+            return
+        if error.kind is Failure.DENIED:  # the client's answer, not a fault of the copy
+            LOG.info("image %s: backend %s refused the client's own token %s: %s; trying the next location",
+                     self.image_id, candidate.label, "before the first byte" if before_first_byte
+                     else f"at byte {offset}", error.reason)
             return
         LOG.warning(
             "image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,

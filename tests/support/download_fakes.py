@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from webob import Response
 
-from locproxy.download.backends import BackendError, BackendStream
+from locproxy.download.backends import NOBODY, BackendError, BackendStream, Caller
 from locproxy.download.plan import Candidate, DownloadPlan
 from locproxy.download.sources import Sources
 from locproxy.failures import Failure
@@ -38,7 +38,9 @@ class Copy:
     data: bytes = DATA
     fail_at: int | None = None
     refuse: bool = False
+    refusal: Failure = Failure.HTTP_STATUS  # what a refusal is told as
     reads: list[tuple[int, int]] = field(default_factory=list)
+    callers: list[Caller] = field(default_factory=list)  # who each open was for
 
 
 class MemoryStream(BackendStream):
@@ -65,13 +67,15 @@ class MemoryBackends:
     def __init__(self, copies: dict[str, Copy], chunk_size: int = 256 * 1024) -> None:
         self.copies, self.chunk_size = copies, chunk_size
 
-    def readable(self, url: str) -> bool:
+    def readable(self, url: str, caller: Caller = NOBODY) -> bool:
         return url.startswith("mem://")
 
-    def open(self, url: str, start: int, length: int, total_size: int | None) -> MemoryStream:
+    def open(self, url: str, start: int, length: int, total_size: int | None,
+             caller: Caller = NOBODY) -> MemoryStream:
         copy = self.copies[url[len("mem://"):]]
+        copy.callers.append(caller)
         if copy.refuse:
-            raise BackendError(url, "refused", Failure.HTTP_STATUS)
+            raise BackendError(url, "refused", copy.refusal)
         copy.reads.append((start, start + length))
         return MemoryStream(copy, start, length, self.chunk_size)
 
@@ -110,6 +114,7 @@ def plan(start: int = 0, end: int | None = None, data: bytes = DATA, names: tupl
                         candidates=tuple(candidate(name) for name in names), head_only=False)
 
 
-def sources(download: DownloadPlan, backends: MemoryBackends, upstream: GlanceFile | None = None) -> Sources:
+def sources(download: DownloadPlan, backends: MemoryBackends, upstream: GlanceFile | None = None,
+            caller: Caller = NOBODY) -> Sources:
     return Sources(download.candidates, backends, Recorder(Tracker()), upstream or GlanceFile(), download.image_id,
-                   download.size)  # type: ignore[arg-type]
+                   download.size, caller)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@ bytes asked for, or a ``BackendError`` that says why not."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from locproxy.failures import Failure
@@ -77,6 +78,33 @@ class BackendStream:
 
 Parser = Callable[[str, Any], Any]
 
+# A header value a token can be (RFC 9110 field-value, no spaces or controls):
+# anything else is no token at all, never sent anywhere.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The client of one download, as far as a reader may act for it: its
+    own Keystone token (``X-Auth-Token``), the one the upstream authorised
+    the client's own show of the image with (the same environ).
+
+    Only readers that declare ``for_caller`` get it, and only for locations
+    nobody else may read (multi-tenant swift copies). It lives as long as
+    the download's sources: never logged (not in ``repr``), never stored,
+    never the key of anything shared between clients."""
+
+    token: str = field(default="", repr=False)
+
+    @classmethod
+    def of(cls, environ: Mapping[str, Any]) -> Caller:
+        token = environ.get("HTTP_X_AUTH_TOKEN")
+        return cls(token) if isinstance(token, str) and _TOKEN.fullmatch(token) else NOBODY
+
+
+#: No client credentials: background work (probes, verification ahead), or a client without a token.
+NOBODY = Caller()
+
 
 @dataclass(frozen=True)
 class Reader:
@@ -90,7 +118,9 @@ class Reader:
     refuses its URLs). ``build(options, common, built)`` makes the reader
     from its options, the options every reader shares
     (``config.BackendSettings``) and the readers built before it (s3 reads
-    through the http reader's pools).
+    through the http reader's pools). ``for_caller``: its ``check`` and
+    ``open`` take the download's ``Caller`` as ``caller=`` (readers that
+    may read some locations as the client).
     """
 
     name: str
@@ -98,3 +128,4 @@ class Reader:
     options: type
     parsers: Mapping[str, tuple[str, Parser]]
     build: Callable[[Any, Any, Mapping[str, Any]], Any]
+    for_caller: bool = False

@@ -5,8 +5,10 @@ URL forms: ``locproxy.swift_locations``. ``swift+config`` copies log in
 with a reference of ``swift_store_config_file`` (Glance's own file, or one
 like it); inline ``user:key@<keystone>`` copies log in with those, when the
 Keystone host is in ``allowed_hosts``. Multi-tenant copies (a storage URL,
-no credentials) live in the owner's account and only the owner's token
-reads them: they are left to the image API's ``/file``.
+no credentials) live in the owner's account: ``swift_tenant`` reads them
+with the client's own token, as Glance does, on the storage hosts of
+``swift_multi_tenant_hosts`` only; elsewhere (or without a token) they are
+left to the image API's ``/file``.
 
 Tokens: ``swift_auth`` (keystoneauth1: one session per login and worker,
 the token kept and renewed, a 401 renews it once). The storage URL is
@@ -39,10 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import SplitResult, quote, urlsplit
 
-from locproxy.download.backends.base import BackendError, BackendStream, Reader
+from locproxy.download.backends.base import NOBODY, BackendError, BackendStream, Caller, Reader
 from locproxy.download.backends.http import USER_AGENT, HTTPBackend
 from locproxy.download.backends.swift_auth import INSTALL_HINT, INTERFACES, Logins, keystoneauth_available
 from locproxy.download.backends.swift_segments import Target, open_segmented
+from locproxy.download.backends.swift_tenant import TenantHosts, as_caller
 from locproxy.failures import Failure
 from locproxy.guards import DEFAULT_PORTS
 from locproxy.options import ConfigError, MiB, one_of, parse_count, parse_http_url, parse_name, parse_size
@@ -74,6 +77,7 @@ class SwiftOptions:
     region: str = ""
     segment_readers: int = 4  # parallel reads of one download's DLO segments (1: the manifest, as one GET)
     block_size: int = 8 * MiB  # what one of them asks for at a time
+    tenant_hosts: TenantHosts = TenantHosts()  # swift_multi_tenant_hosts: where a client's token may go
 
 
 class SwiftBackend:
@@ -88,12 +92,20 @@ class SwiftBackend:
         # Read-ahead connections of all segmented streams together (see SegmentedStream).
         self._spare = threading.BoundedSemaphore(max(1, common.pool_maxsize // 2))
 
-    def check(self, url: str, parts: SplitResult, label: str) -> None:
-        """Refuse, without I/O, what may never be read."""
-        self._login(self._parse(url, label), label)
+    def check(self, url: str, parts: SplitResult, label: str, caller: Caller = NOBODY) -> None:
+        """Refuse, without I/O, what may never be read (by ``caller``)."""
+        location = self._parse(url, label)
+        if location.form == "tenant":
+            self._tenant(location, label, caller)
+        else:
+            self._login(location, label)
 
-    def open(self, parts: SplitResult, label: str, start: int, length: int, total_size: int | None) -> BackendStream:
+    def open(self, parts: SplitResult, label: str, start: int, length: int, total_size: int | None,
+             caller: Caller = NOBODY) -> BackendStream:
         location = self._parse(parts.geturl(), label)
+        if location.form == "tenant":  # the client's own token, never ours: its refusal is its answer
+            target = self._tenant(location, label, caller)
+            return as_caller(lambda: self._read(target, caller.token, label, start, length, total_size))
         login = self._login(location, label)
         for attempt in (1, 2):
             token, storage = self.logins.token(login, label, self.options.endpoint)
@@ -133,12 +145,21 @@ class SwiftBackend:
         except ValueError as error:
             raise BackendError(label, f"invalid swift URL ({error})", Failure.INVALID_URL) from None
 
+    def _tenant(self, location: SwiftURL, label: str, caller: Caller) -> Target:
+        """Where a multi-tenant copy is read as ``caller``: a storage host
+        both lists allow, and a token (no I/O)."""
+        target = self._target(location.storage_url, location, label)
+        if not self.options.tenant_hosts.allows(target.host, target.port):
+            raise BackendError(label, "multi-tenant swift copy: storage host not in swift_multi_tenant_hosts",
+                               Failure.NOT_ALLOWED)
+        if not caller.token:
+            raise BackendError(label, "multi-tenant swift copy: read only with the client's own token",
+                               Failure.NOT_ALLOWED)
+        return target
+
     def _login(self, location: SwiftURL, label: str) -> Login:
         if not self.installed:
             raise BackendError(label, "swift support not installed (keystoneauth1)", Failure.NOT_ALLOWED)
-        if location.form == "tenant":
-            raise BackendError(label, "multi-tenant swift copy: only its owner's token reads it",
-                               Failure.NOT_ALLOWED)
         if location.form == "config":
             ref = self.options.references.get(location.reference)
             if ref is None:
@@ -180,4 +201,5 @@ READER = Reader("swift", frozenset(SWIFT_SCHEMES), SwiftOptions, {
     "swift_store_region": ("region", parse_name),
     "swift_segment_readers": ("segment_readers", parse_count),
     "swift_block_size": ("block_size", parse_size),
-}, SwiftBackend)
+    "swift_multi_tenant_hosts": ("tenant_hosts", TenantHosts.parse),
+}, SwiftBackend, for_caller=True)
