@@ -131,8 +131,8 @@ def test_the_caller_is_the_requests_own_token(environ: dict, token: str) -> None
     pytest.param({}, Caller(OWNER), True, id="both-lists-and-a-token"),
     pytest.param({}, NOBODY, False, id="no-token"),
     pytest.param({"swift_multi_tenant_hosts": None}, Caller(OWNER), False, id="off-by-default"),
-    pytest.param({"swift_multi_tenant_hosts": "127.0.0.1:1"}, Caller(OWNER), False, id="other-tenant-host"),
-    pytest.param({"allowed_hosts": "127.0.0.1:1"}, Caller(OWNER), False, id="not-in-allowed-hosts"),
+    pytest.param({"swift_multi_tenant_hosts": "127.0.0.1:1", "allowed_hosts": "127.0.0.1"}, Caller(OWNER), False,
+                 id="allowed-but-not-a-tenant-host"),
 ])
 def test_where_a_clients_token_may_go(swift: FakeSwift, options: dict, caller: Caller, readable: bool) -> None:
     given = {"allowed_hosts": swift.host, "swift_multi_tenant_hosts": swift.host, **options}
@@ -145,9 +145,23 @@ def test_where_a_clients_token_may_go(swift: FakeSwift, options: dict, caller: C
         assert swift.tokens == [], "refused copies are refused before any request"
 
 
-def test_a_bad_tenant_hosts_option_fails_at_load() -> None:
-    with pytest.raises(ConfigError, match="swift_multi_tenant_hosts: 'http://x' is not host"):
-        load_filter_settings({}, {"swift_multi_tenant_hosts": "http://x"})
+@pytest.mark.parametrize("options, message", [
+    pytest.param({"swift_multi_tenant_hosts": "http://x"}, "swift_multi_tenant_hosts: 'http://x' is not host",
+                 id="syntax"),
+    pytest.param({"swift_multi_tenant_hosts": "rgw:8080", "allowed_hosts": "rgw:80"},
+                 "swift_multi_tenant_hosts: 'rgw:8080' is not in allowed_hosts", id="other-port"),
+    pytest.param({"swift_multi_tenant_hosts": "rgw", "allowed_hosts": "rgw:8080"},
+                 "swift_multi_tenant_hosts: 'rgw' is not in allowed_hosts", id="any-port-wider"),
+    pytest.param({"swift_multi_tenant_hosts": "rgw:8080"}, "'rgw:8080' is not in allowed_hosts", id="none-allowed"),
+])
+def test_a_bad_tenant_hosts_option_fails_at_load(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        configured_backends(**options)
+
+
+def test_tenant_hosts_within_allowed_hosts_load() -> None:
+    for tenant, allowed in (("rgw:8080", "rgw"), ("rgw:8080", "rgw:8080, web"), ("rgw", "rgw")):
+        configured_backends(swift_multi_tenant_hosts=tenant, allowed_hosts=allowed)
 
 
 # -- reads as the client ------------------------------------------------------------

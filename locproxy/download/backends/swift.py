@@ -87,6 +87,7 @@ class SwiftBackend:
         self.http: HTTPBackend = built["http"]
         self.allowed = self.http.allowed
         self.options = options
+        options.tenant_hosts.check_within(self.allowed)
         self.logins = Logins(common.first_byte_timeout, INTERFACES[options.endpoint_type], options.region)
         self.installed = keystoneauth_available()
         # Read-ahead connections of all segmented streams together (see SegmentedStream).

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 from locproxy.download.backends.base import BackendError, BackendStream
 from locproxy.failures import Failure
 from locproxy.guards import AllowedHosts
+from locproxy.options import ConfigError
 
 # What the swift reader's requests say when the storage refused the token:
 # a status of a GET, of the manifest's HEAD or of the segment listing.
@@ -42,6 +43,14 @@ _REFUSED = re.compile(r"\bHTTP 40[13]\b")
 
 class TenantHosts(AllowedHosts):
     """``swift_multi_tenant_hosts``: the storage hosts a client's token may be sent to."""
+
+    def check_within(self, allowed: AllowedHosts) -> None:
+        """Each entry is one ``allowed_hosts`` allows too (ConfigError at load, not a copy never read)."""
+        for host, port in sorted(self.entries, key=str):
+            if not ((host, None) in allowed.entries if port is None else allowed.allows(host, port)):
+                shown = host if port is None else f"{host}:{port}"
+                raise ConfigError(f"swift_multi_tenant_hosts: {shown!r} is not in allowed_hosts (a client's token "
+                                  "goes only to hosts locproxy may contact at all)")
 
 
 def denied(error: BackendError) -> BackendError:
