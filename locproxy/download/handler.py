@@ -7,7 +7,9 @@
    upstream's consent, cache hits included.
 2. **Plan** (``plan.py``, pure): what the client asked for and the
    candidates in order; what is not an active image with data goes to the
-   upstream's own ``/file``.
+   upstream's own ``/file``. The client's own token (``Caller``: the one the
+   show just went with) decides, and later reads, the copies only the
+   client may read (multi-tenant swift); the plan itself holds no token.
 3. **Check** (``policy.py``, pure): how the bytes are checked and sent,
    from the ``verify_checksums`` mode and the image's fingerprint.
 4. **Choose** (``choose.py``): one source: a cache hit, a fill to follow

@@ -37,6 +37,7 @@ from tests.support.ceph import CephCluster
 from tests.support.keystone.config import SERVICE_TOKEN_POLICY
 from tests.support.keystone.fronts import Front, filter_options, open_front, web_reads
 from tests.support.keystone.lab import KeystoneGlance, KeystoneLab, keystone_glance
+from tests.support.keystone.seed import SeededImage, seed_image
 from tests.support.swiftlab import SwiftGateway, swift_gateway_or_skip
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
@@ -57,15 +58,8 @@ POLICY = SERVICE_TOKEN_POLICY + '"copy_image": "role:member or role:admin"\n'
 
 
 @dataclass
-class TenantImage:
-    id: str
-    data: bytes
-    web_path: str
-    swift_path: str  # on radosgw: /swift/v1/AUTH_<demo>/glance_<id>/<id>
-
-    @property
-    def sha512(self) -> str:
-        return hashlib.sha512(self.data).hexdigest()
+class TenantImage(SeededImage):
+    swift_path: str = ""  # on radosgw: /swift/v1/AUTH_<demo>/glance_<id>/<id>
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +76,14 @@ def glance(keystone_lab: KeystoneLab, swift: SwiftGateway) -> Iterator[KeystoneG
 
 def seed(glance: KeystoneGlance, keystone_lab: KeystoneLab, swift: SwiftGateway, data: bytes,
          name: str) -> TenantImage:
-    alice = glance.as_user("alice")
-    created = glance.request("POST", "/v2/images", identity=alice, json_body={
-        "name": name, "disk_format": "raw", "container_format": "bare"})
-    assert created.status == 201, created.body[:500]
-    image_id = created.json()["id"]
-    url = glance.web.put(f"{image_id}.raw", data)
-    glance.add_location_api(image_id, url, identity=alice, validation_data={
-        "os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(data).hexdigest()})
-    glance.copy_to_store(image_id, STORE, identity=alice, timeout=180)
+    seeded = seed_image(glance, data, owner="alice", copies=(), name=name)  # the web copy only
+    glance.copy_to_store(seeded.id, STORE, identity=glance.as_user("alice"), timeout=180)  # as alice herself
     demo = keystone_lab.identities.projects["demo"]
-    path = f"/swift/v1/AUTH_{demo}/glance_{image_id}/{image_id}"
-    listed = glance.request("GET", f"/v2/images/{image_id}/locations", identity=glance.as_user("locproxy-admin"))
+    path = f"/swift/v1/AUTH_{demo}/glance_{seeded.id}/{seeded.id}"
+    listed = glance.request("GET", f"/v2/images/{seeded.id}/locations", identity=glance.as_user("locproxy-admin"))
     urls = {entry["metadata"]["store"]: entry["url"] for entry in listed.json()}
-    assert urls == {"web": url, STORE: f"swift+http://{swift.host}{path}"}, urls
-    return TenantImage(image_id, data, f"/{image_id}.raw", path)
+    assert urls == {"web": glance.web.url + seeded.web_path, STORE: f"swift+http://{swift.host}{path}"}, urls
+    return TenantImage(**vars(seeded), swift_path=path)
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +143,9 @@ def test_range_from_the_multi_tenant_copy(front: Front, keystone_lab: KeystoneLa
     start, end = SEGMENT - 10, 2 * SEGMENT + 9
     mark = swift.log_mark()
     part = front.get(f"/v2/images/{image.id}/file", keystone_lab.token("alice"), Range=f"bytes={start}-{end}")
-    assert (part.status, part.header("Content-Range")) == (206, f"bytes {start}-{end}/{image_size(image)}")
+    assert (part.status, part.header("Content-Range")) == (206, f"bytes {start}-{end}/{len(image.data)}")
     assert part.body == image.data[start:end + 1]
     assert rgw_reads(swift, mark, image)
-
-
-def image_size(image: TenantImage) -> int:
-    return len(image.data)
 
 
 def test_another_projects_user_gets_glances_404_and_no_byte(front: Front, glance: KeystoneGlance,

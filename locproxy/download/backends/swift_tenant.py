@@ -8,6 +8,10 @@ token is the ``X-Auth-Token`` of the client's request, the one the
 upstream authorised the client's show of this image with (``Caller``).
 Never locproxy's own service token: that would read what the client may not.
 
+The token serves that one download: its sources, and a site-cache fill it
+starts (read for it, whose bytes later clients get only after their own
+show). It is never logged, kept past them, or the key of anything shared.
+
 Where a client's token may go (``swift_multi_tenant_hosts``): a location
 URL is the image owner's to write where Glance lets owners add locations,
 and its host receives the token of everyone who downloads the image. So the
