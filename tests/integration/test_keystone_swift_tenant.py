@@ -17,7 +17,9 @@ segments listed and read with it too; bob (another project) gets Glance's
 404 and no byte, and locproxy asks radosgw nothing; the admin, whom Glance
 lets read every image but whose token radosgw refuses for alice's account
 (403), is served from the web copy, four times, and the swift copy is not
-demoted: alice's next download is read from it again. No token in any log.
+demoted: alice's next download is read from it again. bob, once a member
+of an image (Glance sets its container's read ACL for his project), reads
+it from alice's account with his own token. No token in any log.
 
 Opt-in (``-m lab``): Ceph, radosgw and Keystone together. Skips with the
 lab's reason where they cannot run.
@@ -89,7 +91,16 @@ def seed(glance: KeystoneGlance, keystone_lab: KeystoneLab, swift: SwiftGateway,
 @pytest.fixture(scope="module")
 def images(glance: KeystoneGlance, keystone_lab: KeystoneLab, swift: SwiftGateway) -> dict[str, TenantImage]:
     made = {"plain": seed(glance, keystone_lab, swift, os.urandom(9 * MiB + 7), "lp-mt-plain"),
-            "dlo": seed(glance, keystone_lab, swift, os.urandom(DLO_SIZE), "lp-mt-dlo")}
+            "dlo": seed(glance, keystone_lab, swift, os.urandom(DLO_SIZE), "lp-mt-dlo"),
+            "shared": seed(glance, keystone_lab, swift, os.urandom(3 * MiB + 1), "lp-mt-shared")}
+    # bob becomes a member of "shared": Glance sets the container's read ACL for his project (alice's token).
+    other = keystone_lab.identities.projects["other"]
+    added = glance.request("POST", f"/v2/images/{made['shared'].id}/members", identity=glance.as_user("alice"),
+                           json_body={"member": other})
+    assert added.status == 200, added.body[:500]
+    accepted = glance.request("PUT", f"/v2/images/{made['shared'].id}/members/{other}",
+                              identity=glance.as_user("bob"), json_body={"status": "accepted"})
+    assert accepted.status == 200, accepted.body[:500]
     return made
 
 
@@ -176,6 +187,8 @@ def test_a_token_radosgw_refuses_falls_back_and_demotes_nothing(front: Front, gl
         assert got.status == 200 and got.body == image.data, got.describe()
     refused = rgw_reads(swift, mark, image)
     assert [status_of(line) for line in refused] == [403] * 4, refused
+    project = keystone_lab.identities.projects["admin"]
+    assert all(f"{project}${project}" in line for line in refused), f"not asked as the admin: {refused}"
     assert web_reads(glance, image) == web + 4
     text = front.log()[log:]
     assert len(re.findall(rf"image {image.id}: backend swift\+http://{re.escape(swift.host)} refused the client's "
@@ -192,3 +205,21 @@ def test_a_token_radosgw_refuses_falls_back_and_demotes_nothing(front: Front, gl
     assert [status_of(line) for line in rgw_reads(swift, mark, image)][-1:] in ([200], [206]), \
         "alice's download was not read from the swift copy first: demoted?"
     assert web_reads(glance, image) == web + 4
+
+
+def test_a_member_reads_with_his_own_token(front: Front, glance: KeystoneGlance, keystone_lab: KeystoneLab,
+                                           swift: SwiftGateway, images: dict[str, TenantImage]) -> None:
+    """bob (project other) is a member of alice's shared image: the read
+    ACL Glance set on its container lets his own token read it from
+    alice's account."""
+    image = images["shared"]
+    token = keystone_lab.token("bob")
+    web, mark = web_reads(glance, image), swift.log_mark()
+    got = front.get(f"/v2/images/{image.id}/file", token)
+    assert got.status == 200 and got.body == image.data, got.describe()
+    reads = rgw_reads(swift, mark, image)
+    assert [status_of(line) for line in reads][-1:] in ([200], [206]), (reads, front.log()[-2000:])
+    other = keystone_lab.identities.projects["other"]
+    assert all(f"{other}${other}" in line for line in reads), f"not read as bob: {reads}"
+    assert web_reads(glance, image) == web
+    assert token not in front.log()
