@@ -13,7 +13,9 @@ the same 20 downloads of a twin image through two sidecars with
 ``promote = off``, in the same run. The same storms again with
 ``cache_dir`` on each sidecar (the realistic site: a cache per machine,
 whose hits count towards ``promote_after`` too), against two sidecars with
-their caches and ``promote = off``. Then downloads through a sidecar of
+their caches and ``promote = off``; after each of those, a third node with
+a cold cache downloads the image once (what its fill reads over the link:
+the payoff of the copy). Then downloads through a sidecar of
 the promoted image (its rbd copy) alternate with raw librbd reads of it.
 
 The service identity is keystoneauth1's ``admin_token`` plugin with a lab
@@ -125,8 +127,8 @@ class _Run:
                            validation_data={"os_hash_algo": "sha512", "os_hash_value": self.image.sha512})
         return image_id, f"/{name}"
 
-    def sidecars(self, label: str, promote: str, cache: bool) -> list[Any]:
-        """Two nodes of one site: each its own metrics_file and, with ``cache``, its own cache_dir."""
+    def sidecars(self, label: str, promote: str, cache: bool, names: tuple[str, ...] = ("a", "b")) -> list[Any]:
+        """Nodes of one site: each its own metrics_file and, with ``cache``, its own cache_dir."""
         lab, g = self.lab, self.g
         options = self.ctx.config.with_options(**{
             **self.ctx.config.extra, "location_strategy": "weight", "store_weights": "ceph1:100, web:1",
@@ -134,7 +136,7 @@ class _Run:
             "local_stores": "ceph1", "promote": promote, "promote_after": "2", "promote_poll_interval": "0.5",
             "service_auth_type": "admin_token", "service_endpoint": g.url, "service_token": g.token()})
         found = []
-        for node in ("a", "b"):
+        for node in names:
             extra = {"metrics_file": str(self.ctx.work / f"promote-{label}-{node}.sqlite")}
             if cache:
                 cache_dir = self.ctx.work / f"promote-{label}-{node}-cache"
@@ -172,14 +174,28 @@ class _Run:
         time.sleep(1.0)  # the last download's log line is written as its response closes
         sources = [found for node, at in zip(nodes, log_marks)
                    for found in re.findall(r"bytes \d+-\d+ sent from (\S+)", node.log()[at:])]
-        served = ", ".join(f"{sources.count(s)} from {s}" for s in sorted(set(sources))) or "unknown"
         note = (warmed + f"{read / size:.2f} × the image read from the web copy; {DOWNLOADS} downloads in {seconds:.0f} s "
-                f"(served: {served}); "
+                f"(served: {_served(sources)}); "
                 + (f"Glance's copy task took {copy:.0f} s; " if copy is not None else "")
                 + (f"Glance listed ceph1 after download {local_at}" if local_at else "ceph1 never listed during "
                    "the downloads"))
+        if cache:
+            note += "; " + self.joining(label, promote, image_id, path)
         log(f"promote row, {label}: {note}")
         return {"bytes": read, "note": note, "image": image_id, "nodes": nodes}
+
+    def joining(self, label: str, promote: str, image_id: str, path: str) -> str:
+        """A third node of the site, its cache cold, downloads the image once
+        after the storm: what its fill reads over the link."""
+        g, size = self.g, self.image.size
+        node = self.sidecars(label, promote, True, names=("c",))[0]
+        mark, at = len(g.web.requests), len(node.log())
+        measure.curl(f"{node.url}/v2/images/{image_id}/file", g.headers(), expect_size=size)
+        time.sleep(1.0)  # the fill's reads are over once it commits, just after the download
+        read = _bytes_read(g.web.requests[mark:], path, size)
+        fills = re.findall(r"bytes \d+-\d+ read into the site cache from (\S+)", node.log()[at:])
+        return (f"then a third node's first download read {read / size:.2f} × the image from the web copy "
+                f"(its cache filled from {', '.join(fills) or 'unknown'})")
 
     def speeds(self, promoted: dict[str, Any], cluster: Any, rbd: Any) -> dict[str, Any]:
         size, image_id, node = self.image.size, promoted["image"], promoted["nodes"][0]
@@ -197,8 +213,12 @@ class _Run:
         found = alternate(self.ctx.sizes.reps, {"lp": self.ctx.one(url, size, self.g.headers()), "raw": raw})
         time.sleep(1.0)  # the last download's log line is written as its response closes
         sources = re.findall(r"bytes \d+-\d+ sent from (\S+)", node.log()[mark:])
-        found["paths"] = ", ".join(f"{sources.count(s)} from {s}" for s in sorted(set(sources))) or "unknown"
+        found["paths"] = _served(sources)
         return found
+
+
+def _served(sources: list[str]) -> str:
+    return ", ".join(f"{sources.count(s)} from {s}" for s in sorted(set(sources))) or "unknown"
 
 
 def _prewarm(g: Any, image_id: str) -> str:
