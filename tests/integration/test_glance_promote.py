@@ -228,6 +228,10 @@ def test_with_a_site_cache_per_node_its_hits_count_and_the_next_node_fills_local
         download(a, glance, image_id, data)
         assert web_reads(glance, image_id) - base == 1 and stores(glance, image_id) == ["web"]
         assert "committed" in a.log_after("committed"), "node a's cache committed its fill"
+        stranger = glance.headers(project="another-project", roles=OWNER, user="bob")
+        refused = http_request(f"{a.url}/v2/images/{image_id}/file", headers=stranger)
+        assert refused.status == 404 and data[:64] not in refused.body, "no cache hit for a client refused"
+        assert metric(a, "locproxy_promotion_downloads_total") == 1, "a refused client never counts"
         download(a, glance, image_id, data)  # a cache hit: the second count of promote_after = 2
         assert metric(a, 'locproxy_cache_requests_total{result="hit"}') == 1
         assert metric(a, "locproxy_promotion_downloads_total") == 2
