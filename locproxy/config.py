@@ -118,7 +118,7 @@ class PromotionSettings:
 
     local_stores: tuple[str, ...] = ()
     mode: str = "off"  # off or auto
-    after: int = 3  # downloads from a non-local copy ...
+    after: int = 3  # downloads of an image with no local copy (cache hits too) ...
     window: float = 3600.0  # ... within this many seconds
     backoff: float = 300.0  # after a failed copy; doubled per failure
     max_backoff: float = 21600.0

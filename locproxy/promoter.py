@@ -179,8 +179,8 @@ class Promoter:
         self.threads: list[threading.Thread] = []
 
     def served(self, image_id: str) -> None:
-        """A whole download of ``image_id`` was served to an authorised
-        client from a non-local copy. Never raises."""
+        """A whole download of ``image_id``, which has no local copy, was
+        served to an authorised client. Never raises."""
         try:
             observability.promotion_download()
             if self.ledger.download(image_id):

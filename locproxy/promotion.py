@@ -1,7 +1,7 @@
 """When to copy an image into the site's own Glance store (pure core and its ledger).
 
-``promote = auto``: an image whose downloads were served ``promote_after``
-times within ``promote_window`` from a copy outside ``local_stores`` is
+``promote = auto``: an image with no copy in ``local_stores`` whose
+downloads were served ``promote_after`` times within ``promote_window`` is
 copied by Glance itself into the first local store (``copy-image``
 import, asked by ``locproxy.promoter``). This module decides; it does no
 HTTP.
@@ -20,9 +20,10 @@ HTTP.
   flight: no coordinator of ours.
 
 What is counted is decided by the caller (``locproxy.download.handler``):
-only whole downloads of active images served to a client the image API
-authorised, from a copy that is not local (cache hits do not cross the
-link).
+only whole downloads of active images with no local copy, served to a
+client the image API authorised, from whatever source (a node's cache hit
+counts too: the site still lacks its copy, and every other node's cache
+fills across the link).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def locality(stores: Iterable[str], local_stores: Iterable[str]) -> bool:
 
 
 def on_download(state: ImageState, now: float, rule: Rule) -> tuple[ImageState, bool]:
-    """Count a download served from a non-local copy; True: ask for the copy now."""
+    """Count a download of an image with no local copy; True: ask for the copy now."""
     hits = tuple(t for t in state.hits if now - t < rule.window) + (now,)
     if state.running_since and now - state.running_since < rule.stale:
         return replace(state, hits=()), False  # a copy is under way: nothing to count towards

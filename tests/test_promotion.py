@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -264,23 +265,31 @@ class Counted:
         self.images.append(image_id)
 
 
-def test_only_whole_served_downloads_from_non_local_copies_count(tmp_path: Path) -> None:
+def counting_filter(roots: Path, **options: str) -> tuple[Any, Any, Counted, Any]:
+    """(demo image API, the filter over it with ``promote = auto`` and
+    ``local_stores = site``, what it counted, a webtest app of it)."""
     from webtest import TestApp
 
-    from locproxy.demo import DemoImageAPI, location
+    from locproxy.demo import DemoImageAPI
     from locproxy.middleware import LocationFilter
+
+    api = DemoImageAPI(file_roots=(str(roots),))
+    settings = load_filter_settings({}, {"file_roots": str(roots), "promote": "auto", "local_stores": "site",
+                                         "service_auth_type": "admin_token", "service_endpoint": "http://127.0.0.1:9",
+                                         "service_token": "t", **options})
+    lp = LocationFilter(api, settings)
+    counted = Counted()
+    lp.services.promoter = counted  # type: ignore[assignment]
+    return api, lp, counted, TestApp(lp, lint=True)
+
+
+def test_only_whole_served_downloads_from_non_local_copies_count(tmp_path: Path) -> None:
+    from locproxy.demo import location
 
     data = b"promotion" * 10000
     (tmp_path / "remote").write_bytes(data)
     (tmp_path / "local").write_bytes(data)
-    api = DemoImageAPI(file_roots=(str(tmp_path),))
-    settings = load_filter_settings({}, {"file_roots": str(tmp_path), "promote": "auto", "local_stores": "site",
-                                         "service_auth_type": "admin_token", "service_endpoint": "http://127.0.0.1:9",
-                                         "service_token": "t"})
-    lp = LocationFilter(api, settings)
-    counted = Counted()
-    lp.services.promoter = counted  # type: ignore[assignment]
-    app = TestApp(lp, lint=True)
+    api, _, counted, app = counting_filter(tmp_path)
     remote = api.add_image(data=data, locations=[location(f"file://{tmp_path}/remote", "far")])
     local = api.add_image(data=data, locations=[location(f"file://{tmp_path}/local", "site"),
                                                 location(f"file://{tmp_path}/remote", "far")])
@@ -314,3 +323,56 @@ def test_promote_command_needs_a_url_and_a_token_never_from_argv(tmp_path: Path,
     monkeypatch.setenv("OS_AUTH_TOKEN", "t")
     assert main(["promote", "i1", "--to", "fs2", "--url", "http://127.0.0.1:9", "--timeout", "1"]) == 1
     assert "i1: NOT in store fs2 (the import could not be asked" in capsys.readouterr().err
+
+
+def test_with_a_site_cache_hits_and_followers_count_too(tmp_path: Path) -> None:
+    """The realistic deployment: a cache per node. Its fill, its hits and a
+    download following a fill all count (the site still lacks its copy), so
+    the threshold is reached; ranges and HEADs of the cached image do not."""
+    import threading
+
+    from locproxy import observability
+    from locproxy.cache import Fill, cache_key
+    from locproxy.demo import location
+    from locproxy.download.plan import expected_digest
+    from tests.support.download_fakes import fingerprint_of
+
+    data = b"promoted" * 20000
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "remote").write_bytes(data)
+    (tmp_path / "cache").mkdir()
+    api, lp, counted, app = counting_filter(roots, cache_dir=str(tmp_path / "cache"), cache_max_size="1G")
+    first, second = (api.add_image(data=data, locations=[location(f"file://{roots}/remote", "far")])
+                     for _ in range(2))
+    hits = observability.CACHE_REQUESTS.labels("hit")._value.get()
+    for _ in range(3):  # a fill, then two hits
+        assert app.get(f"/v2/images/{first}/file").body == data
+    assert observability.CACHE_REQUESTS.labels("hit")._value.get() - hits == 2, "two were cache hits"
+    assert counted.images == [first] * 3
+    app.get(f"/v2/images/{first}/file", headers={"Range": "bytes=0-9"}, status=206)
+    app.head(f"/v2/images/{first}/file")
+    assert counted.images == [first] * 3, "ranges and HEADs of a cached image never count"
+
+    # A fill in progress (another worker's, here held by the test) is followed.
+    cache = lp.services.cache
+    assert cache is not None
+    digest = expected_digest(app.get(f"/v2/images/{second}").json)
+    assert digest is not None
+    fill = cache.begin(cache_key(second, digest), second, len(data), digest, whole=True)
+    assert isinstance(fill, Fill)
+
+    def write() -> None:
+        fill.write(data)
+        assert fill.commit(fingerprint_of(data))
+
+    follows = observability.CACHE_REQUESTS.labels("follow")._value.get()
+    writer = threading.Timer(0.3, write)
+    writer.start()
+    assert app.get(f"/v2/images/{second}/file").body == data
+    writer.join()
+    assert observability.CACHE_REQUESTS.labels("follow")._value.get() - follows == 1, "it followed the fill"
+    assert counted.images == [first] * 3 + [second]
+    api.set_status(first, "deactivated")  # its entry is still in the cache
+    app.get(f"/v2/images/{first}/file", status="*")
+    assert counted.images == [first] * 3 + [second], "a deactivated image never counts, cached or not"

@@ -10,7 +10,12 @@ one site, each its own ``metrics_file``) with ``local_stores = ceph1``,
 turn, back to back (a boot storm; none waits for the copy). Measured: the
 bytes read from the web copy (the sidecars' and Glance's own copy), against
 the same 20 downloads of a twin image through two sidecars with
-``promote = off``, in the same run. Then downloads through a sidecar of
+``promote = off``, in the same run. The same storms again with
+``cache_dir`` on each sidecar (the realistic site: a cache per machine,
+whose hits count towards ``promote_after`` too), against two sidecars with
+their caches and ``promote = off``; after each of those, a third node with
+a cold cache downloads the image once (what its fill reads over the link:
+the payoff of the copy). Then downloads through a sidecar of
 the promoted image (its rbd copy) alternate with raw librbd reads of it.
 
 The service identity is keystoneauth1's ``admin_token`` plugin with a lab
@@ -38,6 +43,8 @@ DOWNLOADS = 20
 PACE = 1.0  # seconds between download starts in the paced storm
 TARGET_LINK = 5.0  # × the image size: each sidecar's threshold downloads plus the one copy
 TARGET_SPEED = 0.9  # × raw librbd, as the ceph row
+PEER = "promote = off"
+CACHED_PEER = "promote = off, cache_dir on each"
 
 
 def measure_promote(ctx: Context) -> list[Result]:
@@ -62,6 +69,9 @@ def measure_promote(ctx: Context) -> list[Result]:
         paced = run.storm("paced", promote="auto", pace=PACE)
         prewarmed = run.storm("prewarmed", promote="auto", prewarm=True)
         plain = run.storm("plain", promote="off")
+        cached = run.storm("cached", promote="auto", cache=True)
+        cached_paced = run.storm("cached-paced", promote="auto", pace=PACE, cache=True)
+        cached_plain = run.storm("cached-plain", promote="off", cache=True)
         cluster = rados.Rados(conffile=str(lab.conf))
         cluster.connect(timeout=10)
         stack.callback(cluster.shutdown)
@@ -70,8 +80,13 @@ def measure_promote(ctx: Context) -> list[Result]:
              f"without: {plain['note']}",
              "the image is on the web store only; sidecars alternate; no download waits for the copy; every byte "
              "counted from the web server's own request log"]
+    cache_notes = [f"with promotion: {cached['note']}", f"paced: {cached_paced['note']}",
+                   f"caches, promote = off: {cached_plain['note']}",
+                   f"without caches or promotion: {plain['bytes'] / size:.2f} × the image"]
     return [_link(names["link"], promoted, plain, size, notes), _link(names["paced"], paced, plain, size, []),
             _link(names["prewarmed"], prewarmed, plain, size, []),
+            _link(names["cached"], cached, cached_plain, size, cache_notes, CACHED_PEER),
+            _link(names["cached_paced"], cached_paced, cached_plain, size, [], CACHED_PEER),
             throughput(names["speed"], speeds["lp"], speeds["raw"], "raw librbd, 4 MiB sequential reads",
                              TARGET_SPEED, [f"timed locproxy downloads: {speeds['paths']}"])]
 
@@ -80,13 +95,16 @@ def _names(size: int) -> dict[str, str]:
     storm = f"{human(size)}, bytes read from the non-local copy over {DOWNLOADS} downloads from 2 sidecars, promote_after = 2"
     return {"link": f"{storm}, back to back", "paced": f"{storm}, one download started every {PACE:g} s",
             "prewarmed": f"{storm}, back to back after `locproxy promote`",
+            "cached": f"{storm}, cache_dir on each sidecar, back to back",
+            "cached_paced": f"{storm}, cache_dir on each sidecar, one download started every {PACE:g} s",
             "speed": f"{human(size)}, promoted rbd:// copy via locproxy vs raw librbd"}
 
 
-def _link(name: str, storm: dict[str, Any], plain: dict[str, Any], size: int, notes: list[str]) -> Result:
+def _link(name: str, storm: dict[str, Any], plain: dict[str, Any], size: int, notes: list[str],
+          peer: str = PEER) -> Result:
     ratio = storm["bytes"] / size
     return Result(name, f"{ratio:.2f} × the image ({storm['bytes'] / MiB:,.0f} MiB)",
-                  f"promote = off: {plain['bytes'] / size:.2f} × ({plain['bytes'] / MiB:,.0f} MiB)",
+                  f"{peer}: {plain['bytes'] / size:.2f} × ({plain['bytes'] / MiB:,.0f} MiB)",
                   f"{storm['bytes'] / max(plain['bytes'], 1):.2f}", f"≤ {TARGET_LINK:g} × the image size",
                   "yes" if ratio <= TARGET_LINK else "**no**", notes)
 
@@ -109,7 +127,8 @@ class _Run:
                            validation_data={"os_hash_algo": "sha512", "os_hash_value": self.image.sha512})
         return image_id, f"/{name}"
 
-    def sidecars(self, label: str, promote: str) -> list[Any]:
+    def sidecars(self, label: str, promote: str, cache: bool, names: tuple[str, ...] = ("a", "b")) -> list[Any]:
+        """Nodes of one site: each its own metrics_file and, with ``cache``, its own cache_dir."""
         lab, g = self.lab, self.g
         options = self.ctx.config.with_options(**{
             **self.ctx.config.extra, "location_strategy": "weight", "store_weights": "ceph1:100, web:1",
@@ -117,18 +136,25 @@ class _Run:
             "local_stores": "ceph1", "promote": promote, "promote_after": "2", "promote_poll_interval": "0.5",
             "service_auth_type": "admin_token", "service_endpoint": g.url, "service_token": g.token()})
         found = []
-        for node in ("a", "b"):
+        for node in names:
             extra = {"metrics_file": str(self.ctx.work / f"promote-{label}-{node}.sqlite")}
+            if cache:
+                cache_dir = self.ctx.work / f"promote-{label}-{node}-cache"
+                cache_dir.mkdir()
+                self.stack.callback(shutil.rmtree, cache_dir, True)  # after the sidecar stops (LIFO)
+                extra |= {"cache_dir": str(cache_dir), "cache_max_size": str(2 * self.image.size)}
             found.append(self.stack.enter_context(self.ctx.start_sidecar(
                 f"promote-{label}-{node}", options.with_options(**options.extra, **extra), upstream=g.url,
                 file_roots="", env={"PYTHONPATH": _bindings()})))
         return found
 
-    def storm(self, label: str, promote: str, pace: float = 0.0, prewarm: bool = False) -> dict[str, Any]:
+    def storm(self, label: str, promote: str, pace: float = 0.0, prewarm: bool = False,
+              cache: bool = False) -> dict[str, Any]:
         g, size = self.g, self.image.size
         image_id, path = self.web_image(label)
-        nodes = self.sidecars(label, promote)
+        nodes = self.sidecars(label, promote, cache)
         mark = len(g.web.requests)
+        log_marks = [len(node.log()) for node in nodes]
         warmed = _prewarm(g, image_id) if prewarm else ""
         started = time.monotonic()
         local_at = None
@@ -137,20 +163,39 @@ class _Run:
             measure.curl(f"{nodes[index % 2].url}/v2/images/{image_id}/file", g.headers(), expect_size=size)
             if local_at is None and "ceph1" in g.get_image(image_id)["stores"].split(","):
                 local_at = index + 1
+        seconds = time.monotonic() - started  # the downloads only, not the wait for the copy below
         if promote == "auto":
             deadline = time.monotonic() + 600
             while "ceph1" not in g.get_image(image_id)["stores"].split(",") and time.monotonic() < deadline:
                 time.sleep(0.5)
             g.wait_tasks(image_id, timeout=600)
         read = _bytes_read(g.web.requests[mark:], path, size)
-        seconds = time.monotonic() - started
         copy = _copy_seconds(g, image_id)
-        note = (warmed + f"{read / size:.2f} × the image read from the web copy; {DOWNLOADS} downloads in {seconds:.0f} s; "
+        time.sleep(1.0)  # the last download's log line is written as its response closes
+        sources = [found for node, at in zip(nodes, log_marks)
+                   for found in re.findall(r"bytes \d+-\d+ sent from (\S+)", node.log()[at:])]
+        note = (warmed + f"{read / size:.2f} × the image read from the web copy; {DOWNLOADS} downloads in {seconds:.0f} s "
+                f"(served: {_served(sources)}); "
                 + (f"Glance's copy task took {copy:.0f} s; " if copy is not None else "")
                 + (f"Glance listed ceph1 after download {local_at}" if local_at else "ceph1 never listed during "
                    "the downloads"))
+        if cache:
+            note += "; " + self.joining(label, promote, image_id, path)
         log(f"promote row, {label}: {note}")
         return {"bytes": read, "note": note, "image": image_id, "nodes": nodes}
+
+    def joining(self, label: str, promote: str, image_id: str, path: str) -> str:
+        """A third node of the site, its cache cold, downloads the image once
+        after the storm: what its fill reads over the link."""
+        g, size = self.g, self.image.size
+        node = self.sidecars(label, promote, True, names=("c",))[0]
+        mark, at = len(g.web.requests), len(node.log())
+        measure.curl(f"{node.url}/v2/images/{image_id}/file", g.headers(), expect_size=size)
+        time.sleep(1.0)  # the fill's reads are over once it commits, just after the download
+        read = _bytes_read(g.web.requests[mark:], path, size)
+        fills = re.findall(r"bytes \d+-\d+ read into the site cache from (\S+)", node.log()[at:])
+        return (f"then a third node's first download read {read / size:.2f} × the image from the web copy "
+                f"(its cache filled from {', '.join(fills) or 'unknown'})")
 
     def speeds(self, promoted: dict[str, Any], cluster: Any, rbd: Any) -> dict[str, Any]:
         size, image_id, node = self.image.size, promoted["image"], promoted["nodes"][0]
@@ -168,8 +213,12 @@ class _Run:
         found = alternate(self.ctx.sizes.reps, {"lp": self.ctx.one(url, size, self.g.headers()), "raw": raw})
         time.sleep(1.0)  # the last download's log line is written as its response closes
         sources = re.findall(r"bytes \d+-\d+ sent from (\S+)", node.log()[mark:])
-        found["paths"] = ", ".join(f"{sources.count(s)} from {s}" for s in sorted(set(sources))) or "unknown"
+        found["paths"] = _served(sources)
         return found
+
+
+def _served(sources: list[str]) -> str:
+    return ", ".join(f"{sources.count(s)} from {s}" for s in sorted(set(sources))) or "unknown"
 
 
 def _prewarm(g: Any, image_id: str) -> str:
@@ -225,6 +274,8 @@ def _skipped(names: dict[str, str], reason: str) -> list[Result]:
     return [Result(names["link"], "skipped", "—", "—", f"≤ {TARGET_LINK:g} × the image size", "n/a", [reason]),
             Result(names["paced"], "skipped", "—", "—", f"≤ {TARGET_LINK:g} × the image size", "n/a"),
             Result(names["prewarmed"], "skipped", "—", "—", f"≤ {TARGET_LINK:g} × the image size", "n/a"),
+            Result(names["cached"], "skipped", "—", "—", f"≤ {TARGET_LINK:g} × the image size", "n/a"),
+            Result(names["cached_paced"], "skipped", "—", "—", f"≤ {TARGET_LINK:g} × the image size", "n/a"),
             Result(names["speed"], "skipped", "—", "—", f"≥ {TARGET_SPEED:g} × raw librbd", "n/a")]
 
 

@@ -17,9 +17,11 @@
 5. **Serve** (``serve.py``): headers only, sendfile, or a checked body
    (``body.py``) that resumes from the next sources.
 6. **Promote** (``promote = auto``, ``locproxy.promoter``): a whole
-   download served (200) from a copy outside ``local_stores`` counts
-   towards copying the image into the site's store; the copy is asked
-   for in the background. Cache hits, ranges, HEADs and refusals never count.
+   download served (200) of an image with no copy in ``local_stores``
+   counts towards copying the image into the site's store, whatever served
+   it (a copy, the upstream, this node's cache or a fill it follows); the
+   copy is asked for in the background. Ranges, HEADs and refusals never
+   count.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from locproxy import bodies, observability
 from locproxy.cache import Fill, Follow, Hit
 from locproxy.download import caching
 from locproxy.download.backends import Caller
-from locproxy.download.choose import CacheHit, Following, Source, Upstream, choose_source
+from locproxy.download.choose import choose_source
 from locproxy.download.plan import DownloadPlan, Refusal, plan_download
 from locproxy.download.policy import body_policy
 from locproxy.download.serve import serve
@@ -98,7 +100,7 @@ class DownloadHandler:
         if not plan.candidates and cache is None:
             LOG.debug("image %s: no location locproxy may read; the upstream serves it", plan.image_id)
             services.recorder.outcome("upstream", "upstream")
-            return self._promoting(plan, Upstream(), image_requests.as_sent(), image_requests)
+            return self._promoting(plan, image_requests.as_sent(), image_requests)
         if plan.head_only:
             return Response(status=plan.status, headerlist=list(plan.headers), app_iter=[])
         cached = None if cache is None else caching.begin(cache, plan, backends.first_byte_timeout)
@@ -113,15 +115,21 @@ class DownloadHandler:
                                services.fingerprints)
         response = serve(plan, source, policy, sources, services.fingerprints, image_requests, req.environ,
                          backends.chunk_size)
-        return self._promoting(plan, source, response, image_requests)
+        return self._promoting(plan, response, image_requests)
 
-    def _promoting(self, plan: DownloadPlan, source: Source, response: Response | None,
-                   image_requests: ImageRequests) -> Any:
+    def _promoting(self, plan: DownloadPlan, response: Response | None, image_requests: ImageRequests) -> Any:
         """Step 6: ``response``, after counting it towards a promotion if it
-        serves the whole image from a non-local copy; None (the upstream
-        answers the client's own request) becomes the upstream, watched."""
+        serves the whole image of one with no local copy; None (the upstream
+        answers the client's own request) becomes the upstream, watched.
+
+        Whatever served it counts: a cache hit or a followed fill as a read
+        of the non-local copy. The count is demand at a site that
+        still lacks its copy, and the cache is this machine's alone: every
+        other node of the site fills its own across the link, and an evicted
+        entry crosses again. Were hits left out, a node with a cache would
+        count one download per image (its fill) and never promote."""
         promoter = self.services.promoter
-        if (promoter is None or plan.head_only or not plan.whole_image or isinstance(source, (CacheHit, Following))
+        if (promoter is None or plan.head_only or not plan.whole_image
                 or locality(plan.stores, self.settings.promotion.local_stores)):
             return response
         if response is None:

@@ -213,6 +213,42 @@ def test_two_sidecars_crossing_together_create_one_task(glance_server: GlanceSer
         assert "WARNING" not in one.log() + two.log()
 
 
+def test_with_a_site_cache_per_node_its_hits_count_and_the_next_node_fills_locally(
+        glance_server: GlanceServer, tmp_path: Path, data: bytes) -> None:
+    """The realistic site: each sidecar its own ``cache_dir``. Node a's
+    second download is a cache hit and still counts (the site lacks its
+    copy): promoted. Node b's cache then fills from the local store."""
+    glance = glance_server
+    image_id = web_only_image(glance, data, "promote-cached")
+    base = web_reads(glance, image_id)
+    caches = [tmp_path / "cache-a", tmp_path / "cache-b"]
+    for cache in caches:
+        cache.mkdir()
+    with sidecar(glance, tmp_path, "a", cache_dir=str(caches[0]), cache_max_size="1G") as a:
+        download(a, glance, image_id, data)
+        assert web_reads(glance, image_id) - base == 1 and stores(glance, image_id) == ["web"]
+        assert "committed" in a.log_after("committed"), "node a's cache committed its fill"
+        stranger = glance.headers(project="another-project", roles=OWNER, user="bob")
+        refused = http_request(f"{a.url}/v2/images/{image_id}/file", headers=stranger)
+        assert refused.status == 404 and data[:64] not in refused.body, "no cache hit for a client refused"
+        assert metric(a, "locproxy_promotion_downloads_total") == 1, "a refused client never counts"
+        download(a, glance, image_id, data)  # a cache hit: the second count of promote_after = 2
+        assert metric(a, 'locproxy_cache_requests_total{result="hit"}') == 1
+        assert metric(a, "locproxy_promotion_downloads_total") == 2
+        wait_for(lambda: "fs2" in stores(glance, image_id), "Glance to list fs2")
+        assert [task["status"] for task in tasks(glance, image_id)] == ["success"]
+        assert web_reads(glance, image_id) - base == 2, "node a's fill and Glance's copy read the web copy"
+        assert metric(a, 'locproxy_copy_bytes_total{copy="remote"}') == len(data)
+        assert "WARNING" not in a.log()
+    with sidecar(glance, tmp_path, "b", cache_dir=str(caches[1]), cache_max_size="1G") as b:
+        download(b, glance, image_id, data)
+        download(b, glance, image_id, data)
+        assert web_reads(glance, image_id) - base == 2, "node b never read the non-local copy"
+        assert metric(b, 'locproxy_copy_bytes_total{copy="local"}') == len(data), "its fill read fs2, once"
+        assert metric(b, "locproxy_promotion_downloads_total") == 0, "a promoted image no longer counts"
+        assert "WARNING" not in b.log()
+
+
 def test_a_client_that_got_404_triggers_nothing(glance_server: GlanceServer, tmp_path: Path, data: bytes) -> None:
     glance = glance_server
     image_id = web_only_image(glance, data, "promote-404")
