@@ -7,15 +7,18 @@ token checked as radosgw does: 403 for another account's token)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import logging
 import re
 import threading
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterator
 
 import pytest
-from webob import Response
+from webob import Request, Response
 from webtest import TestApp
 
 from locproxy.config import configured_backends, load_filter_settings
@@ -308,3 +311,36 @@ def test_downloads_read_as_each_client(swift: FakeSwift, caplog: pytest.LogCaptu
     assert len(swift.tokens) == 7 and files() == 6
     assert "refused the client's own token before the first byte" in caplog.text
     assert OWNER not in caplog.text and STRANGER not in caplog.text
+
+
+def test_a_cache_fill_reads_with_the_token_of_the_client_it_serves(swift: FakeSwift, tmp_path: Path) -> None:
+    """The owner's download fills the site cache, read with the owner's
+    token; a later client the image API lets see the image is served from
+    the cache without any storage request with its token; a client the
+    image API refuses gets its 404 and no byte, the cache holding the image."""
+    refused = "gAAAAAB-refused-token"
+    upstream = Upstream()
+    image = {"id": IMAGE_ID, "status": "active", "size": len(DATA), "os_hash_algo": "sha512",
+             "os_hash_value": hashlib.sha512(DATA).hexdigest(), "direct_url": swift.url(), "stores": "swiftmt"}
+
+    def show(req: Request) -> Response:
+        return json_response({"message": "not found"}, 404) if req.headers.get("X-Auth-Token") == refused \
+            else json_response(image)
+
+    upstream.route("GET", f"/v2/images/{IMAGE_ID}", show)
+    upstream.route("GET", f"/v2/images/{IMAGE_ID}/file", lambda req: Response(status=404, body=b"no image"))
+    (tmp_path / "cache").mkdir(mode=0o700)
+    settings = load_filter_settings({}, {"allowed_hosts": swift.host, "swift_multi_tenant_hosts": swift.host,
+                                         "swift_segment_readers": "1", "cache_dir": str(tmp_path / "cache"),
+                                         "cache_max_size": "10M"})
+    locproxy = LocationFilter(upstream, settings)
+    app = TestApp(locproxy, lint=True)
+    assert app.get(f"/v2/images/{IMAGE_ID}/file", headers={"X-Auth-Token": OWNER}).body == DATA
+    assert swift.tokens == [OWNER], "the fill was read with the owner's token"
+    deadline = time.monotonic() + 10
+    while not any((tmp_path / "cache" / "entries").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the filler commits just after its last byte
+    assert app.get(f"/v2/images/{IMAGE_ID}/file", headers={"X-Auth-Token": STRANGER}).body == DATA
+    assert swift.tokens == [OWNER], "a hit asks the storage nothing"
+    got = app.get(f"/v2/images/{IMAGE_ID}/file", headers={"X-Auth-Token": refused}, status=404)
+    assert DATA[:64] not in got.body and swift.tokens == [OWNER]
