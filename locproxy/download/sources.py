@@ -87,15 +87,13 @@ class Sources:
         if self.failures > self.LOGGED_FAILURES:
             self.unlogged += 1
             return
+        where = "before the first byte" if before_first_byte else f"at byte {offset}"
         if error.kind is Failure.DENIED:  # the client's answer, not a fault of the copy
             LOG.info("image %s: backend %s refused the client's own token %s: %s; trying the next location",
-                     self.image_id, candidate.label, "before the first byte" if before_first_byte
-                     else f"at byte {offset}", error.reason)
+                     self.image_id, candidate.label, where, error.reason)
             return
-        LOG.warning(
-            "image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,
-            "before the first byte" if before_first_byte else f"at byte {offset}", error.reason,
-        )
+        LOG.warning("image %s: backend %s failed %s: %s; trying the next location", self.image_id, candidate.label,
+                    where, error.reason)
 
     def _log_unlogged(self) -> None:
         if self.unlogged:
