@@ -25,6 +25,11 @@ Rules, and why:
   client's ``X-Service-Token``, ``X-Roles`` or identity headers never pass.
   Inside Glance's pipeline, below ``authtoken`` and ``context``, this is an
   HTTP request to the image API's endpoint, authenticated again there.
+* In ``service`` mode a 401 (locproxy's token revoked while it held it)
+  makes keystoneauth1 get a new token and send the read once more. In
+  ``service_token`` mode Glance ignores a service token it cannot validate
+  (``delay_auth_decision``) and answers for the user's token alone: a 403,
+  counted as ``refused`` like a missing policy line.
 * Any failure (Keystone, the image API, a refusal, a bad body) leaves the
   image as the upstream showed it: the download goes on as without this.
 """
@@ -135,6 +140,8 @@ class HiddenLocations:
             LOG.warning("image %s: reading its locations from the image API failed (%s)", image_id,
                         type(error).__name__)
             return None
+        if self.settings.locations_from == "service":
+            self.identity.note_token()  # a 401 made keystoneauth1 get a new token and send the request again
         return self._parse(image_id, resp.status_code, resp.content)
 
     def _parse(self, image_id: str, status: int, body: bytes) -> list[dict] | None:

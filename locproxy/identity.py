@@ -198,7 +198,7 @@ class ServiceIdentity:
         except Exception as error:  # noqa: BLE001 - whatever keystoneauth raises, downloads go on
             self.failed(_reason(error), type(error).__name__)
             return None
-        self._note_token()
+        self.note_token()
         return token
 
     def endpoint(self) -> str | None:
@@ -216,7 +216,9 @@ class ServiceIdentity:
             return None
         return str(url).rstrip("/")
 
-    def _note_token(self) -> None:
+    def note_token(self) -> None:
+        """Log and count a token keystoneauth1 got since the last call (at a
+        ``token()``, or inside a request: its re-authentication after a 401)."""
         auth_ref = getattr(self._session.auth, "auth_ref", None)
         if auth_ref is not None and auth_ref is not self._auth_ref:
             self._auth_ref = auth_ref

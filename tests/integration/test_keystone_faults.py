@@ -153,6 +153,36 @@ def test_own_token_is_reused_then_renewed_before_it_expires(kind: str, glance: K
             assert front.metric("locproxy_service_tokens_total") == 2
 
 
+def test_a_revoked_service_token_is_replaced_once_in_service_mode(glance: KeystoneGlance,
+                                                                  keystone_lab: KeystoneLab,
+                                                                  images: list[SeededImage]) -> None:
+    """locproxy's own token revoked while it holds it (``service`` mode):
+    Glance's 401 on the locations read makes keystoneauth1 get a new token
+    and send the read once more; the download is the strategy's copy."""
+    first, later = images[2:4]
+    with open_front("sidecar", glance, filter_options(glance, keystone_lab, "service")) as front:
+        start = len(front.log())
+        alice = keystone_lab.token("alice")
+        download(front, glance, first, alice, web=1)  # locproxy's token issued, sent, cached by Glance
+        keystone_lab.revoke_all("locproxy-admin")
+        time.sleep(1.1)  # a token issued in the revocation's second would be revoked too
+        glance.restart()  # authtoken forgets the tokens it cached, as after token_cache_time
+        assert glance.request("GET", f"/v2/images/{later.id}/locations",
+                              identity=glance.as_user("locproxy-admin")).status == 200, "a new token works"
+        reads = locations_reads_of(glance, later)
+        download(front, glance, later, alice, web=1)
+        assert locations_reads_of(glance, later)[len(reads):] == ["401", "200"], "one 401, one retry"
+        assert len(re.findall(NEW_TOKEN, front.log()[start:])) == 2, front.log()[start:][-3000:]
+        assert front.metric("locproxy_service_tokens_total") == 2
+        assert front.metric("locproxy_hidden_locations_total", result="refused") == 0
+        assert front.health()["status"] == "ok"
+
+
+def locations_reads_of(glance: KeystoneGlance, image: SeededImage) -> list[str]:
+    """The statuses of Glance's answers to ``GET .../locations`` of ``image``, in order (its access log)."""
+    return re.findall(rf'"GET /v2/images/{image.id}/locations HTTP/1.1" (\d+) ', glance.access_log_path.read_text())
+
+
 @pytest.mark.parametrize("kind", ["sidecar", "pipeline"])
 def test_a_wrong_service_password_is_as_the_readme_says(kind: str, glance: KeystoneGlance, keystone_lab: KeystoneLab,
                                                         images: list[SeededImage]) -> None:
