@@ -212,11 +212,13 @@ class ServiceIdentity:
         ``RENEW_AFTER`` seconds per worker, so a refusal that is a policy
         matter costs Keystone one token a minute, not one per download;
         None meanwhile."""
-        now = time.monotonic()
-        if now < self._renew_at:
-            return None
-        self._renew_at = now + RENEW_AFTER
-        self.session().invalidate()
+        session = self.session()
+        with self._lock:  # the worker's threads: one renewal between them
+            now = time.monotonic()
+            if now < self._renew_at:
+                return None
+            self._renew_at = now + RENEW_AFTER
+        session.invalidate()
         return self.token()
 
     def endpoint(self) -> str | None:
