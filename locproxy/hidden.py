@@ -25,6 +25,13 @@ Rules, and why:
   client's ``X-Service-Token``, ``X-Roles`` or identity headers never pass.
   Inside Glance's pipeline, below ``authtoken`` and ``context``, this is an
   HTTP request to the image API's endpoint, authenticated again there.
+* locproxy's token revoked while it holds it: in ``service`` mode Glance
+  answers 401 and keystoneauth1 gets a new token and sends the read once
+  more; in ``service_token`` mode Glance ignores a service token it cannot
+  validate (``delay_auth_decision``) and answers for the user's token
+  alone (403), so a 401 or 403 there is sent once more with a new token,
+  at most one renewal a minute per worker (``ServiceIdentity.renewed_token``):
+  a missing policy line costs Keystone one token a minute, not one per read.
 * Any failure (Keystone, the image API, a refusal, a bad body) leaves the
   image as the upstream showed it: the download goes on as without this.
 """
@@ -124,18 +131,29 @@ class HiddenLocations:
         if token is None or endpoint is None:
             READS.labels("failed").inc()
             return None
-        if self.settings.locations_from == "service_token":
-            headers["X-Service-Token"] = token
+        url = f"{endpoint}/v2/images/{image_id}/locations"
         try:
-            resp = self.identity.session().get(f"{endpoint}/v2/images/{image_id}/locations", headers=headers,
-                                               authenticated=self.settings.locations_from == "service",
-                                               raise_exc=False, timeout=self.settings.timeout)
+            resp = self._get(url, headers, token)
+            if resp.status_code in (401, 403) and self.settings.locations_from == "service_token":
+                renewed = self.identity.renewed_token()  # ours may be the one refused (revoked while held)
+                if renewed is not None:
+                    resp = self._get(url, headers, renewed)
         except Exception as error:  # noqa: BLE001 - the download goes on without them
             READS.labels("failed").inc()
             LOG.warning("image %s: reading its locations from the image API failed (%s)", image_id,
                         type(error).__name__)
             return None
+        if self.settings.locations_from == "service":
+            self.identity.note_token()  # a 401 made keystoneauth1 get a new token and send the request again
         return self._parse(image_id, resp.status_code, resp.content)
+
+    def _get(self, url: str, headers: dict[str, str], token: str) -> Any:
+        """One read: ``service_token`` mode sends ``token`` beside the user's;
+        ``service`` mode lets keystoneauth1 send its own (and retry once after a 401)."""
+        service_token = self.settings.locations_from == "service_token"
+        return self.identity.session().get(url, headers={**headers, "X-Service-Token": token} if service_token
+                                           else headers, authenticated=not service_token, raise_exc=False,
+                                           timeout=self.settings.timeout)
 
     def _parse(self, image_id: str, status: int, body: bytes) -> list[dict] | None:
         if status != 200:

@@ -15,7 +15,9 @@ Besides: ``service_interface`` (``internal``), ``service_region_name`` and
 At load nothing is sent to Keystone (it may be down while locproxy starts).
 Each worker process opens one keystoneauth1 ``Session`` on first use (after
 gunicorn's fork); keystoneauth keeps the token, reuses it and fetches a new
-one before it expires (within 120 s of it) or after a 401.
+one before it expires (within 120 s of it) or after a 401 (``service``
+mode); ``renewed_token`` replaces one the image API may have refused
+(``service_token`` mode), at most once a minute.
 
 Trust: secrets live in the plugin only; they are never in a repr, a log
 line, a metric or an error (keystoneauth masks tokens in its DEBUG logs and
@@ -47,6 +49,7 @@ OWN_OPTIONS = ("service_auth_type", "service_interface", "service_region_name", 
                "service_timeout", "service_cafile")
 MODES = ("response", "service", "service_token")
 RETRY_AFTER = 5.0  # seconds without a try after Keystone failed
+RENEW_AFTER = 60.0  # seconds between two renewals of a token the image API may have refused
 INSTALL_HINT = "install keystoneauth1 (pip install 'locproxy[keystone]')"
 
 ERRORS = Counter("locproxy_service_identity_errors", "Failures of locproxy's service identity (downloads went on "
@@ -164,6 +167,7 @@ class ServiceIdentity:
         self._auth_ref: Any = None
         self._failing_since: float | None = None
         self._retry_at = 0.0
+        self._renew_at = 0.0
 
     @property
     def failing(self) -> bool:
@@ -198,8 +202,24 @@ class ServiceIdentity:
         except Exception as error:  # noqa: BLE001 - whatever keystoneauth raises, downloads go on
             self.failed(_reason(error), type(error).__name__)
             return None
-        self._note_token()
+        self.note_token()
         return token
+
+    def renewed_token(self) -> str | None:
+        """A new token in place of the one held, which the image API may have
+        refused (revoked while held: ``service_token`` mode, where Glance
+        ignores a service token it cannot validate). At most once per
+        ``RENEW_AFTER`` seconds per worker, so a refusal that is a policy
+        matter costs Keystone one token a minute, not one per download;
+        None meanwhile."""
+        session = self.session()
+        with self._lock:  # the worker's threads: one renewal between them
+            now = time.monotonic()
+            if now < self._renew_at:
+                return None
+            self._renew_at = now + RENEW_AFTER
+        session.invalidate()
+        return self.token()
 
     def endpoint(self) -> str | None:
         """Where the image API is read: the override, or the catalog's image endpoint."""
@@ -216,7 +236,9 @@ class ServiceIdentity:
             return None
         return str(url).rstrip("/")
 
-    def _note_token(self) -> None:
+    def note_token(self) -> None:
+        """Log and count a token keystoneauth1 got since the last call (at a
+        ``token()``, or inside a request: its re-authentication after a 401)."""
         auth_ref = getattr(self._session.auth, "auth_ref", None)
         if auth_ref is not None and auth_ref is not self._auth_ref:
             self._auth_ref = auth_ref

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import weakref
 from typing import Any, Callable, Mapping, NamedTuple
 
 from webob import Request, Response
@@ -44,6 +45,14 @@ LOG = logging.getLogger(__name__)
 # Glance's urlmap SCRIPT_NAME may already hold "/v2", hence the whole path.
 _IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images(?:/(?P<image_id>[^/]+)(?P<sub>/file|/locations)?)?/?$")
 
+#: This process's filters, for ``locproxy.status`` (which answers for them where they cannot be reached).
+_LIVE: weakref.WeakSet[LocationFilter] = weakref.WeakSet()
+
+
+def live_filters() -> list[LocationFilter]:
+    return list(_LIVE)
+
+
 class LocationFilter:
     """WSGI middleware. ``settings`` is fixed, or a ``Reloading`` source that
     swaps them when the operator's ``config_file`` changes."""
@@ -54,6 +63,7 @@ class LocationFilter:
         initial = self._reloading.current() if self._reloading else settings
         assert isinstance(initial, FilterSettings)
         self._state = _state(Services(initial))
+        _LIVE.add(self)
 
     @property
     def settings(self) -> FilterSettings:
@@ -80,9 +90,7 @@ class LocationFilter:
             if environ["REQUEST_METHOD"] == "GET" and path:
                 settings = state.settings
                 if path == settings.observability.healthcheck_path:
-                    body = json.dumps(state.services.health()).encode()
-                    return Response(body=body, content_type="application/json", charset=None,
-                                    cache_control="no-store")(environ, start_response)
+                    return observability.health_response(state.services.health())(environ, start_response)
                 if path == settings.observability.metrics_path:
                     return observability.metrics_response()(environ, start_response)
             return self.app(environ, start_response)  # not ours: no request object, no cost

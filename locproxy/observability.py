@@ -13,6 +13,7 @@ worker then answers ``/metrics`` with the totals of all of them.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -169,6 +170,12 @@ class Recorder:
 def show_strategy(name: str, known: Iterable[str]) -> None:
     for other in known:
         STRATEGY.labels(other).set(1 if other == name else 0)
+
+
+def health_response(body: dict[str, Any], status: int = 200) -> Response:
+    """``/healthcheck``'s answer: ``body`` as JSON, never cached."""
+    return Response(status=status, body=json.dumps(body).encode(), content_type="application/json", charset=None,
+                    cache_control="no-store")
 
 
 def metrics_response() -> Response:

@@ -22,7 +22,8 @@ import hashlib
 import math
 import posixpath
 import socket
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from locproxy.options import ConfigError, number, parse_list, parse_size, parse_weights

@@ -48,6 +48,8 @@ from locproxy.bookkeeping import SharedFile, open_read_only
 MIN_THROUGHPUT_SAMPLE = 256 * 1024
 #: Distinct corrupt images remembered per backend.
 MAX_CORRUPT_IMAGES = 16
+#: First-byte samples of one backend held until its next write (see ``Tracker.record_first_byte``).
+MAX_PENDING_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Tracker:
         self.clock = clock
         self._attempts: dict[str, int] = {}  # backend -> attempts opening it now, in this process
         self._attempts_lock = threading.Lock()
+        self._pending: dict[str, tuple[float, ...]] = {}  # backend -> first-byte samples not written yet
+        self._pending_lock = threading.Lock()
         self._store: _Store
         if path and read_only:
             self._store = _ReadOnlyStore(path)
@@ -111,7 +115,14 @@ class Tracker:
     # -- events --------------------------------------------------------------
 
     def record_first_byte(self, key: str, seconds: float) -> None:
-        self._update(key, lambda stats: replace(stats, ttfb=_ewma(stats.ttfb, seconds, self.rule.alpha)))
+        """A first byte from ``key`` after ``seconds``. Held in this process
+        and written with the next event of ``key`` (its transfer's end, a
+        failure...), or at ``close()``: it is learnt on every download's
+        path to its first byte, where one write of the shared file would be
+        the biggest cost after the image API's answer. This process's
+        queries see it at once; other workers with that next write."""
+        with self._pending_lock:
+            self._pending[key] = (self._pending.get(key, ()) + (seconds,))[-MAX_PENDING_SAMPLES:]
 
     def record_transfer(self, key: str, nbytes: int, seconds: float) -> None:
         """A transfer from ``key`` completed (and verified): learn its
@@ -167,12 +178,27 @@ class Tracker:
 
     def _update(self, key: str, apply: Callable[[BackendStats], BackendStats]) -> BackendStats:
         now = self.clock()
-        return self._store.update(key, lambda stats: replace(apply(stats), updated=now))
+        with self._pending_lock:
+            samples = self._pending.pop(key, ())
+        return self._store.update(key, lambda stats: replace(apply(self._with_samples(stats, samples)), updated=now))
+
+    def _with_samples(self, stats: BackendStats, samples: tuple[float, ...]) -> BackendStats:
+        ttfb = stats.ttfb
+        for seconds in samples:
+            ttfb = _ewma(ttfb, seconds, self.rule.alpha)
+        return stats if ttfb == stats.ttfb else replace(stats, ttfb=ttfb)
 
     # -- queries -------------------------------------------------------------
 
     def stats(self) -> dict[str, BackendStats]:
-        return self._store.snapshot()
+        """What is learnt, this process's first-byte samples not written yet included."""
+        snapshot = self._store.snapshot()
+        if not self._pending:
+            return snapshot
+        with self._pending_lock:
+            pending = dict(self._pending)
+        return {**snapshot, **{key: self._with_samples(snapshot.get(key) or BackendStats(key), samples)
+                               for key, samples in pending.items()}}
 
     def demoted(self, *keys: str) -> bool:
         """Whether any of ``keys`` (a backend, a copy) goes after the others
@@ -201,7 +227,9 @@ class Tracker:
 
     def estimate(self, key: str) -> tuple[float | None, float | None] | None:
         """``(ttfb, throughput)`` learnt for ``key``, or None if never seen."""
-        stats = self._store.snapshot().get(key)
+        stats, samples = self._store.snapshot().get(key), self._pending.get(key)
+        if samples:
+            stats = self._with_samples(stats or BackendStats(key), samples)
         return None if stats is None else (stats.ttfb, stats.throughput)
 
     @property
@@ -210,6 +238,10 @@ class Tracker:
         return self._store.degraded
 
     def close(self) -> None:
+        """Write the samples still held, then close the store."""
+        if not isinstance(self._store, _ReadOnlyStore):
+            for key in list(self._pending):
+                self._update(key, lambda stats: stats)
         self._store.close()
 
 

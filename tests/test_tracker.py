@@ -165,6 +165,36 @@ def test_sqlite_keeps_what_was_learnt_across_restarts(tmp_path):
         second.close()
 
 
+def test_first_bytes_are_written_with_the_backends_next_event_not_on_their_path(tmp_path):
+    """A first byte costs no write of the shared file (it is on every
+    download's way to its first byte): this process sees it at once, other
+    workers with the backend's next event (the transfer's end), or when the
+    tracker closes."""
+    path = str(tmp_path / "metrics.sqlite")
+
+    def elsewhere(key: str) -> tuple | None:  # what another worker reads from the file now
+        other = Tracker(path)
+        try:
+            return other.estimate(key)
+        finally:
+            other.close()
+
+    worker = Tracker(path, HealthRule(alpha=0.5))
+    try:
+        worker.record_first_byte("b", 0.1)
+        worker.record_first_byte("b", 0.3)
+        assert worker.estimate("b") == (pytest.approx(0.2), None)
+        assert worker.stats()["b"].ttfb == pytest.approx(0.2)
+        assert elsewhere("b") is None, "not written yet"
+        worker.record_transfer("b", MiB, 0.5)
+        assert elsewhere("b") == (pytest.approx(0.2), pytest.approx(2 * MiB))
+        worker.record_first_byte("c", 0.4)
+        assert elsewhere("c") is None
+    finally:
+        worker.close()
+    assert elsewhere("c") == (pytest.approx(0.4), None), "written at close"
+
+
 def test_a_locked_metrics_file_degrades_to_memory_quickly(tmp_path):
     """A lock held by another process (e.g. a stopped worker) costs one
     short wait, then the file is left alone: updates go on in memory,

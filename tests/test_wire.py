@@ -62,3 +62,24 @@ def test_closed_before_it_started() -> None:
     ahead = ReadAhead(body)
     ahead.close()
     assert body.closed.is_set() and list(ahead) == []
+
+
+def test_the_first_pieces_go_out_before_the_reader_thread_starts() -> None:
+    """``first`` (a primed body's first block) is sent from the sender's own
+    thread: the first byte waits for no thread start."""
+    body = Body(3)
+    ahead = ReadAhead(body, first=[b"first"])
+    pieces = iter(ahead)
+    assert next(pieces) == b"first"
+    assert not ahead._thread.is_alive() and body.read == 0, "nothing read on another thread yet"
+    assert b"".join(pieces) == b"".join(bytes([n]) * 10 for n in range(3))
+    ahead.close()
+    assert body.closed.wait(2)
+
+
+def test_a_sender_gone_after_the_first_pieces_closes_the_body() -> None:
+    body = Body(3)
+    ahead = ReadAhead(body, first=[b"first"])
+    assert next(iter(ahead)) == b"first"
+    ahead.close()
+    assert body.closed.is_set() and body.read == 0

@@ -77,6 +77,13 @@ class ImageBody:
             if chunk:
                 return
 
+    def take_primed(self) -> list[bytes]:
+        """The pieces ``prime()`` read, for the caller to send first (the
+        iteration then goes on after them)."""
+        primed, self.primed = self.primed, []
+        self.sent = self.sent or any(primed)
+        return primed
+
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.primed:
             self.sent = True

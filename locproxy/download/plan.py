@@ -100,6 +100,7 @@ def plan_download(
     except RangeRefused as error:
         return Refusal(error.status, str(error), refused_range_headers(error, size))
     start, end = span or (0, size)
+    ordered = strategy_order(image, selector, prefer)
     headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(end - start)),
                ("Accept-Ranges", "bytes")]
     if span:
@@ -114,21 +115,29 @@ def plan_download(
         size=size,
         headers=tuple(headers),
         digest=expected_digest(image),
-        candidates=tuple(candidates(image, selector, prefer, readable, demoted)),
+        candidates=tuple(candidates(image, ordered, readable, demoted)),
         head_only=method == "HEAD",
-        upstream_prefer=upstream_prefer(image, selector, prefer),
+        upstream_prefer=prefer_upstream(image, ordered),
         stores=stores_of(image),
     )
 
 
-def candidates(image: dict, selector: Selector, prefer: Sequence[str], readable: Callable[[str], bool],
-               demoted: Callable[[str, str], bool]) -> list[Candidate]:
-    """The image's active locations locproxy may read, best first; those the
-    health rule demotes (backend or copy) after all the others."""
+def strategy_order(image: dict, selector: Selector, prefer: Sequence[str]) -> list[dict] | None:
+    """The image's active locations in the strategy's order (computed once per
+    plan: the candidates and ``upstream_prefer`` both follow it); None when
+    the image shows no list of locations."""
     locations = image.get("locations")
-    if isinstance(locations, list) and all(isinstance(item, dict) for item in locations):
-        ordered = [item for item in selector.order(locations, prefer) if is_active(item)]
-    else:  # the upstream shows only direct_url
+    if not isinstance(locations, list) or not all(isinstance(item, dict) for item in locations):
+        return None
+    return [item for item in selector.order(locations, prefer) if is_active(item)]
+
+
+def candidates(image: dict, ordered: list[dict] | None, readable: Callable[[str], bool],
+               demoted: Callable[[str, str], bool]) -> list[Candidate]:
+    """The locations of ``ordered`` (``strategy_order``) locproxy may read,
+    best first; those the health rule demotes (backend or copy) after all
+    the others. No list: the upstream shows only ``direct_url``."""
+    if ordered is None:
         ordered = [{"url": image.get("direct_url")}]
     found = [
         Candidate(location["url"], backend_key(location), copy_key(location), backend_label(location["url"]),
@@ -152,6 +161,11 @@ def expected_digest(image: dict) -> Digest | None:
 
 
 def upstream_prefer(image: dict, selector: Selector, prefer: Sequence[str]) -> tuple[str, ...]:
+    """``prefer_upstream`` of the strategy's order of ``image``."""
+    return prefer_upstream(image, strategy_order(image, selector, prefer))
+
+
+def prefer_upstream(image: dict, ordered: list[dict] | None) -> tuple[str, ...]:
     """The ``?prefer=`` that makes the upstream's own ``/file`` try copies in
     the strategy's order, as far as it can.
 
@@ -162,11 +176,9 @@ def upstream_prefer(image: dict, selector: Selector, prefer: Sequence[str]) -> t
     best store); nothing when the image's order already is the strategy's,
     or the best location names no store.
     """
-    locations = image.get("locations")
-    if not isinstance(locations, list) or not all(isinstance(item, dict) for item in locations):
+    if ordered is None:
         return ()
-    own = [location for location in locations if is_active(location)]
-    ordered = [location for location in selector.order(locations, prefer) if is_active(location)]
+    own = [location for location in image["locations"] if is_active(location)]
     if ordered == own:
         return ()
     stores: list[str] = []

@@ -51,7 +51,8 @@ def serve(plan: DownloadPlan, source: Source, policy: BodyPolicy, sources: Sourc
     except (BackendError, ChecksumMismatch) as error:
         body.close()
         return _not_started(plan, body, error, image_requests)
-    return Response(status=plan.status, headerlist=list(plan.headers), app_iter=ACTIVITY.track(ReadAhead(body)))
+    return Response(status=plan.status, headerlist=list(plan.headers),
+                    app_iter=ACTIVITY.track(ReadAhead(body, first=body.take_primed())))
 
 
 def _not_started(plan: DownloadPlan, body: ImageBody, error: Exception,

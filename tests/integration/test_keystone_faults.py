@@ -154,6 +154,51 @@ def test_own_token_is_reused_then_renewed_before_it_expires(kind: str, glance: K
             assert front.metric("locproxy_service_tokens_total") == 2
 
 
+@pytest.mark.parametrize("mode, refusal", [("service", "401"), ("service_token", "403")])
+def test_a_revoked_service_token_is_replaced_and_the_read_sent_once_more(mode: str, refusal: str,
+                                                                         glance: KeystoneGlance,
+                                                                         keystone_lab: KeystoneLab,
+                                                                         images: list[SeededImage]) -> None:
+    """locproxy's own token revoked while it holds it. ``service``: Glance
+    answers the locations read 401, keystoneauth1 gets a new token and sends
+    it once more. ``service_token``: Glance ignores the service token it
+    cannot validate and refuses the user's token alone (403); locproxy
+    renews its token and sends the read once more. Either way the download
+    is the strategy's copy."""
+    first, later = images[2:4]
+    user = "locproxy-admin" if mode == "service" else "locproxy"
+    with open_front("sidecar", glance, filter_options(glance, keystone_lab, mode)) as front:
+        start = len(front.log())
+        alice = keystone_lab.token("alice")
+        download(front, glance, first, alice, web=1)  # locproxy's token issued, sent, cached by Glance
+        keystone_lab.revoke_all(user)
+        time.sleep(1.1)  # a token issued in the revocation's second would be revoked too
+        glance.restart()  # authtoken forgets the tokens it cached, as after token_cache_time
+        alice = keystone_lab.token("alice")
+        reads = locations_reads_of(glance, later)
+        download(front, glance, later, alice, web=1)
+        assert locations_reads_of(glance, later)[len(reads):] == [refusal, "200"], "one refusal, one retry"
+        assert len(re.findall(NEW_TOKEN, front.log()[start:])) == 2, front.log()[start:][-3000:]
+        assert front.metric("locproxy_service_tokens_total") == 2
+        assert front.metric("locproxy_hidden_locations_total", result="refused") == 0
+        assert front.health()["status"] == "ok"
+        if mode == "service_token":  # at most one renewal a minute: a second refusal is left as it is
+            keystone_lab.revoke_all(user)
+            time.sleep(1.1)
+            glance.restart()
+            third = images[0]
+            reads = locations_reads_of(glance, third)
+            download(front, glance, third, keystone_lab.token("alice"), web=0)  # direct_url's copy (fs1)
+            assert locations_reads_of(glance, third)[len(reads):] == ["403"] and len(re.findall(
+                NEW_TOKEN, front.log()[start:])) == 2, "renewed again within a minute"
+            assert front.metric("locproxy_hidden_locations_total", result="refused") == 1
+
+
+def locations_reads_of(glance: KeystoneGlance, image: SeededImage) -> list[str]:
+    """The statuses of Glance's answers to ``GET .../locations`` of ``image``, in order (its access log)."""
+    return re.findall(rf'"GET /v2/images/{image.id}/locations HTTP/1.1" (\d+) ', glance.access_log_path.read_text())
+
+
 @pytest.mark.parametrize("kind", ["sidecar", "pipeline"])
 def test_a_wrong_service_password_is_as_the_readme_says(kind: str, glance: KeystoneGlance, keystone_lab: KeystoneLab,
                                                         images: list[SeededImage]) -> None:

@@ -111,6 +111,25 @@ def test_no_token_and_a_revoked_token_get_401(front: Front, glance: KeystoneGlan
         assert image.data[:64] not in got.body
 
 
+def test_locproxys_health_and_metrics_need_no_token_where_the_api_does(front: Front, glance: KeystoneGlance,
+                                                                       keystone_lab: KeystoneLab,
+                                                                       images: dict[str, SeededImage]) -> None:
+    """The sidecar answers them itself; inside Glance's pipeline
+    ``locproxy.status``, first, answers for the filter below authtoken: its
+    health, and metrics that count the download this filter just served."""
+    assert front.observable
+    downloads = front.metric("locproxy_requests_total", kind="download")
+    assert front.get(f"/v2/images/{images['a'].id}/file", keystone_lab.token("alice")).status == 200
+    assert front.metric("locproxy_requests_total", kind="download") == downloads + 1
+    health = front.health()
+    assert health["status"] == "ok" and health["strategy"] == "store_type", health
+    for path in ("/v2/images", f"/v2/images/{images['a'].id}/file"):
+        assert front.get(path, None).status == 401, f"{path}: authtoken no longer guards the API"
+    if front.kind == "pipeline":
+        own = front.get("/healthcheck", None)
+        assert own.status == 200 and b"OK" in own.body and b"strategy" not in own.body, "Glance's own is Glance's"
+
+
 def test_service_clients_own_location_list_is_reordered(front: Front, keystone_lab: KeystoneLab,
                                                         images: dict[str, SeededImage]) -> None:
     got = front.get(f"/v2/images/{images['a'].id}/locations", keystone_lab.token("locproxy-admin"))

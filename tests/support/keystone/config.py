@@ -11,7 +11,8 @@
   lab server behind keystonemiddleware with Glance's defaults for what users
   see (``show_multiple_locations = False``, ``show_image_direct_url = True``).
 * ``glance_paste_ini``: Glance's *own* paste file (from its venv), with
-  locproxy added right before ``rootapp`` in the keystone pipeline if asked.
+  locproxy added right before ``rootapp`` in the keystone pipeline if asked,
+  and ``locproxy.status`` first in it (its /healthcheck and /metrics).
 * ``SERVICE_TOKEN_POLICY``: the one policy line of ``locations_from =
   service_token`` (everything else stays Glance's default).
 
@@ -102,15 +103,23 @@ def glance_keystone_overrides(*, keystone_url: str, glance_password: str,
     }
 
 
+#: Where ``locproxy.status`` (first in the pipeline, before authtoken) answers for the filter.
+STATUS_PATHS = {"healthcheck_path": "/locproxy/healthcheck", "metrics_path": "/locproxy/metrics"}
+
+
 def glance_paste_ini(venv: Path, *, locproxy: Mapping[str, str] | None = None) -> str:
     """Glance's own ``glance-api-paste.ini``; with ``locproxy`` options, the
-    ``keystone`` pipeline gets ``locproxy`` right before ``rootapp`` and the
-    file a ``[filter:locproxy]`` section with those options."""
+    ``keystone`` pipeline gets ``locproxy`` right before ``rootapp`` and
+    ``locproxy_status`` (``STATUS_PATHS``) first, as the README says, and the
+    file a section for each."""
     text = (venv / "etc" / "glance" / "glance-api-paste.ini").read_text()
     if locproxy is None:
         return text
-    text, count = re.subn(r"(?m)^(keystone = .* context) rootapp$", r"\1 locproxy rootapp", text)
+    text, count = re.subn(r"(?m)^keystone = (.* context) rootapp$", r"keystone = locproxy_status \1 locproxy rootapp",
+                          text)
     if count != 1:
         raise ValueError("Glance's paste file has no 'keystone = ... context rootapp' pipeline line")
-    lines = ["", "[filter:locproxy]", "use = egg:locproxy#locproxy", *(f"{k} = {v}" for k, v in locproxy.items())]
+    lines = ["", "[filter:locproxy_status]", "paste.filter_factory = locproxy.status:filter_factory",
+             *(f"{k} = {v}" for k, v in STATUS_PATHS.items()),
+             "", "[filter:locproxy]", "use = egg:locproxy#locproxy", *(f"{k} = {v}" for k, v in locproxy.items())]
     return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tests.support.client import Fetched, http_request
+from tests.support.keystone.config import STATUS_PATHS
 from tests.support.keystone.lab import KeystoneGlance, KeystoneLab
 from tests.support.keystone.seed import SeededImage
 from tests.support.servers import GunicornServer, run_gunicorn, sidecar_ini
@@ -55,11 +56,10 @@ def sidecar(glance: KeystoneGlance, options: dict[str, str], tmp: Path, *, worke
         yield server
 
 
-#: Inside Glance 33's keystone pipeline locproxy's own paths cannot be
-#: reached: Glance's urlmap sends /healthcheck to its own app and
-#: versionnegotiation answers any other path outside /vN with its version
-#: list (and locproxy's paths may not be under /v2). There, the tests read
-#: Glance's log only.
+#: Inside Glance 33's keystone pipeline the filter's own paths cannot be
+#: reached (authtoken and versionnegotiation answer first): they are left
+#: empty there, and ``locproxy.status``, first in the pipeline, answers
+#: ``STATUS_PATHS`` for it.
 PIPELINE_PATHS = {"healthcheck_path": "", "metrics_path": ""}
 
 
@@ -67,13 +67,14 @@ class Front:
     """locproxy in front of (or inside) the module's Glance: where clients go, and its log."""
 
     def __init__(self, url: str, log: Callable[[], str], kind: str, mode: str,
-                 options: dict[str, str]) -> None:
+                 paths: dict[str, str]) -> None:
         self.url, self._log, self.kind, self.mode = url, log, kind, mode
-        self.health_path, self.metrics_path = options["healthcheck_path"], options["metrics_path"]
+        self.health_path, self.metrics_path = paths["healthcheck_path"], paths["metrics_path"]
 
     @property
     def observable(self) -> bool:
-        """``/healthcheck`` and ``/metrics`` can be asked (the sidecar)."""
+        """``/healthcheck`` and ``/metrics`` can be asked (the sidecar's own, or
+        ``locproxy.status``'s in Glance's pipeline)."""
         return bool(self.health_path and self.metrics_path)
 
     def log(self) -> str:
@@ -116,7 +117,7 @@ def open_front(kind: str, glance: KeystoneGlance, options: dict[str, str]) -> It
     original = glance.paste_ini_path.read_text()
     try:  # a Glance that failed to start with locproxy is restored too
         glance.restart(glance.paste_with_locproxy(**options))  # no endpoint override: the catalog's internal one
-        yield Front(glance.url, lambda: glance.glance_log_path.read_text(errors="replace"), kind, mode, options)
+        yield Front(glance.url, lambda: glance.glance_log_path.read_text(errors="replace"), kind, mode, STATUS_PATHS)
     finally:
         glance.restart(original)
 

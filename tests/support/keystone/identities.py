@@ -93,6 +93,13 @@ class Identities:
         """Revoke a token (``DELETE /v3/auth/tokens``, as admin)."""
         self.request("DELETE", "/v3/auth/tokens", headers={"X-Subject-Token": token}, expect=(204,))
 
+    def revoke_all(self, name: str) -> None:
+        """Every token of ``name`` issued so far revoked by Keystone: the user
+        disabled (Keystone records a revocation event for the user), then
+        enabled again (tokens issued after that work)."""
+        for enabled in (False, True):
+            self.request("PATCH", f"/v3/users/{self.users[name]}", {"user": {"enabled": enabled}})
+
     def application_credential(self, name: str = "locproxy", label: str = "locproxy-lab") -> tuple[str, str]:
         """A new application credential of ``name`` on its project: ``(id, secret)``."""
         user_token = self.token(name)

@@ -82,6 +82,11 @@ class KeystoneLab:
         self.identities.revoke(token)
         self._tokens = {name: held for name, held in self._tokens.items() if held[0] != token}
 
+    def revoke_all(self, name: str) -> None:
+        """Every token of ``name`` issued so far (``Identities.revoke_all``)."""
+        self.identities.revoke_all(name)
+        self._tokens.pop(name, None)
+
     def set_endpoint(self, service_type: str, interface: str, url: str) -> None:
         self.identities.set_endpoint(service_type, interface, url)
 
