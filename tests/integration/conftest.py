@@ -19,12 +19,14 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.ceph import CephCluster
 from tests.support.glance.lab import ENV_SKIP
 from tests.support.glance.lab import glance_server as start_glance
 from tests.support.glance.server import GlanceServer
 from tests.support.glance.venv import GlanceEnvError, venv_dir
 from tests.support.keystone.lab import KeystoneLab
 from tests.support.keystone.lab import keystone_lab as start_keystone
+from tests.support.swiftlab import SwiftGateway, swift_gateway_or_skip
 
 ENV_SKIP_KEYSTONE = "LOCPROXY_SKIP_KEYSTONE"
 
@@ -91,3 +93,9 @@ def keystone_lab() -> Iterator[KeystoneLab]:
         yield lab
     finally:
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")  # a radosgw speaking Swift with Keystone trust, per lab module
+def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGateway]:
+    with swift_gateway_or_skip(ceph_lab, keystone_lab) as gateway:
+        yield gateway

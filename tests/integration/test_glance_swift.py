@@ -29,11 +29,10 @@ import pytest
 
 from tests.integration.test_glance_ceph import VERIFIED, Deployment, Image, sent
 from tests.support import ceph
-from tests.support.ceph import CephCluster
 from tests.support.glance.config import swift_store_overrides
 from tests.support.glance.server import GlanceServer
 from tests.support.keystone.lab import KeystoneLab
-from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway, swift_gateway_or_skip
+from tests.support.swiftlab import STORE_PASSWORD, SwiftGateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
@@ -41,12 +40,6 @@ MiB = 1024 * 1024
 SEGMENT = 8_192_000  # Glance's swift_store_large_object_chunk_size = 8 ("MB" of 1,024,000 bytes)
 DLO_SIZE = 5 * SEGMENT
 LABEL = re.escape("swift+config://ref1")
-
-
-@pytest.fixture(scope="module")
-def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGateway]:
-    with swift_gateway_or_skip(ceph_lab, keystone_lab) as gateway:
-        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,12 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.ceph import CephCluster
 from tests.support.client import http_request
 from tests.support.keystone.config import SERVICE_TOKEN_POLICY
 from tests.support.keystone.fronts import Front, filter_options, open_front, web_reads
 from tests.support.keystone.lab import KeystoneGlance, KeystoneLab, keystone_glance
 from tests.support.keystone.seed import SeededImage, seed_image
-from tests.support.swiftlab import SwiftGateway, swift_gateway_or_skip
+from tests.support.swiftlab import SwiftGateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]  # opt-in: ./run tests -m lab
 
@@ -70,12 +69,6 @@ POLICY = SERVICE_TOKEN_POLICY + '"copy_image": "role:member or role:admin"\n'
 @dataclass
 class TenantImage(SeededImage):
     swift_path: str = ""  # on radosgw: /swift/v1/AUTH_<demo>/glance_<id>/<id>
-
-
-@pytest.fixture(scope="module")
-def swift(ceph_lab: CephCluster, keystone_lab: KeystoneLab) -> Iterator[SwiftGateway]:
-    with swift_gateway_or_skip(ceph_lab, keystone_lab) as gateway:
-        yield gateway
 
 
 @pytest.fixture(scope="module")
